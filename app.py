@@ -1,0 +1,208 @@
+"""medseg web app (Gradio): drop an endoscopy image, get the lesion outlined, its area and a confidence map.
+
+    python app.py                          # http://127.0.0.1:7860, shipped weights from weights/
+    MEDSEG_HUB_MODELS=owner/repo python app.py   # also offer models from the Hugging Face Hub
+
+This file is wiring only: every computation is a call into ``medseg_core``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import cv2
+import gradio as gr
+import numpy as np
+
+from medseg_core import Segmenter, WeightsNotFoundError, list_local_weights
+from medseg_core.inference import MAX_IMAGE_PIXELS, ImageInputError, SegResult, load_image_file
+from medseg_core.metrics import binary_metrics
+
+log = logging.getLogger("medseg.app")
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.jpg"))
+DEFAULT_POSTPROCESS = ("remove_small_components", "fill_holes")
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "medseg-app"
+KEEP_OUTPUTS_S = 3600
+MAX_UPLOAD = "50mb"
+
+
+def available_models() -> list[str]:
+    """Weights shipped in ``weights/`` plus Hub repo ids listed in ``MEDSEG_HUB_MODELS`` (comma-separated)."""
+    hub = [m.strip() for m in os.environ.get("MEDSEG_HUB_MODELS", "").split(",") if m.strip()]
+    return list_local_weights() + [m for m in hub if m not in list_local_weights()]
+
+
+def default_model(models: list[str]) -> str | None:
+    wanted = os.environ.get("MEDSEG_DEFAULT_MODEL", "unet_lite0.polyp")
+    return wanted if wanted in models else (models[0] if models else None)
+
+
+@functools.lru_cache(maxsize=4)
+def get_segmenter(name: str) -> Segmenter:
+    """One Segmenter per model name, built on first use (weights resolved locally or from the Hub cache)."""
+    return Segmenter.from_pretrained(name)
+
+
+def _segmenter_or_error(name: str | None) -> Segmenter:
+    if not name:
+        raise gr.Error("No model is available: put a weights folder in weights/ or set MEDSEG_HUB_MODELS.")
+    try:
+        return get_segmenter(name)
+    except WeightsNotFoundError as err:
+        raise gr.Error(str(err)) from err
+
+
+def _file_path(upload: Any) -> str:
+    if upload is None:
+        raise gr.Error("Upload an image first (or pick one of the examples).")
+    return upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
+
+
+def _load(upload: Any) -> np.ndarray:
+    try:
+        return load_image_file(_file_path(upload))
+    except ImageInputError as err:
+        raise gr.Error(str(err)) from err
+
+
+def _request_dir() -> Path:
+    """A fresh folder for one request's downloads; folders older than an hour are removed."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in OUTPUT_DIR.iterdir():
+        if old.is_dir() and now - old.stat().st_mtime > KEEP_OUTPUTS_S:
+            shutil.rmtree(old, ignore_errors=True)
+    folder = OUTPUT_DIR / uuid.uuid4().hex
+    folder.mkdir()
+    return folder
+
+
+def confidence_heatmap(image: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """Lesion probability in the turbo colour map, laid over a dimmed copy of the image."""
+    heat = cv2.applyColorMap((np.clip(confidence, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(heat, 0.65, image, 0.35, 0)
+
+
+def mask_png(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """The mask as saved for download: 0/255 for binary models, class indices for multi-class ones."""
+    return (mask > 0).astype(np.uint8) * 255 if num_classes == 2 else mask
+
+
+def summary_markdown(stats: dict[str, Any], scores: dict[str, float] | None) -> str:
+    conf = stats["mean_confidence"]
+    lines = [
+        f"**Lesion area:** {stats['lesion_percent']:.2f} % of the image ({stats['lesion_pixels']:,} px)  ",
+        f"**Lesions:** {stats['lesion_count']}  ",
+        f"**Mean confidence inside lesions:** {conf:.3f}  " if conf is not None else "**No lesion found.**  ",
+        f"**Model:** `{stats['model']}` · {stats['inference_ms']:.0f} ms"
+        + (" · flip TTA" if stats["tta"] else "") + (" · post-processed" if stats["postprocess"] else ""),
+    ]
+    if scores is not None:
+        lines.append(f"\n**Against the ground truth:** Dice {scores['dice']:.3f} · IoU {scores['iou']:.3f} · "
+                     f"HD95 {scores['hd95']:.1f} px")
+    return "\n".join(lines)
+
+
+def _ground_truth_scores(upload: Any, result: SegResult) -> dict[str, float] | None:
+    if upload is None:
+        return None
+    truth = _load(upload)
+    if truth.shape[:2] != result.mask.shape:
+        raise gr.Error(f"The ground-truth mask is {truth.shape[1]}x{truth.shape[0]} but the image is "
+                       f"{result.mask.shape[1]}x{result.mask.shape[0]}; they must be the same size.")
+    return binary_metrics(result.mask, (truth.max(axis=2) > 127).astype(np.uint8))
+
+
+def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, truth: Any = None):
+    """The Segment tab: image file -> before/after, heatmap, summary, mask PNG, JSON report."""
+    image = _load(upload)
+    segmenter = _segmenter_or_error(model_name)
+    try:
+        result = segmenter(image, tta=tta, postprocess=DEFAULT_POSTPROCESS if postprocess else ())
+    except Exception as err:  # noqa: BLE001 - the page shows a message, the log keeps the traceback
+        log.exception("segmentation failed")
+        raise gr.Error(f"Segmentation failed: {type(err).__name__}: {err}") from err
+    scores = _ground_truth_scores(truth, result)
+    folder = _request_dir()
+    stem = Path(_file_path(upload)).stem[:80] or "image"
+    mask_path = folder / f"{stem}_mask.png"
+    cv2.imwrite(str(mask_path), mask_png(result.mask, segmenter.num_classes))
+    report = {"file": Path(_file_path(upload)).name, **result.stats}
+    if scores is not None:
+        report["ground_truth"] = scores
+    report_path = folder / f"{stem}_report.json"
+    report_path.write_text(json.dumps(report, indent=2))
+    return (
+        (image, result.overlay),
+        confidence_heatmap(image, result.confidence),
+        summary_markdown(result.stats, scores),
+        str(mask_path),
+        report,
+        str(report_path),
+    )
+
+
+def preview(upload: Any) -> np.ndarray | None:
+    """Show the uploaded file as the app will read it (or a clear error)."""
+    return None if upload is None else _load(upload)
+
+
+def build_demo() -> gr.Blocks:
+    models = available_models()
+    with gr.Blocks(title="medseg — lesion segmentation", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            "# medseg\nSegment polyps and other lesions in endoscopy images. Drop an image (PNG, JPEG, TIFF, BMP; "
+            f"up to {MAX_IMAGE_PIXELS // 1_000_000} MP) and press **Segment**. Research software: not a medical device."
+        )
+        with gr.Tab("Segment"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    upload = gr.File(label="Image", file_types=["image", ".tif", ".tiff"], type="filepath")
+                    shown = gr.Image(label="Uploaded image", interactive=False, height=260)
+                    model = gr.Dropdown(models, value=default_model(models), label="Model",
+                                        allow_custom_value=True,
+                                        info="shipped weights, or type a Hugging Face Hub repo id")
+                    with gr.Row():
+                        tta = gr.Checkbox(False, label="Test-time augmentation (flips)")
+                        post = gr.Checkbox(False, label="Post-processing (drop specks, fill holes)")
+                    truth = gr.File(label="Ground-truth mask (optional: shows Dice, IoU, HD95)", type="filepath",
+                                    file_types=["image"])
+                    run = gr.Button("Segment", variant="primary")
+                    if EXAMPLES:
+                        gr.Examples([[str(p)] for p in EXAMPLES], inputs=[upload], label="Example images (PolypGen, CC BY 4.0)")
+                with gr.Column(scale=2):
+                    slider = gr.ImageSlider(label="Before / after", type="numpy")
+                    summary = gr.Markdown()
+                    heatmap = gr.Image(label="Confidence map (lesion probability)", type="numpy")
+                    with gr.Row():
+                        mask_file = gr.File(label="Mask (PNG)")
+                        report_file = gr.File(label="Report (JSON)")
+                    report = gr.JSON(label="Report")
+            upload.change(preview, inputs=upload, outputs=shown, api_name="preview")
+            run.click(segment, inputs=[upload, model, tta, post, truth],
+                      outputs=[slider, heatmap, summary, mask_file, report, report_file], api_name="segment")
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    demo.queue(default_concurrency_limit=2, max_size=64).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        share=False,
+        max_file_size=MAX_UPLOAD,
+        show_error=True,
+    )

@@ -1,0 +1,215 @@
+"""Datasets: ``images/`` + ``masks/`` folders, the project's split files, and a user's own folder of pairs.
+
+Images come out as ``uint8`` RGB ``(H, W, 3)``; masks as ``uint8`` class indices ``(H, W)``. OpenCV reads BGR,
+so the conversion happens once, here, at the edge.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Sample",
+    "SegDataset",
+    "decode_mask",
+    "pairs_from_folders",
+    "read_image",
+    "read_mask",
+    "read_split",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+MaskEncoding = Literal["binary", "neopolyp"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its mask on disk; ``id`` is ``<dataset folder>/<file stem>`` as in the split files."""
+
+    id: str
+    image: Path
+    mask: Path | None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as ``uint8`` RGB (H, W, 3). Raises ``ValueError`` when the file is not a readable image."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise ValueError(f"cannot read {path} as an image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def decode_mask(mask: np.ndarray, encoding: MaskEncoding = "binary") -> np.ndarray:
+    """A mask image (grey or RGB, possibly JPEG-noisy) -> ``uint8`` class indices.
+
+    ``binary``: any channel above 127 is lesion (1). ``neopolyp``: BKAI-IGH colours, red (R>127, G<128, B<128)
+    is neoplastic (1), green (G>127, R<128, B<128) is non-neoplastic (2), everything else background.
+    """
+    if encoding == "binary":
+        grey = mask if mask.ndim == 2 else mask.max(axis=2)
+        return (grey > 127).astype(np.uint8)
+    if encoding == "neopolyp":
+        if mask.ndim != 3:
+            raise ValueError("NeoPolyp masks are RGB colour images")
+        r, g, b = (mask[..., i] for i in range(3))
+        out = np.zeros(mask.shape[:2], np.uint8)
+        out[(r > 127) & (g < 128) & (b < 128)] = 1
+        out[(g > 127) & (r < 128) & (b < 128)] = 2
+        return out
+    raise ValueError(f"unknown mask encoding {encoding!r}")
+
+
+def read_mask(path: str | os.PathLike, encoding: MaskEncoding = "binary") -> np.ndarray:
+    """A mask file as ``uint8`` class indices (H, W)."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if mask is None:
+        raise ValueError(f"cannot read {path} as a mask")
+    if mask.ndim == 3:
+        mask = cv2.cvtColor(mask[..., :3], cv2.COLOR_BGR2RGB)
+    if mask.dtype != np.uint8:  # 16-bit masks: keep the 0..255 scale the thresholds expect
+        mask = (mask.astype(np.float64) / np.iinfo(mask.dtype).max * 255).astype(np.uint8)
+    return decode_mask(mask, encoding)
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder}")
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+
+
+def _find_mask(masks: dict[str, Path], stem: str) -> Path | None:
+    # Most datasets name the mask like the image; PolypGen adds "_mask".
+    return masks.get(stem) or masks.get(f"{stem}_mask")
+
+
+def read_split(data_root: str | os.PathLike, split: str) -> list[Sample]:
+    """The samples of a split file: ``<data_root>/splits/<split>.txt`` or a path to such a file.
+
+    Each line is ``<dataset folder>/<image id>``; images are ``<folder>/images/<id>.*`` and masks
+    ``<folder>/masks/<id>.*`` or ``<folder>/masks/<id>_mask.*``.
+    """
+    root = Path(data_root)
+    split_file = Path(split) if split.endswith(".txt") else root / "splits" / f"{split}.txt"
+    if not split_file.is_file():
+        known = sorted(p.stem for p in (root / "splits").glob("*.txt")) if (root / "splits").is_dir() else []
+        raise FileNotFoundError(f"no split file {split_file}; known splits: {', '.join(known) or 'none'}")
+    lines = [ln.strip() for ln in split_file.read_text().splitlines() if ln.strip()]
+    index: dict[str, tuple[dict[str, Path], dict[str, Path]]] = {}
+    samples = []
+    for line in lines:
+        folder, stem = line.split("/", 1)
+        if folder not in index:
+            index[folder] = (_files_by_stem(root / folder / "images"), _files_by_stem(root / folder / "masks"))
+        images, masks = index[folder]
+        if stem not in images:
+            raise FileNotFoundError(f"split {split_file.name} names {line}, but there is no such image")
+        mask = _find_mask(masks, stem)
+        if mask is None:
+            raise FileNotFoundError(f"split {split_file.name} names {line}, but it has no mask")
+        samples.append(Sample(line, images[stem], mask))
+    return samples
+
+
+def pairs_from_folders(images_dir: str | os.PathLike, masks_dir: str | os.PathLike | None = None) -> list[Sample]:
+    """A user's own folder of images, paired by file stem with a folder of masks (``<stem>`` or ``<stem>_mask``).
+
+    Images without a mask are an error when a mask folder is given; without one, masks are None (inference only).
+    """
+    images = _files_by_stem(Path(images_dir))
+    if not images:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {images_dir}")
+    masks = _files_by_stem(Path(masks_dir)) if masks_dir is not None else None
+    samples = []
+    for stem, path in images.items():
+        if stem.endswith("_mask") and masks is None:
+            continue
+        mask = _find_mask(masks, stem) if masks is not None else None
+        if masks is not None and mask is None:
+            raise FileNotFoundError(f"image {path.name} has no mask in {masks_dir}")
+        samples.append(Sample(stem, path, mask))
+    return samples
+
+
+def _fit_within(img: np.ndarray, max_side: int, interpolation: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return img
+    return cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=interpolation)
+
+
+class SegDataset(Dataset):
+    """Image/mask pairs through an albumentations transform.
+
+    Args:
+        samples: from :func:`read_split` or :func:`pairs_from_folders`.
+        transform: an albumentations pipeline ending in ``ToTensorV2`` (see ``medseg_core.transforms``).
+        mask_encoding: how mask files encode classes.
+        cache_max_side: decode every pair once, shrunk so its longer side is at most this, and keep it in memory.
+            Decoding full-size endoscopy JPEGs every epoch costs more than the model on a CPU.
+
+    Items are dicts: ``image`` float (3, H, W), ``mask`` long (H, W), ``id`` str.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable | None = None,
+        mask_encoding: MaskEncoding = "binary",
+        cache_max_side: int | None = None,
+    ) -> None:
+        if not samples:
+            raise ValueError("the dataset is empty")
+        self.samples = list(samples)
+        self.transform = transform
+        self.mask_encoding = mask_encoding
+        self.cache_max_side = cache_max_side
+        self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if cache_max_side is not None:
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                self._cache = list(
+                    tqdm(pool.map(self._load, range(len(self.samples))), total=len(self.samples), desc="caching",
+                         leave=False)
+                )
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.samples[i]
+        if s.mask is None:
+            raise ValueError(f"{s.id} has no mask")
+        image, mask = read_image(s.image), read_mask(s.mask, self.mask_encoding)
+        if image.shape[:2] != mask.shape[:2]:
+            raise ValueError(f"{s.id}: image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
+        if self.cache_max_side is not None:
+            image = _fit_within(image, self.cache_max_side, cv2.INTER_AREA)
+            mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        return image, mask
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | str]:
+        image, mask = self._cache[i] if self._cache is not None else self._load(i)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        else:
+            image = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
+            mask = torch.from_numpy(mask)
+        return {"image": image, "mask": torch.as_tensor(mask).long(), "id": self.samples[i].id}

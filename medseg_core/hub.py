@@ -1,0 +1,160 @@
+"""Where weights come from: a local folder, a name under ``weights/``, or a Hugging Face Hub repo id (cached).
+
+Everything goes through ``huggingface_hub``: a repo id is fetched with ``snapshot_download`` into the usual cache;
+when the Hub cannot be reached, the cached copy is used; when there is none, :class:`WeightsNotFoundError`
+says so in words a user can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+from .models import SegModel, get_model_class
+
+__all__ = [
+    "WEIGHTS_DIR",
+    "WeightsNotFoundError",
+    "list_local_weights",
+    "load_model",
+    "push_model",
+    "resolve_weights",
+    "write_model_card",
+]
+
+log = logging.getLogger(__name__)
+
+#: The shipped default weights; ``MEDSEG_WEIGHTS_DIR`` points elsewhere.
+WEIGHTS_DIR = Path(os.environ.get("MEDSEG_WEIGHTS_DIR", Path(__file__).resolve().parents[1] / "weights"))
+_WEIGHT_FILES = ["config.json", "model.safetensors", "README.md"]
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No weights under that name: not a folder, not in ``weights/``, not reachable or cached on the Hub."""
+
+
+def _is_weights_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def list_local_weights(weights_dir: str | os.PathLike | None = None) -> list[str]:
+    """Names of the weight folders under ``weights/`` (each with config.json and model.safetensors)."""
+    root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _is_weights_dir(p))
+
+
+def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local folder holding ``config.json`` + ``model.safetensors`` for a folder, a ``weights/`` name or a repo id.
+
+    A repo id (``owner/name``) is downloaded through ``huggingface_hub`` (only the json, safetensors and card
+    files), or taken from the local cache when the Hub is unreachable or ``HF_HUB_OFFLINE=1``.
+    """
+    path = Path(name_or_path)
+    if _is_weights_dir(path):
+        return path
+    if _is_weights_dir(WEIGHTS_DIR / str(name_or_path)):
+        return WEIGHTS_DIR / str(name_or_path)
+    repo_id = str(name_or_path)
+    if path.exists() or repo_id.count("/") != 1:
+        known = ", ".join(list_local_weights()) or "none"
+        raise WeightsNotFoundError(
+            f"{repo_id!r} is neither a folder with config.json and model.safetensors, nor a name in "
+            f"{WEIGHTS_DIR} (available: {known}), nor a Hub repo id of the form owner/name"
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_WEIGHT_FILES, cache_dir=cache_dir))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        online_error = err
+    try:
+        # Offline or unreachable: fall back to what is already cached.
+        local = Path(snapshot_download(repo_id, allow_patterns=_WEIGHT_FILES, cache_dir=cache_dir,
+                                       local_files_only=True))
+        log.warning("the Hub is unreachable (%s); using the cached copy of %s", online_error, repo_id)
+        return local
+    except (LocalEntryNotFoundError, OSError) as err:
+        raise WeightsNotFoundError(
+            f"cannot download {repo_id} from the Hugging Face Hub ({type(online_error).__name__}) and it is not in "
+            "the local cache. Connect to the internet once, or copy the weights folder into weights/."
+        ) from err
+
+
+def load_model(name_or_path: str | os.PathLike, map_location: str = "cpu", cache_dir: str | None = None) -> SegModel:
+    """Rebuild any saved model from its folder, ``weights/`` name or Hub repo id, in eval mode."""
+    folder = resolve_weights(name_or_path, cache_dir=cache_dir)
+    config = json.loads((folder / "config.json").read_text())
+    if "arch" not in config:
+        raise ValueError(f"{folder / 'config.json'} does not say which architecture it is (no 'arch' key)")
+    return get_model_class(config["arch"]).from_pretrained(folder, map_location=map_location)
+
+
+def _metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
+    keys = ["dice", "iou", "accuracy", "precision", "recall", "hd95"]
+    rows = ["| split | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for split, m in metrics.items():
+        rows.append(f"| {split} | " + " | ".join(f"{m[k]:.4f}" if k in m else "—" for k in keys) + " |")
+    return "\n".join(rows)
+
+
+def write_model_card(
+    folder: str | os.PathLike,
+    *,
+    name: str,
+    config: Mapping[str, Any],
+    data: str,
+    recipe: str,
+    metrics: Mapping[str, Mapping[str, float]] | None = None,
+    notes: str = "",
+) -> Path:
+    """Write ``README.md`` for a weights folder: what the model is, the data and split, recipe, measured metrics."""
+    cls = get_model_class(config["arch"])
+    measured = _metrics_table(metrics) if metrics else "Not measured yet: run `train/evaluate.py` and add it here."
+    text = f"""---
+library_name: medseg
+license: apache-2.0
+pipeline_tag: image-segmentation
+tags: [medical-imaging, image-segmentation, endoscopy, polyp]
+---
+
+# {name}
+
+Architecture `{config['arch']}` ({cls.info.paper}), encoder `{config.get('encoder', '—')}`
+(initialised from `{config.get('encoder_weights')}`), {config['num_classes']} output channel(s),
+input {config['input_size']}×{config['input_size']}, normalisation mean {config['mean']} std {config['std']}.
+
+Load it with `medseg_core.load_model("{name}")` or `medseg_core.Segmenter.from_pretrained(...)`.
+
+## Data
+{data}
+
+## Training recipe
+{recipe}
+
+## Measured metrics
+Per-image metrics at the original image resolution, threshold 0.5, averaged over images
+(`train/evaluate.py`; HD95 in pixels):
+
+{measured}
+
+{notes}
+"""
+    path = Path(folder) / "README.md"
+    path.write_text(text)
+    return path
+
+
+def push_model(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload a weights folder (config, safetensors, model card) to a Hub model repo; returns the commit URL."""
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=_WEIGHT_FILES,
+                             commit_message="Upload medseg weights")
+    return str(info)

@@ -1,0 +1,64 @@
+"""Shared fixtures: the real datasets beside the repository, tiny models, and example images."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA_ROOT = Path(os.environ.get("MEDSEG_DATA", ROOT.parent / "shared" / "data"))
+EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
+
+# No test may reach the network: huggingface_hub answers from local files only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_UNET = {"encoder": "tf_efficientnet_lite0", "encoder_weights": None, "decoder_channels": [16, 16, 16, 16, 8],
+             "input_size": 64}
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "splits").is_dir():
+        pytest.skip(f"the shared datasets are not at {DATA_ROOT} (set MEDSEG_DATA)")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def example_image() -> np.ndarray:
+    from medseg_core.data import read_image
+
+    return read_image(EXAMPLES[0])
+
+
+@pytest.fixture(scope="session")
+def example_mask() -> np.ndarray:
+    from medseg_core.data import read_mask
+
+    return read_mask(EXAMPLES[0].with_name(EXAMPLES[0].stem + "_mask.png"))
+
+
+@pytest.fixture()
+def tiny_unet():
+    from medseg_core import create_model
+
+    torch.manual_seed(0)
+    return create_model("unet", **TINY_UNET)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A tiny saved model folder (random weights) shaped like a shipped one."""
+    from medseg_core import create_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights") / "tiny_unet.test"
+    create_model("unet", **TINY_UNET).save_pretrained(folder)
+    return folder
