@@ -159,6 +159,9 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
         with accelerator.autocast():
             outputs = model(images)
         loss = loss_fn(outputs, batch["mask"])
+        aux = accelerator.unwrap_model(model).auxiliary_loss()
+        if aux is not None:
+            loss = loss + aux
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         optimizer.step()

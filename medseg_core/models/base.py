@@ -112,6 +112,11 @@ class SegModel(
         safetensors.torch.load_model(model, weights_file, strict=strict, device=map_location)
         return model.eval()
 
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """An extra training loss computed during the last training-mode forward (e.g. DDANet's reconstruction
+        of the grey input), added to the segmentation loss by ``train.py``; None for most models."""
+        return None
+
     def _resize_to(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if logits.shape[-2:] != x.shape[-2:]:
             logits = nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
