@@ -13,7 +13,13 @@ from medseg_core.models import SegModel, get_model_class
 from medseg_core.transforms import eval_transform
 
 # Small settings per architecture, so every test stays fast; a new model adds its line here.
-TINY = {"unet": TINY_UNET}
+TINY = {
+    "unet": TINY_UNET,
+    # model zoo (a)
+    # model zoo (b)
+    # dynasiam
+    # refiner
+}
 
 
 def tiny(name: str, **extra) -> SegModel:
@@ -46,7 +52,7 @@ def test_none_kwargs_keep_model_defaults():
 def test_forward_shape(name, size, num_classes):
     model = tiny(name, num_classes=num_classes).eval()
     with torch.no_grad():
-        out = model(torch.randn(2, 3, *size))
+        out = model(torch.randn(2, model.in_channels, *size))
     assert out.shape == (2, num_classes, *size)
     assert torch.isfinite(out).all()
 
@@ -61,7 +67,7 @@ def test_hub_round_trip_is_identical(name, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     for loaded in (get_model_class(name).from_pretrained(tmp_path), load_model(tmp_path)):
         assert not loaded.training
-        x = torch.randn(1, 3, 64, 80)
+        x = torch.randn(1, model.in_channels, 64, 80)
         with torch.no_grad():
             assert torch.equal(model(x), loaded(x))
         assert loaded.config == model.config

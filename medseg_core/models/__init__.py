@@ -3,7 +3,12 @@
 Importing this package imports each architecture module, which registers itself.
 """
 
-from . import unet  # noqa: F401  (registers "unet")
+# One import per architecture module (each registers itself); keep one per line.
+from . import unet  # noqa: F401
+# model zoo (a)
+# model zoo (b)
+# dynasiam
+# refiner
 from .base import ModelInfo, SegModel
 from .registry import create_model, get_model_class, get_model_info, is_model, list_models, register_model
 

@@ -47,13 +47,22 @@ class SegModel(
         num_classes: output channels; 1 means binary with a sigmoid, more means softmax over classes.
         input_size: the square side images are resized to before the model.
         mean, std: per-channel normalisation of RGB values scaled to [0, 1].
+        in_channels: channels of the tensor ``forward`` takes (3 for RGB; more for models reading several views).
     """
 
     arch: ClassVar[str] = ""
     info: ClassVar[ModelInfo] = ModelInfo()
 
-    def __init__(self, num_classes: int, input_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        input_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
+        self.in_channels = int(in_channels)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)

@@ -62,7 +62,7 @@ class UNet(SegModel):
         std: Sequence[float] | None = None,
     ) -> None:
         enc_mean, enc_std = encoder_normalization(encoder)
-        super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std)
+        super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std, in_channels)
         self.encoder = create_encoder(encoder, pretrained=encoder_weights is not None, in_chans=in_channels)
         channels = self.encoder.feature_info.channels()
         skips = channels[:-1][::-1]
