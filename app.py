@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -35,6 +36,7 @@ DEFAULT_POSTPROCESS = ("remove_small_components", "fill_holes")
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "medseg-app"
 KEEP_OUTPUTS_S = 3600
 MAX_UPLOAD = "50mb"
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
 def available_models() -> list[str]:
@@ -57,6 +59,9 @@ def get_segmenter(name: str) -> Segmenter:
 def _segmenter_or_error(name: str | None) -> Segmenter:
     if not name:
         raise gr.Error("No model is available: put a weights folder in weights/ or set MEDSEG_HUB_MODELS.")
+    # Typed values may only name a Hub repo, never a path on the server.
+    if name not in available_models() and (not HUB_REPO_ID.match(name) or ".." in name):
+        raise gr.Error(f"Unknown model {name!r}: choose one from the list or type a Hub repo id (owner/name).")
     try:
         return get_segmenter(name)
     except WeightsNotFoundError as err:

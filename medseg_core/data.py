@@ -39,11 +39,16 @@ MaskEncoding = Literal["binary", "neopolyp"]
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its mask on disk; ``id`` is ``<dataset folder>/<file stem>`` as in the split files."""
+    """One image and its mask on disk; ``id`` is ``<dataset folder>/<file stem>`` as in the split files.
+
+    ``prob`` is an optional coarse lesion-probability map (8-bit grey, 0..255) read as an extra input channel,
+    e.g. the training crops of the refiner (``train/make_refiner_data.py``).
+    """
 
     id: str
     image: Path
     mask: Path | None
+    prob: Path | None = None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -103,7 +108,8 @@ def read_split(data_root: str | os.PathLike, split: str) -> list[Sample]:
     """The samples of a split file: ``<data_root>/splits/<split>.txt`` or a path to such a file.
 
     Each line is ``<dataset folder>/<image id>``; images are ``<folder>/images/<id>.*`` and masks
-    ``<folder>/masks/<id>.*`` or ``<folder>/masks/<id>_mask.*``.
+    ``<folder>/masks/<id>.*`` or ``<folder>/masks/<id>_mask.*``. When ``<folder>/probs/`` exists, every image
+    needs a ``probs/<id>.png`` lesion-probability map there, which the dataset reads as a fourth channel.
     """
     root = Path(data_root)
     split_file = Path(split) if split.endswith(".txt") else root / "splits" / f"{split}.txt"
@@ -111,19 +117,23 @@ def read_split(data_root: str | os.PathLike, split: str) -> list[Sample]:
         known = sorted(p.stem for p in (root / "splits").glob("*.txt")) if (root / "splits").is_dir() else []
         raise FileNotFoundError(f"no split file {split_file}; known splits: {', '.join(known) or 'none'}")
     lines = [ln.strip() for ln in split_file.read_text().splitlines() if ln.strip()]
-    index: dict[str, tuple[dict[str, Path], dict[str, Path]]] = {}
+    index: dict[str, tuple[dict[str, Path], dict[str, Path], dict[str, Path] | None]] = {}
     samples = []
     for line in lines:
         folder, stem = line.split("/", 1)
         if folder not in index:
-            index[folder] = (_files_by_stem(root / folder / "images"), _files_by_stem(root / folder / "masks"))
-        images, masks = index[folder]
+            probs_dir = root / folder / "probs"
+            index[folder] = (_files_by_stem(root / folder / "images"), _files_by_stem(root / folder / "masks"),
+                             _files_by_stem(probs_dir) if probs_dir.is_dir() else None)
+        images, masks, probs = index[folder]
         if stem not in images:
             raise FileNotFoundError(f"split {split_file.name} names {line}, but there is no such image")
         mask = _find_mask(masks, stem)
         if mask is None:
             raise FileNotFoundError(f"split {split_file.name} names {line}, but it has no mask")
-        samples.append(Sample(line, images[stem], mask))
+        if probs is not None and stem not in probs:
+            raise FileNotFoundError(f"split {split_file.name} names {line}, but it has no probs/ map")
+        samples.append(Sample(line, images[stem], mask, probs[stem] if probs is not None else None))
     return samples
 
 
@@ -164,8 +174,10 @@ class SegDataset(Dataset):
         mask_encoding: how mask files encode classes.
         cache_max_side: decode every pair once, shrunk so its longer side is at most this, and keep it in memory.
             Decoding full-size endoscopy JPEGs every epoch costs more than the model on a CPU.
+        progress: show a progress bar while caching.
 
-    Items are dicts: ``image`` float (3, H, W), ``mask`` long (H, W), ``id`` str.
+    Items are dicts: ``image`` float (3, H, W), ``mask`` long (H, W), ``id`` str. Samples with a ``prob`` map get a
+    fourth image channel: the probability in [0, 1], moved with the geometric augmentations, never normalised.
     """
 
     def __init__(
@@ -174,6 +186,7 @@ class SegDataset(Dataset):
         transform: Callable | None = None,
         mask_encoding: MaskEncoding = "binary",
         cache_max_side: int | None = None,
+        progress: bool = True,
     ) -> None:
         if not samples:
             raise ValueError("the dataset is empty")
@@ -181,35 +194,46 @@ class SegDataset(Dataset):
         self.transform = transform
         self.mask_encoding = mask_encoding
         self.cache_max_side = cache_max_side
-        self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._cache: list[tuple[np.ndarray, ...]] | None = None
         if cache_max_side is not None:
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
                 self._cache = list(
                     tqdm(pool.map(self._load, range(len(self.samples))), total=len(self.samples), desc="caching",
-                         leave=False)
+                         leave=False, disable=not progress)
                 )
 
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, i: int) -> tuple[np.ndarray, ...]:
         s = self.samples[i]
         if s.mask is None:
             raise ValueError(f"{s.id} has no mask")
         image, mask = read_image(s.image), read_mask(s.mask, self.mask_encoding)
         if image.shape[:2] != mask.shape[:2]:
             raise ValueError(f"{s.id}: image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
+        prob = None
+        if s.prob is not None:
+            prob = cv2.imdecode(np.fromfile(str(s.prob), dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+            if prob is None or prob.shape != mask.shape:
+                raise ValueError(f"{s.id}: the probability map {s.prob} is unreadable or not the image's size")
         if self.cache_max_side is not None:
             image = _fit_within(image, self.cache_max_side, cv2.INTER_AREA)
             mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-        return image, mask
+            if prob is not None:
+                prob = cv2.resize(prob, image.shape[1::-1], interpolation=cv2.INTER_AREA)
+        return (image, mask) if prob is None else (image, mask, prob)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | str]:
-        image, mask = self._cache[i] if self._cache is not None else self._load(i)
+        image, mask, *prob = self._cache[i] if self._cache is not None else self._load(i)
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
+            # The probability map rides along as an extra mask: geometric transforms only, no normalisation.
+            out = self.transform(image=image, mask=mask, **({"masks": prob} if prob else {}))
+            image, mask, prob = out["image"], out["mask"], out.get("masks", [])
         else:
             image = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
             mask = torch.from_numpy(mask)
+            prob = [torch.from_numpy(p) for p in prob]
+        if prob:
+            image = torch.cat([image, torch.as_tensor(prob[0]).float()[None] / 255.0])
         return {"image": image, "mask": torch.as_tensor(mask).long(), "id": self.samples[i].id}

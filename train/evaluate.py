@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not state.is_main_process:
         return {}
     means = mean_metrics([{k: v for k, v in r.items() if k not in ("id", "ms")} for r in rows])
-    title = args.split or Path(args.images).name
+    title = Path(args.split).stem if args.split else Path(args.images).name
     result: dict[str, Any] = {
         "model": str(args.model),
         "split": title,

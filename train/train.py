@@ -112,10 +112,11 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
     val_samples = read_split(data["root"], data["val_split"])[: train["max_val_samples"]]
     size, mean, std = model.input_size, model.mean, model.std
     with accelerator.main_process_first():
+        show = accelerator.is_local_main_process and not cfg["_no_progress"]
         train_ds = SegDataset(train_samples, train_transform(size, mean, std, train["augment"]),
-                              data["mask_encoding"], data["cache_max_side"])
+                              data["mask_encoding"], data["cache_max_side"], progress=show)
         val_ds = SegDataset(val_samples, eval_transform(size, mean, std), data["mask_encoding"],
-                            data["cache_max_side"])
+                            data["cache_max_side"], progress=show)
     loader_kw = {"num_workers": train["num_workers"], "persistent_workers": train["num_workers"] > 0}
     train_dl = DataLoader(train_ds, batch_size=train["batch_size"], shuffle=True, drop_last=len(train_ds) >
                           train["batch_size"], **loader_kw)

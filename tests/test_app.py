@@ -1,0 +1,103 @@
+"""The app's handlers, and a launched app answering through gradio_client."""
+
+import json
+import shutil
+import socket
+
+import numpy as np
+import pytest
+from bad_inputs import build_corpus
+from conftest import EXAMPLES
+
+import medseg_core.hub
+
+
+@pytest.fixture()
+def app_module(monkeypatch, tiny_weights, tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copytree(tiny_weights, weights / "tiny_unet.test")
+    monkeypatch.setattr(medseg_core.hub, "WEIGHTS_DIR", weights)
+    import app
+
+    app.get_segmenter.cache_clear()
+    return app
+
+
+def test_models_come_from_weights_dir_and_env(app_module, monkeypatch):
+    monkeypatch.setenv("MEDSEG_HUB_MODELS", "owner/repo-a, owner/repo-b")
+    assert app_module.available_models() == ["tiny_unet.test", "owner/repo-a", "owner/repo-b"]
+    assert app_module.default_model(["x", "y"]) == "x"
+
+
+def test_segment_handler(app_module):
+    mask_path = EXAMPLES[0].with_name(EXAMPLES[0].stem + "_mask.png")
+    slider, heat, summary, mask_file, report, report_file = app_module.segment(
+        str(EXAMPLES[0]), "tiny_unet.test", True, True, str(mask_path))
+    before, after = slider
+    assert before.shape == after.shape == heat.shape
+    assert "Lesion area" in summary and "Dice" in summary
+    saved = json.loads(open(report_file).read())
+    assert saved == report and saved["model"] == "tiny_unet.test" and "ground_truth" in saved
+    import cv2
+
+    mask = cv2.imread(mask_file, cv2.IMREAD_UNCHANGED)
+    assert mask.shape == before.shape[:2] and set(np.unique(mask)) <= {0, 255}
+
+
+@pytest.mark.parametrize("model", ["../../etc", "/tmp/some/folder", "not-a-model"])
+def test_model_names_cannot_be_paths(app_module, model):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="Unknown model"):
+        app_module.segment(str(EXAMPLES[0]), model, False, False)
+
+
+def test_missing_upload_and_bad_files_raise_clear_errors(app_module, tmp_path):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="Upload an image"):
+        app_module.segment(None, "tiny_unet.test", False, False)
+    corpus = build_corpus(tmp_path, huge=False)
+    with pytest.raises(gr.Error, match="not an image"):
+        app_module.segment(str(corpus["text_renamed.png"][0]), "tiny_unet.test", False, False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_launched_app_answers_gradio_client(app_module, tmp_path):
+    from gradio_client import Client, handle_file
+
+    demo = app_module.build_demo()
+    demo.queue(default_concurrency_limit=2).launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
+        max_file_size=app_module.MAX_UPLOAD)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        out = client.predict(handle_file(str(EXAMPLES[1])), "tiny_unet.test", False, False, None,
+                             api_name="/segment")
+        slider, heat, summary, mask_file, report, report_file = out
+        from medseg_core.data import read_image
+
+        h, w = read_image(EXAMPLES[1]).shape[:2]
+        assert "Lesion area" in summary and report["image_size"] == [w, h]
+        assert json.load(open(report_file))["lesion_pixels"] == report["lesion_pixels"]
+        corpus = build_corpus(tmp_path)
+        for name, (path, (kind, detail)) in corpus.items():
+            if kind == "error":
+                with pytest.raises(Exception, match=detail):
+                    client.predict(handle_file(str(path)), "tiny_unet.test", False, False, None, api_name="/segment")
+            else:
+                res = client.predict(handle_file(str(path)), "tiny_unet.test", False, False, None,
+                                     api_name="/segment")
+                assert res[4]["image_size"] == [detail[1], detail[0]], name
+        # The server is still up and answers the next good request.
+        again = client.predict(handle_file(str(EXAMPLES[0])), "tiny_unet.test", True, True, None,
+                               api_name="/segment")
+        assert again[4]["tta"] is True
+    finally:
+        demo.close()

@@ -1,0 +1,59 @@
+"""Weights from a local folder, ``weights/``, or a Hub repo id resolved offline from the huggingface_hub cache."""
+
+import shutil
+
+import pytest
+import torch
+
+from medseg_core import WeightsNotFoundError, list_local_weights, load_model, resolve_weights
+from medseg_core.models import get_model_class
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, tiny_weights):
+    """A huggingface_hub cache holding repo medseg/tiny-unet, laid out as snapshot_download leaves it."""
+    repo = tmp_path / "models--medseg--tiny-unet"
+    snapshot = repo / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_weights / f, snapshot / f)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return tmp_path
+
+
+def test_repo_id_resolves_from_the_cache_offline(hub_cache, tiny_weights):
+    folder = resolve_weights("medseg/tiny-unet", cache_dir=hub_cache)
+    assert folder.name == COMMIT
+    model = load_model("medseg/tiny-unet", cache_dir=str(hub_cache))
+    reference = load_model(tiny_weights)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+
+
+def test_mixin_from_pretrained_reads_the_cache(hub_cache):
+    model = get_model_class("unet").from_pretrained("medseg/tiny-unet", cache_dir=hub_cache, local_files_only=True)
+    assert model.input_size == 64
+
+
+def test_uncached_repo_gives_a_clear_message(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="not in the local cache"):
+        resolve_weights("medseg/never-downloaded", cache_dir=tmp_path)
+
+
+def test_bad_names_are_explained(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="neither a folder"):
+        resolve_weights("no-such-model")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WeightsNotFoundError):
+        resolve_weights(empty)
+
+
+def test_weights_dir_listing(tmp_path, tiny_weights):
+    shutil.copytree(tiny_weights, tmp_path / "a.model")
+    (tmp_path / "not-weights").mkdir()
+    assert list_local_weights(tmp_path) == ["a.model"]
