@@ -25,6 +25,7 @@ import gradio as gr
 import numpy as np
 
 from medseg_core import Segmenter, WeightsNotFoundError, list_local_weights
+from medseg_core.batch import expand_inputs, segment_files, write_results_zip
 from medseg_core.inference import MAX_IMAGE_PIXELS, ImageInputError, SegResult, load_image_file
 from medseg_core.metrics import binary_metrics
 
@@ -159,6 +160,46 @@ def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, t
     )
 
 
+def compare(upload: Any, model_names: list[str] | None, tta: bool, postprocess: bool):
+    """The Compare tab: one image through 2-4 models; overlays side by side and a timing table."""
+    names = list(dict.fromkeys(model_names or []))
+    if not 1 <= len(names) <= 4:
+        raise gr.Error("Choose between one and four models to compare.")
+    image = _load(upload)
+    gallery, rows = [], ["| model | lesion area % | lesions | mean confidence | time (ms) |", "|---|---|---|---|---|"]
+    for name in names:
+        result = _segmenter_or_error(name)(image, tta=tta, postprocess=DEFAULT_POSTPROCESS if postprocess else ())
+        s = result.stats
+        gallery.append((result.overlay, f"{name} · {s['inference_ms']:.0f} ms"))
+        conf = f"{s['mean_confidence']:.3f}" if s["mean_confidence"] is not None else "—"
+        rows.append(f"| `{name}` | {s['lesion_percent']:.2f} | {s['lesion_count']} | {conf} | "
+                    f"{s['inference_ms']:.0f} |")
+    return gallery, "\n".join(rows)
+
+
+def batch(uploads: list[Any] | None, model_name: str | None, tta: bool, postprocess: bool,
+          progress: gr.Progress = gr.Progress()):
+    """The Batch tab: images and/or zip archives -> a zip of masks + statistics.csv, and the table."""
+    if not uploads:
+        raise gr.Error("Upload one or more images, or a zip of images.")
+    segmenter = _segmenter_or_error(model_name)
+    folder = _request_dir()
+    try:
+        paths = expand_inputs([_file_path(u) for u in uploads], folder / "inputs")
+    except ValueError as err:
+        raise gr.Error(str(err)) from err
+    if not paths:
+        raise gr.Error("The upload holds no images (PNG, JPEG, TIFF, BMP).")
+    rows = segment_files(segmenter, paths, folder / "masks", tta=tta,
+                         postprocess=DEFAULT_POSTPROCESS if postprocess else (),
+                         progress=lambda items: progress.tqdm(items, desc="Segmenting"))
+    archive = write_results_zip(folder / "masks", folder / "medseg_masks.zip")
+    table = [[r["file"], r["status"], r["lesion_percent"], r["lesion_count"], r["mean_confidence"],
+              r["inference_ms"], r["error"]] for r in rows]
+    ok = sum(r["status"] == "ok" for r in rows)
+    return str(archive), str(folder / "masks" / "statistics.csv"), table, f"{ok} of {len(rows)} images segmented."
+
+
 def preview(upload: Any) -> np.ndarray | None:
     """Show the uploaded file as the app will read it (or a clear error)."""
     return None if upload is None else _load(upload)
@@ -198,6 +239,43 @@ def build_demo() -> gr.Blocks:
             upload.change(preview, inputs=upload, outputs=shown, api_name="preview")
             run.click(segment, inputs=[upload, model, tta, post, truth],
                       outputs=[slider, heatmap, summary, mask_file, report, report_file], api_name="segment")
+        with gr.Tab("Compare"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    c_upload = gr.File(label="Image", file_types=["image", ".tif", ".tiff"], type="filepath")
+                    c_models = gr.Dropdown(models, value=models[:2], multiselect=True, max_choices=4,
+                                           label="Models (2-4)")
+                    with gr.Row():
+                        c_tta = gr.Checkbox(False, label="Test-time augmentation")
+                        c_post = gr.Checkbox(False, label="Post-processing")
+                    c_run = gr.Button("Compare", variant="primary")
+                    if EXAMPLES:
+                        gr.Examples([[str(p)] for p in EXAMPLES], inputs=[c_upload])
+                with gr.Column(scale=2):
+                    c_gallery = gr.Gallery(label="Overlays", columns=2, height="auto")
+                    c_table = gr.Markdown()
+            c_run.click(compare, inputs=[c_upload, c_models, c_tta, c_post], outputs=[c_gallery, c_table],
+                        api_name="compare")
+        with gr.Tab("Batch"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    b_files = gr.File(label="Images or a zip of images", file_count="multiple", type="filepath",
+                                      file_types=["image", ".tif", ".tiff", ".zip"])
+                    b_model = gr.Dropdown(models, value=default_model(models), label="Model",
+                                          allow_custom_value=True)
+                    with gr.Row():
+                        b_tta = gr.Checkbox(False, label="Test-time augmentation")
+                        b_post = gr.Checkbox(False, label="Post-processing")
+                    b_run = gr.Button("Segment all", variant="primary")
+                with gr.Column(scale=2):
+                    b_status = gr.Markdown()
+                    with gr.Row():
+                        b_zip = gr.File(label="Masks + statistics (zip)")
+                        b_csv = gr.File(label="Statistics (CSV)")
+                    b_table = gr.Dataframe(headers=["file", "status", "lesion %", "lesions", "mean confidence",
+                                                    "ms", "error"], label="Per-image statistics", wrap=True)
+            b_run.click(batch, inputs=[b_files, b_model, b_tta, b_post], outputs=[b_zip, b_csv, b_table, b_status],
+                        api_name="batch")
     return demo
 
 

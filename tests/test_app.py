@@ -101,3 +101,34 @@ def test_launched_app_answers_gradio_client(app_module, tmp_path):
         assert again[4]["tta"] is True
     finally:
         demo.close()
+
+
+def test_compare_handler(app_module):
+    gallery, table = app_module.compare(str(EXAMPLES[0]), ["tiny_unet.test", "tiny_unet.test"], False, False)
+    assert len(gallery) == 1 and "tiny_unet.test" in table  # duplicates are dropped
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="between one and four"):
+        app_module.compare(str(EXAMPLES[0]), [], False, False)
+
+
+class _NoProgress:
+    """Stands in for gr.Progress outside a running event."""
+
+    def tqdm(self, items, desc=None):
+        return items
+
+
+def test_batch_handler(app_module, tmp_path):
+    import zipfile
+
+    corpus = build_corpus(tmp_path, huge=False)
+    archive = tmp_path / "imgs.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(EXAMPLES[0], EXAMPLES[0].name)
+    zip_out, csv_out, table, status = app_module.batch(
+        [str(archive), str(EXAMPLES[1]), str(corpus["zero_bytes.png"][0])], "tiny_unet.test", False, False,
+        progress=_NoProgress())
+    assert status == "2 of 3 images segmented."
+    assert [row[1] for row in table] == ["ok", "ok", "error"]
+    assert "statistics.csv" in zipfile.ZipFile(zip_out).namelist()
