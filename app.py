@@ -215,7 +215,8 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Segment"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    upload = gr.File(label="Image", file_types=["image", ".tif", ".tiff"], type="filepath")
+                    upload = gr.File(label="Image", file_types=["image", ".tif", ".tiff"], type="filepath",
+                                     elem_id="segment-upload")
                     shown = gr.Image(label="Uploaded image", interactive=False, height=260)
                     model = gr.Dropdown(models, value=default_model(models), label="Model",
                                         allow_custom_value=True,
@@ -225,24 +226,25 @@ def build_demo() -> gr.Blocks:
                         post = gr.Checkbox(False, label="Post-processing (drop specks, fill holes)")
                     truth = gr.File(label="Ground-truth mask (optional: shows Dice, IoU, HD95)", type="filepath",
                                     file_types=["image"])
-                    run = gr.Button("Segment", variant="primary")
+                    run = gr.Button("Segment", variant="primary", elem_id="segment-button")
                     if EXAMPLES:
                         gr.Examples([[str(p)] for p in EXAMPLES], inputs=[upload], label="Example images (PolypGen, CC BY 4.0)")
                 with gr.Column(scale=2):
-                    slider = gr.ImageSlider(label="Before / after", type="numpy")
-                    summary = gr.Markdown()
+                    slider = gr.ImageSlider(label="Before / after", type="numpy", elem_id="segment-slider")
+                    summary = gr.Markdown(elem_id="segment-summary")
                     heatmap = gr.Image(label="Confidence map (lesion probability)", type="numpy")
                     with gr.Row():
                         mask_file = gr.File(label="Mask (PNG)")
                         report_file = gr.File(label="Report (JSON)")
-                    report = gr.JSON(label="Report")
+                    report = gr.JSON(label="Report", elem_id="segment-report")
             upload.change(preview, inputs=upload, outputs=shown, api_name="preview")
             run.click(segment, inputs=[upload, model, tta, post, truth],
                       outputs=[slider, heatmap, summary, mask_file, report, report_file], api_name="segment")
         with gr.Tab("Compare"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    c_upload = gr.File(label="Image", file_types=["image", ".tif", ".tiff"], type="filepath")
+                    c_upload = gr.File(label="Image", file_types=["image", ".tif", ".tiff"], type="filepath",
+                                     elem_id="segment-upload")
                     c_models = gr.Dropdown(models, value=models[:2], multiselect=True, max_choices=4,
                                            label="Models (2-4)")
                     with gr.Row():
