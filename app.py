@@ -26,6 +26,7 @@ import numpy as np
 
 from medseg_core import Segmenter, WeightsNotFoundError, list_local_weights
 from medseg_core.batch import expand_inputs, segment_files, write_results_zip
+from medseg_core.enhance import tdc_views
 from medseg_core.inference import MAX_IMAGE_PIXELS, ImageInputError, SegResult, load_image_file
 from medseg_core.metrics import binary_metrics
 
@@ -200,6 +201,16 @@ def batch(uploads: list[Any] | None, model_name: str | None, tta: bool, postproc
     return str(archive), str(folder / "masks" / "statistics.csv"), table, f"{ok} of {len(rows)} images segmented."
 
 
+VIEW_LABELS = {"original": "Original", "texture": "Texture", "detail": "Detail (highlights removed)",
+               "color": "Colour (tone)"}
+
+
+def enhance(upload: Any) -> list[tuple[np.ndarray, str]]:
+    """The Enhance tab: the image and its three TDC-Enhance views (texture, detail, colour)."""
+    views = tdc_views(_load(upload))
+    return [(views[k], label) for k, label in VIEW_LABELS.items()]
+
+
 def preview(upload: Any) -> np.ndarray | None:
     """Show the uploaded file as the app will read it (or a clear error)."""
     return None if upload is None else _load(upload)
@@ -278,6 +289,18 @@ def build_demo() -> gr.Blocks:
                                                     "ms", "error"], label="Per-image statistics", wrap=True)
             b_run.click(batch, inputs=[b_files, b_model, b_tta, b_post], outputs=[b_zip, b_csv, b_table, b_status],
                         api_name="batch")
+        with gr.Tab("Enhance"):
+            gr.Markdown("TDC-Enhance: the texture, detail and colour views that the DynaSiam model reads beside the "
+                        "original image.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    e_upload = gr.File(label="Image", file_types=["image", ".tif", ".tiff"], type="filepath")
+                    e_run = gr.Button("Enhance", variant="primary")
+                    if EXAMPLES:
+                        gr.Examples([[str(p)] for p in EXAMPLES], inputs=[e_upload])
+                with gr.Column(scale=2):
+                    e_gallery = gr.Gallery(label="Views", columns=2, height="auto")
+            e_run.click(enhance, inputs=e_upload, outputs=e_gallery, api_name="enhance")
     return demo
 
 

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 352], help="square input sizes to time")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="Segmenter precision")
     p.add_argument("--peer", action="store_true",
                    help="also time segmentation_models_pytorch's U-Net on tu-tf_efficientnet_lite0 (the issue's peer)")
     args = p.parse_args(argv)
@@ -50,14 +51,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     rng = np.random.default_rng(0)
     for size in args.sizes:
-        x = torch.randn(1, model.in_channels, size, size)
-        with torch.inference_mode():
-            forward = median_ms(lambda: model(x), args.repeats)
-        # The Segmenter runs the model at its configured input size; time it on an image of this size.
-        seg = Segmenter(model, device="cpu")
+        # The Segmenter runs the model at its configured input size, channels-last; time it on an image of this size.
+        seg = Segmenter(model, device="cpu", precision=args.precision)
+        x = torch.randn(1, model.in_channels, size, size).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16"):
+            forward = median_ms(lambda: seg.model(x), args.repeats)
         image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
         full = median_ms(lambda: seg(image), args.repeats)
-        rows.append({"model": args.model, "size": size, "forward_ms": forward, "segmenter_ms": full,
+        rows.append({"model": f"{args.model} ({args.precision})", "size": size, "forward_ms": forward, "segmenter_ms": full,
                      "model_input": model.input_size})
         if args.peer:
             import segmentation_models_pytorch as smp
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             peer = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, classes=1).eval()
             with torch.inference_mode():
                 rows.append({"model": "smp Unet tu-tf_efficientnet_lite0 (peer)", "size": size,
-                             "forward_ms": median_ms(lambda: peer(x), args.repeats), "segmenter_ms": float("nan"),
+                             "forward_ms": median_ms(lambda: peer(x.contiguous()), args.repeats), "segmenter_ms": float("nan"),
                              "model_input": size})
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} runs, batch 1")
     print(f"{'model':<44}{'size':>6}{'forward ms':>12}{'segmenter ms':>14}")

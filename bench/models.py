@@ -30,7 +30,7 @@ def measure(name: str, size: int, threads: int, repeats: int) -> dict:
     from medseg_core import create_model
 
     torch.set_num_threads(threads)
-    model = create_model(name, encoder_weights=None) if _takes_encoder(name) else create_model(name)
+    model = create_model(name, encoder_weights="random") if _takes_encoder(name) else create_model(name)
     model.eval()
     x = torch.randn(1, model.in_channels, size, size)
     with torch.inference_mode():

@@ -237,3 +237,109 @@ class SegDataset(Dataset):
         if prob:
             image = torch.cat([image, torch.as_tensor(prob[0]).float()[None] / 255.0])
         return {"image": image, "mask": torch.as_tensor(mask).long(), "id": self.samples[i].id}
+
+
+# UW-Madison GI tract MRI (Kaggle 2022): RLE masks of three organs in a CSV.
+
+#: The competition's organ classes, in mask-index order (1, 2, 3); 0 is background.
+UWMADISON_CLASSES: tuple[str, ...] = ("large_bowel", "small_bowel", "stomach")
+
+
+def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """A Kaggle run-length encoding -> binary ``uint8`` mask (H, W).
+
+    ``rle`` is ``"start length start length ..."`` with 1-based starts over the pixels numbered row-major (left to
+    right, then top to bottom), as the UW-Madison GI tract competition encodes its masks. An empty string means an
+    empty mask. Raises ``ValueError`` for an odd number of values, non-positive starts or lengths, or runs that
+    leave the image.
+    """
+    h, w = (int(s) for s in shape)
+    flat = np.zeros(h * w, np.uint8)
+    values = rle.split() if isinstance(rle, str) else []
+    if len(values) % 2:
+        raise ValueError(f"an RLE needs start/length pairs, got {len(values)} numbers")
+    try:
+        pairs = np.asarray(values, dtype=np.int64).reshape(-1, 2)
+    except ValueError as err:
+        raise ValueError(f"an RLE holds integers only: {rle[:60]!r}") from err
+    for start, length in pairs:
+        if start < 1 or length < 1 or start - 1 + length > h * w:
+            raise ValueError(f"run ({start}, {length}) does not fit a {h}x{w} image")
+        flat[start - 1 : start - 1 + length] = 1
+    return flat.reshape(h, w)
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """Binary mask (H, W) -> the Kaggle run-length encoding :func:`rle_decode` reads (row-major, 1-based)."""
+    flat = np.concatenate([[0], (np.asarray(mask).reshape(-1) > 0).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(flat)) + 1  # 1-based positions where a run starts or ends
+    starts, ends = edges[0::2], edges[1::2]
+    return " ".join(f"{s} {e - s}" for s, e in zip(starts, ends))
+
+
+def uwmadison_slice_info(path: str | os.PathLike) -> tuple[str, tuple[int, int]]:
+    """The CSV id and the (height, width) of a competition slice file.
+
+    ``.../case123/case123_day20/scans/slice_0001_266_266_1.50_1.50.png`` -> ``("case123_day20_slice_0001",
+    (266, 266))``: the file name gives width, height and the pixel spacing, the parent of ``scans`` the case-day.
+    """
+    p = Path(path)
+    parts = p.stem.split("_")
+    if len(parts) != 6 or parts[0] != "slice":
+        raise ValueError(f"{p.name} is not named slice_<n>_<width>_<height>_<dx>_<dy>")
+    width, height = int(parts[2]), int(parts[3])
+    return f"{p.parent.parent.name}_slice_{parts[1]}", (height, width)
+
+
+def read_uwmadison_csv(
+    csv_path: str | os.PathLike,
+    shapes: tuple[int, int] | dict[str, tuple[int, int]],
+    classes: Sequence[str] = UWMADISON_CLASSES,
+) -> dict[str, np.ndarray]:
+    """Per-slice multi-class masks from a UW-Madison ``train.csv`` (columns ``id``, ``class``, ``segmentation``).
+
+    Args:
+        csv_path: the CSV; an empty ``segmentation`` means the organ is absent from that slice.
+        shapes: the (height, width) of every slice, or a dict id -> (height, width) (see
+            :func:`uwmadison_slice_info`; the CSV itself does not record sizes).
+        classes: the organ names in mask-index order; class ``classes[k]`` becomes index ``k + 1``.
+
+    Returns:
+        id -> ``uint8`` mask (H, W): 0 background, 1/2/3 large bowel / small bowel / stomach. Every id in the CSV
+        is returned, slices without any organ as all-background masks.
+
+    Organs may overlap in the annotations (bowel loops touching). A single-label mask needs one owner per pixel:
+    the higher class index wins (stomach over small bowel over large bowel). Keep per-organ masks from
+    :func:`rle_decode` where a multi-label target is wanted.
+    """
+    import csv  # only this reader needs it
+
+    index = {name: k + 1 for k, name in enumerate(classes)}
+    masks: dict[str, np.ndarray] = {}
+    overlaps = 0
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"id", "class", "segmentation"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{csv_path} lacks the column(s) {', '.join(sorted(missing))}")
+        rows = list(reader)
+    for row in rows:  # the ids in the CSV's order
+        sid, organ = row["id"], row["class"]
+        if organ not in index:
+            raise ValueError(f"{csv_path}: unknown class {organ!r} for {sid}; expected one of {', '.join(classes)}")
+        if sid not in masks:
+            if isinstance(shapes, dict) and sid not in shapes:
+                raise ValueError(f"no (height, width) given for {sid}")
+            masks[sid] = np.zeros(shapes[sid] if isinstance(shapes, dict) else shapes, np.uint8)
+    for row in sorted(rows, key=lambda r: index[r["class"]]):  # paint in class order, so the higher index wins
+        sid, organ, rle = row["id"], row["class"], (row["segmentation"] or "").strip()
+        if rle:
+            region = rle_decode(rle, masks[sid].shape).astype(bool)
+            overlaps += int((masks[sid][region] > 0).sum())
+            masks[sid][region] = index[organ]
+    if overlaps:
+        log.debug("%s: %d pixels carry more than one organ; the higher class index was kept", csv_path, overlaps)
+    return masks
+
+
+__all__ += ["UWMADISON_CLASSES", "read_uwmadison_csv", "rle_decode", "rle_encode", "uwmadison_slice_info"]

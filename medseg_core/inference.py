@@ -17,6 +17,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
+from .enhance import stack_views
 from .hub import load_model
 from .models import SegModel
 from .postprocess import apply_postprocessing
@@ -175,6 +176,9 @@ class Segmenter:
         postprocess: post-processing step names applied to every mask (see ``medseg_core.postprocess``).
         class_names: one name per class, background first.
         name: how reports name the model (the weights name or repo id); the architecture name by default.
+        refiner: a ``refiner`` model for the ``refine`` post-processing step (None when that step is not used).
+        precision: ``"fp32"`` (the default; what reported metrics use) or ``"bf16"`` autocast, about 2.5x faster on
+            CPUs with bf16 units and on GPUs, at a small cost in agreement with fp32 (measure it with evaluate.py).
     """
 
     def __init__(
@@ -185,12 +189,19 @@ class Segmenter:
         postprocess: Sequence[str] = (),
         class_names: Sequence[str] | None = None,
         name: str | None = None,
+        refiner: SegModel | None = None,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.name = name or model.arch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
+        self.precision = precision
+        # Channels-last is the faster memory layout for convolutions on CPU (oneDNN) and GPU alike.
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.threshold = threshold
         self.postprocess = tuple(postprocess)
+        self.refiner = refiner.to(self.device).eval() if refiner is not None else None
         n = max(2, model.num_classes)
         self.class_names = tuple(class_names or DEFAULT_CLASS_NAMES.get(model.num_classes) or
                                  ["background"] + [f"class {c}" for c in range(1, n)])
@@ -214,12 +225,20 @@ class Segmenter:
         h, w = image.shape[:2]
         interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
         resized = cv2.resize(image, (size, size), interpolation=interp)
+        views = getattr(self.model, "views", None)
+        if views:
+            # Multi-view models (DynaSiam) read TDC-Enhance views of the resized image, as in training.
+            resized = stack_views(resized, views)
         x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1).unsqueeze(0).float()
-        return (x - self._mean) / self._std
+        # One RGB normalisation, repeated for each view stacked on the channel axis.
+        repeats = x.shape[1] // self._mean.shape[1]
+        return (x - self._mean.repeat(1, repeats, 1, 1)) / self._std.repeat(1, repeats, 1, 1)
 
     @torch.inference_mode()
     def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x).float()
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model(x).float()
         if logits.shape[1] == 1:
             fg = logits.sigmoid()
             return torch.cat([1 - fg, fg], dim=1)
@@ -261,7 +280,7 @@ class Segmenter:
         mask = self.mask_from_probs(probs)
         steps = self.postprocess if postprocess is None else tuple(postprocess)
         if steps:
-            mask = apply_postprocessing(mask, steps, probs)
+            mask = apply_postprocessing(mask, steps, probs, image=image, refiner=self.refiner)
         confidence = (1.0 - probs[0]).astype(np.float32)
         elapsed_ms = (time.perf_counter() - start) * 1000
         return SegResult(

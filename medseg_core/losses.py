@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DeepSupervisionLoss", "DiceCELoss", "DiceLoss", "build_loss"]
+__all__ = ["DeepSupervisionLoss", "DiceCELoss", "DiceLoss", "StructureLoss", "build_loss"]
 
 Reduction = Literal["mean", "sum", "none"]
 
@@ -135,6 +135,93 @@ def build_loss(name: str, num_classes: int, deep_supervision_weights: Sequence[f
         base = DiceCELoss(num_classes=num_classes, lambda_dice=0.0)
     elif name == "dice":
         base = DiceCELoss(num_classes=num_classes, lambda_ce=0.0)
+    elif name == "structure":
+        base = StructureLoss(sigmoid=num_classes == 1, softmax=num_classes > 1, include_background=False)
+        # PraNet sums the loss of every side output with the same weight (8 entries: more than any model has).
+        deep_supervision_weights = deep_supervision_weights or [1.0] * 8
     else:
-        raise ValueError(f"unknown loss {name!r}; choose from dice_ce, ce, dice")
+        raise ValueError(f"unknown loss {name!r}; choose from dice_ce, ce, dice, structure")
     return DeepSupervisionLoss(base, deep_supervision_weights)
+
+
+class StructureLoss(nn.Module):
+    """PraNet's structure loss (Fan et al. 2020, after F3Net): boundary-weighted BCE plus boundary-weighted IoU.
+
+    Each pixel weighs ``1 + boundary_weight * |avg_pool_k(y) - y|`` for the (one-hot) target ``y``: 1 far from
+    any edge, rising to about ``1 + boundary_weight / 2`` on a mask's boundary, so errors along edges cost more.
+    Per image and class::
+
+        wbce = sum(w * bce) / sum(w)
+        wiou = 1 - (sum(w * p * y) + smooth_nr) / (sum(w * (p + y - p * y)) + smooth_dr)
+
+    Args:
+        sigmoid: logits are per-channel sigmoid (binary with one channel).
+        softmax: logits are softmax over channels (multi-class); the BCE is then on each class's probability.
+        include_background: keep channel 0 (only meaningful with ``softmax``).
+        kernel_size: side of the averaging window that finds edges (31 in PraNet, at 352 px).
+        boundary_weight: how much more an edge pixel can weigh (5 in PraNet).
+        smooth_nr, smooth_dr: added to the IoU's numerator and denominator (1 in PraNet).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (an (N, C) tensor of per-image, per-class losses).
+    """
+
+    def __init__(
+        self,
+        sigmoid: bool = True,
+        softmax: bool = False,
+        include_background: bool = True,
+        kernel_size: int = 31,
+        boundary_weight: float = 5.0,
+        smooth_nr: float = 1.0,
+        smooth_dr: float = 1.0,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__()
+        if sigmoid == softmax:
+            raise ValueError("StructureLoss: choose exactly one of sigmoid or softmax (it needs probabilities)")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"StructureLoss: kernel_size must be odd and positive, got {kernel_size}")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"StructureLoss: unknown reduction {reduction!r}")
+        self.sigmoid, self.softmax = sigmoid, softmax
+        self.include_background = include_background
+        self.kernel_size, self.boundary_weight = kernel_size, boundary_weight
+        self.smooth_nr, self.smooth_dr = smooth_nr, smooth_dr
+        self.reduction = reduction
+
+    def weights(self, onehot: torch.Tensor) -> torch.Tensor:
+        """Per-pixel weights of a (N, C, H, W) float target, same shape; zero padding as in PraNet."""
+        k = self.kernel_size
+        local_mean = F.avg_pool2d(onehot, k, stride=1, padding=k // 2, count_include_pad=True)
+        return 1.0 + self.boundary_weight * (local_mean - onehot).abs()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """logits (N, C, H, W); target (N, H, W) integer classes."""
+        logits = logits.float()
+        if self.softmax and logits.shape[1] < 2:
+            raise ValueError("StructureLoss: softmax needs at least two channels; use sigmoid for one")
+        onehot = _one_hot(target, logits.shape[1])
+        if self.sigmoid:
+            probs = logits.sigmoid()
+            bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+        else:
+            log_p = logits.log_softmax(dim=1)
+            probs = log_p.exp()
+            # log(1 - p) from the other classes' log-sum-exp, which stays finite where p -> 1.
+            log_not_p = torch.stack(
+                [torch.cat([logits[:, :c], logits[:, c + 1 :]], 1).logsumexp(1) for c in range(logits.shape[1])], 1
+            ) - logits.logsumexp(1, keepdim=True)
+            bce = -(onehot * log_p + (1.0 - onehot) * log_not_p)
+        if self.softmax and not self.include_background:
+            probs, onehot, bce = probs[:, 1:], onehot[:, 1:], bce[:, 1:]
+        w = self.weights(onehot)
+        dims = (2, 3)
+        wbce = (w * bce).sum(dims) / w.sum(dims)
+        inter = (w * probs * onehot).sum(dims)
+        union = (w * (probs + onehot)).sum(dims) - inter
+        wiou = 1.0 - (inter + self.smooth_nr) / (union + self.smooth_dr)
+        loss = wbce + wiou
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss

@@ -132,3 +132,11 @@ def test_batch_handler(app_module, tmp_path):
     assert status == "2 of 3 images segmented."
     assert [row[1] for row in table] == ["ok", "ok", "error"]
     assert "statistics.csv" in zipfile.ZipFile(zip_out).namelist()
+
+
+def test_enhance_handler(app_module):
+    views = app_module.enhance(str(EXAMPLES[0]))
+    assert [label for _, label in views][0] == "Original" and len(views) == 4
+    shapes = {img.shape for img, _ in views}
+    assert len(shapes) == 1 and views[1][0].dtype == np.uint8
+    assert not np.array_equal(views[0][0], views[1][0])

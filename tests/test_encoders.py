@@ -37,3 +37,16 @@ def test_normalisation_comes_from_timm():
     assert encoder_normalization("tf_efficientnet_lite0") == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     mean, _ = encoder_normalization("resnet50")
     assert mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_encoder_weights_is_a_closed_choice():
+    from medseg_core import create_model
+    from medseg_core.models.encoders import wants_imagenet
+
+    assert wants_imagenet("imagenet") and not wants_imagenet("random")
+    with pytest.raises(ValueError, match="encoder_weights"):
+        create_model("unet", encoder_weights="imagenet21k")
+    # "random" survives create_model's dropping of None values: the stem differs from the packaged weights.
+    model = create_model("unet", encoder_weights="random", decoder_channels=[8, 8, 8, 8, 8])
+    state = load_lite_state_dict("tf_efficientnet_lite0")
+    assert not torch.equal(model.encoder.state_dict()["conv_stem.weight"], state["conv_stem.weight"])

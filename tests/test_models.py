@@ -16,9 +16,24 @@ from medseg_core.transforms import eval_transform
 TINY = {
     "unet": TINY_UNET,
     # model zoo (a)
+    "attention_unet": TINY_UNET,
+    "unetplusplus": {**TINY_UNET, "decoder_channels": [16, 16, 8, 8, 8]},
+    "unet3plus": {"encoder": "tf_efficientnet_lite0", "encoder_weights": "random", "cat_channels": 8, "input_size": 64},
+    "ddanet": {"widths": [8, 16, 16, 32], "input_size": 64},
+    "deeplabv3plus": {"encoder": "tf_efficientnet_lite0", "encoder_weights": "random", "aspp_channels": 16,
+                      "low_level_channels": 8, "input_size": 64},
+    # A 64-px input leaves a 4x4 grid at the bottleneck: small atrous rates.
+    "aspp_net": {"widths": [8, 16, 16, 32], "aspp_channels": 16, "atrous_rates": [1, 2, 3], "input_size": 64},
     # model zoo (b)
+    "emcad": {"encoder": "pvt_v2_b0", "encoder_weights": "random", "kernel_sizes": [1, 3, 5], "input_size": 64},
+    "fct": {"channels": [4, 8, 8, 16, 16], "input_size": 64},
+    "pranet": {"encoder": "tf_efficientnet_lite0", "encoder_weights": "random", "rfb_channels": 8,
+               "ra_channels": [16, 8, 8], "input_size": 64},
+    "ssformer": {"encoder": "pvt_v2_b0", "encoder_weights": "random", "decoder_channels": 16, "input_size": 64},
     # dynasiam
+    "dynasiam": {**TINY_UNET, "dfi_reduction": 16},
     # refiner
+    "refiner": {"widths": [8, 16, 16], "input_size": 64},
 }
 
 
@@ -85,8 +100,13 @@ def test_load_refuses_mismatched_weights(tmp_path):
 @pytest.mark.parametrize("name", list_models())
 def test_one_step_on_a_real_image_lowers_the_loss(name, example_image, example_mask):
     model = tiny(name)
-    t = eval_transform(model.input_size, model.mean, model.std)(image=example_image, mask=example_mask)
+    # Multi-view models (DynaSiam) read stacked TDC-Enhance views; every other model gets plain RGB.
+    views = getattr(model, "views", None)
+    t = eval_transform(model.input_size, model.mean, model.std, views)(image=example_image, mask=example_mask)
     x, y = t["image"][None], torch.as_tensor(t["mask"])[None].long()
+    if model.in_channels == 4:  # the refiner also reads a coarse lesion probability: a blurred, shrunk mask
+        coarse = torch.nn.functional.avg_pool2d(y[:, None].float(), 9, stride=1, padding=4) * 0.8
+        x = torch.cat([x, coarse], dim=1)
     assert y.max() == 1
     loss_fn = build_loss("dice_ce", model.num_classes)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

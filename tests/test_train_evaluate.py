@@ -25,7 +25,7 @@ def tiny_args(data_root, out, *extra, max_steps=2):
         "--data.root", str(data_root), "--data.cache_max_side", "96",
         "--train.max_train_samples", "4", "--train.max_val_samples", "2", "--train.batch_size", "2",
         "--model.input_size", "64", "--model.decoder_channels", "[16, 16, 16, 16, 8]",
-        "--model.encoder_weights", "null", *extra,
+        "--model.encoder_weights", "random", *extra,
     ]
 
 

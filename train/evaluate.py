@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", help="write mean and per-image metrics to this JSON file")
     p.add_argument("--csv", help="write per-image metrics to this CSV file")
     p.add_argument("--device", default=None, help="cpu or cuda (default: this process's accelerator device)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="inference precision")
     args = p.parse_args(argv)
     if bool(args.split) == bool(args.images):
         p.error("give either --split or --images/--masks")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     state = PartialState()
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device))
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device), precision=args.precision)
     encoding = args.mask_encoding or ("neopolyp" if segmenter.num_classes == 3 else "binary")
     samples = read_split(args.data, args.split) if args.split else pairs_from_folders(args.images, args.masks)
     samples = samples[: args.limit]
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ms_per_image": sum(r["ms"] for r in rows) / max(1, len(rows)),
         "seconds": time.time() - started,
         "tta": args.tta,
+        "inference_precision": args.precision,
         "postprocess": args.postprocess or [],
         "per_image": rows,
     }

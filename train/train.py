@@ -111,11 +111,12 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
     train_samples = read_split(data["root"], data["train_split"])[: train["max_train_samples"]]
     val_samples = read_split(data["root"], data["val_split"])[: train["max_val_samples"]]
     size, mean, std = model.input_size, model.mean, model.std
+    views = getattr(model, "views", None)  # multi-view models (DynaSiam) read stacked TDC-Enhance views
     with accelerator.main_process_first():
         show = accelerator.is_local_main_process and not cfg["_no_progress"]
-        train_ds = SegDataset(train_samples, train_transform(size, mean, std, train["augment"]),
+        train_ds = SegDataset(train_samples, train_transform(size, mean, std, train["augment"], views),
                               data["mask_encoding"], data["cache_max_side"], progress=show)
-        val_ds = SegDataset(val_samples, eval_transform(size, mean, std), data["mask_encoding"],
+        val_ds = SegDataset(val_samples, eval_transform(size, mean, std, views), data["mask_encoding"],
                             data["cache_max_side"], progress=show)
     loader_kw = {"num_workers": train["num_workers"], "persistent_workers": train["num_workers"] > 0}
     train_dl = DataLoader(train_ds, batch_size=train["batch_size"], shuffle=True, drop_last=len(train_ds) >
@@ -177,11 +178,25 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
     return total / max(1, count)
 
 
+def _dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image Dice and IoU of boolean masks (N, H, W); 1.0 when both are empty."""
+    inter = (pred & target).flatten(1).sum(1).float()
+    total = pred.flatten(1).sum(1).float() + target.flatten(1).sum(1).float()
+    empty = total == 0
+    dice = torch.where(empty, torch.ones_like(inter), 2 * inter / total.clamp(min=1))
+    iou = torch.where(empty, torch.ones_like(inter), inter / (total - inter).clamp(min=1))
+    return dice, iou
+
+
 @torch.inference_mode()
 def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
-    """Per-image Dice and IoU of the lesion region at the model's input size, gathered over processes."""
+    """Per-image Dice and IoU at the model's input size, gathered over processes, then averaged.
+
+    ``dice``/``iou`` are the lesion region's (any foreground class); multi-class models add ``mdice``, the mean over
+    foreground classes of the per-class Dice, which is then the selection score (``score``).
+    """
     model.eval()
-    dices, ious = [], []
+    rows = []
     for batch in tqdm(loader, desc="validate", disable=not accelerator.is_local_main_process or cfg["_no_progress"],
                       leave=False):
         images = batch["image"]
@@ -189,18 +204,18 @@ def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             logits = model(images).float()
-        pred = logits.argmax(1) > 0 if logits.shape[1] > 1 else logits[:, 0] > 0
-        target = batch["mask"] > 0
-        inter = (pred & target).flatten(1).sum(1).float()
-        p_sum, t_sum = pred.flatten(1).sum(1).float(), target.flatten(1).sum(1).float()
-        union = p_sum + t_sum - inter
-        empty = (p_sum + t_sum) == 0
-        dice = torch.where(empty, torch.ones_like(inter), 2 * inter / (p_sum + t_sum).clamp(min=1))
-        iou = torch.where(empty, torch.ones_like(inter), inter / union.clamp(min=1))
-        d, i = accelerator.gather_for_metrics((dice, iou))
-        dices.append(d.cpu())
-        ious.append(i.cpu())
-    return {"dice": torch.cat(dices).mean().item(), "iou": torch.cat(ious).mean().item()}
+        pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+        target = batch["mask"]
+        scores = list(_dice_iou(pred > 0, target > 0))
+        for c in range(1, logits.shape[1]):
+            scores.append(_dice_iou(pred == c, target == c)[0])
+        rows.append(torch.stack(accelerator.gather_for_metrics(tuple(scores)), dim=1).cpu())
+    table = torch.cat(rows)
+    out = {"dice": table[:, 0].mean().item(), "iou": table[:, 1].mean().item()}
+    if table.shape[1] > 3:
+        out["mdice"] = table[:, 2:].mean().item()
+    out["score"] = out.get("mdice", out["dice"])
+    return out
 
 
 def resolve_resume_path(resume: str | None, output_dir: Path) -> Path | None:
@@ -288,12 +303,12 @@ def main(argv: list[str] | None = None) -> Path:
                                      args.max_steps)
         val = evaluate(accelerator, model, val_dl, cfg)
         progress.epoch += 1
-        accelerator.log({"val/dice": val["dice"], "val/iou": val["iou"], "train/epoch_loss": train_loss},
+        accelerator.log({**{f"val/{k}": v for k, v in val.items()}, "train/epoch_loss": train_loss},
                         step=progress.step)
-        log.info("epoch %d/%d: train loss %.4f, val Dice %.4f, IoU %.4f", progress.epoch, t["epochs"], train_loss,
-                 val["dice"], val["iou"])
-        if val["dice"] > progress.best_dice:
-            progress.best_dice, progress.best_epoch = val["dice"], progress.epoch
+        log.info("epoch %d/%d: train loss %.4f, val %s", progress.epoch, t["epochs"], train_loss,
+                 ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+        if val["score"] > progress.best_dice:
+            progress.best_dice, progress.best_epoch = val["score"], progress.epoch
             if accelerator.is_main_process:
                 accelerator.unwrap_model(model).save_pretrained(model_dir)
         accelerator.save_state()

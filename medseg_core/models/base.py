@@ -7,6 +7,7 @@ safetensors only, and loaded strictly.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +78,10 @@ class SegModel(
     @property
     def config(self) -> dict[str, Any]:
         """What ``config.json`` holds: constructor arguments, ``arch`` and the resolved preprocessing."""
-        return {**(self._hub_mixin_config or {}), "arch": self.arch, "num_classes": self.num_classes,
-                **self.preprocessing}
+        config = {**(self._hub_mixin_config or {}), "arch": self.arch, "num_classes": self.num_classes,
+                  **self.preprocessing}
+        # Through JSON and back, so tuples become lists exactly as they will after a save and load.
+        return json.loads(json.dumps(config))
 
     def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, **kwargs: Any) -> str | None:
         """Write ``model.safetensors``, ``config.json`` (with ``arch``) and a model card to a folder."""
@@ -102,7 +105,7 @@ class SegModel(
         recorded_weights = model_kwargs.get("encoder_weights")
         if "encoder_weights" in cls._hub_mixin_init_parameters:
             # The checkpoint replaces every weight: don't fetch ImageNet ones first.
-            model_kwargs["encoder_weights"] = None
+            model_kwargs["encoder_weights"] = "random"
         model = cls(**model_kwargs)
         if model._hub_mixin_config is not None and "encoder_weights" in model._hub_mixin_config:
             model._hub_mixin_config["encoder_weights"] = recorded_weights

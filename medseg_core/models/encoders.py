@@ -18,7 +18,14 @@ import timm
 import torch
 import torch.nn as nn
 
-__all__ = ["LITE_WEIGHTS", "create_encoder", "encoder_normalization", "load_lite_state_dict"]
+__all__ = [
+    "ENCODER_WEIGHTS",
+    "LITE_WEIGHTS",
+    "create_encoder",
+    "encoder_normalization",
+    "load_lite_state_dict",
+    "wants_imagenet",
+]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +130,18 @@ def create_encoder(
         except Exception as err:  # noqa: BLE001 - any download failure means "no weights here"
             log.warning("ImageNet weights for %s are not reachable (%s); starting from random weights", name, err)
     return timm.create_model(name, pretrained=False, **kwargs)
+
+
+#: The values of a model's ``encoder_weights`` argument.
+ENCODER_WEIGHTS = ("imagenet", "random")
+
+
+def wants_imagenet(encoder_weights: str) -> bool:
+    """True for ``"imagenet"``, False for ``"random"``; anything else is a ``ValueError`` (a string, not None, so
+    that ``create_model`` dropping None values can never turn a request for random weights into ImageNet ones)."""
+    if encoder_weights not in ENCODER_WEIGHTS:
+        raise ValueError(f"encoder_weights must be one of {ENCODER_WEIGHTS}, got {encoder_weights!r}")
+    return encoder_weights == "imagenet"
 
 
 def encoder_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

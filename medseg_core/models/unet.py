@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ModelInfo, SegModel
-from .encoders import create_encoder, encoder_normalization
+from .encoders import create_encoder, encoder_normalization, wants_imagenet
 from .layers import ConvBNAct
 from .registry import register_model
 
@@ -38,7 +38,7 @@ class UNet(SegModel):
 
     Args:
         encoder: timm model name; ``tf_efficientnet_lite0/1/2`` have ImageNet weights offline.
-        encoder_weights: ``"imagenet"`` or None for random initialisation.
+        encoder_weights: ``"imagenet"`` or ``"random"`` initialisation of the encoder.
         in_channels: input image channels.
         num_classes: 1 for binary (sigmoid), C for softmax over C classes.
         decoder_channels: one width per decoder block; there must be at least as many blocks as skips.
@@ -53,7 +53,7 @@ class UNet(SegModel):
     def __init__(
         self,
         encoder: str = "tf_efficientnet_lite0",
-        encoder_weights: str | None = "imagenet",
+        encoder_weights: str = "imagenet",
         in_channels: int = 3,
         num_classes: int = 1,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
@@ -63,7 +63,7 @@ class UNet(SegModel):
     ) -> None:
         enc_mean, enc_std = encoder_normalization(encoder)
         super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std, in_channels)
-        self.encoder = create_encoder(encoder, pretrained=encoder_weights is not None, in_chans=in_channels)
+        self.encoder = create_encoder(encoder, pretrained=wants_imagenet(encoder_weights), in_chans=in_channels)
         channels = self.encoder.feature_info.channels()
         skips = channels[:-1][::-1]
         if len(decoder_channels) < len(skips):

@@ -1,0 +1,136 @@
+"""What each post-processing step does to a model's Dice on a split: none, each step alone, the full chain.
+
+    python bench/postprocess_table.py --model runs/unet_lite0.neopolyp/model --split train/splits/neopolyp-val.txt
+    python bench/postprocess_table.py --model unet_lite0.polyp --split polyp-val --refiner runs/refiner.polyp/model
+
+The model runs once per image; every variant post-processes the same probabilities, so the differences are the
+steps' alone. Dice is per image at the original resolution, then averaged (the project's protocol): the lesion
+Dice for binary models; per-class Dice and their mean (``mdice``) for multi-class ones. Choose steps on a
+validation split (the test split is read once per reported number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medseg_core.data import Sample, read_image, read_mask, read_split  # noqa: E402
+from medseg_core.hub import load_model  # noqa: E402
+from medseg_core.inference import Segmenter  # noqa: E402
+from medseg_core.metrics import dice_score, per_class_metrics  # noqa: E402
+from medseg_core.models import SegModel  # noqa: E402
+from medseg_core.postprocess import POSTPROCESSING_STEPS, apply_postprocessing  # noqa: E402
+
+log = logging.getLogger("medseg.bench.postprocess")
+
+#: The full chain, in order: refine the raw regions first, then clean up, then make classes consistent.
+DEFAULT_CHAIN = ("refine", "remove_small_components", "fill_holes", "adaptive_morphology", "region_class_consistency")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Dice of a model on a split without post-processing, with each step "
+                                "alone, and with the full chain.")
+    p.add_argument("--model", required=True, help="weights folder, a name under weights/, or a Hub repo id")
+    p.add_argument("--data", default="../shared/data", help="dataset root holding splits/")
+    p.add_argument("--split", required=True, help="split name (e.g. polyp-val) or path to a split .txt file")
+    p.add_argument("--steps", nargs="+", default=None, choices=sorted(POSTPROCESSING_STEPS),
+                   help="the chain, in order (default: " + " ".join(DEFAULT_CHAIN) + "; 'refine' only with "
+                   "--refiner)")
+    p.add_argument("--refiner", default=None, help="weights of a 'refiner' model for the refine step")
+    p.add_argument("--mask-encoding", choices=["binary", "neopolyp"], default=None,
+                   help="how masks encode classes (default: neopolyp for 3-class models, else binary)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", default=None, help="write the table (and per-image scores) to this JSON file")
+    args = p.parse_args(argv)
+    if args.steps and "refine" in args.steps and not args.refiner:
+        p.error("the refine step needs --refiner")
+    return args
+
+
+def variants(chain: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``none``, every step of the chain alone, and the full chain (when it has more than one step)."""
+    out: dict[str, tuple[str, ...]] = {"none": ()}
+    out.update({step: (step,) for step in chain})
+    if len(chain) > 1:
+        out["full chain"] = tuple(chain)
+    return out
+
+
+def image_scores(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Lesion Dice, plus per-class Dice and their mean for multi-class masks (as ``evaluate.py`` names them)."""
+    scores = {"dice": dice_score(pred > 0, target > 0)}
+    if num_classes > 2:
+        scores.update({k: v for k, v in per_class_metrics(pred, target, num_classes).items()
+                       if k.startswith("dice_") or k == "mdice"})
+    return scores
+
+
+def postprocess_table(segmenter: Segmenter, samples: Sequence[Sample], mask_encoding: str,
+                      chains: dict[str, tuple[str, ...]], refiner: SegModel | None = None, tta: bool = False,
+                      progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Mean scores of every variant over the samples, with the per-image rows: ``{variant: {"mean", "per_image"}}``."""
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in chains}
+    for s in tqdm(samples, desc="post-processing table", disable=not progress):
+        image = read_image(s.image)
+        target = read_mask(s.mask, mask_encoding)
+        probs, _ = segmenter.predict_probs(image, tta=tta)
+        raw = segmenter.mask_from_probs(probs)
+        for name, steps in chains.items():
+            pred = apply_postprocessing(raw, steps, probs, image=image, refiner=refiner)
+            rows[name].append({"id": s.id, **image_scores(pred, target, segmenter.num_classes)})
+    table = {}
+    for name, per_image in rows.items():
+        keys = [k for k in per_image[0] if k != "id"]
+        table[name] = {"steps": list(chains[name]), "mean": {k: float(np.mean([r[k] for r in per_image]))
+                                                            for k in keys}, "per_image": per_image}
+    return table
+
+
+def format_table(table: dict[str, dict[str, Any]]) -> str:
+    """One row per variant; the last column is the change of the headline score against ``none``."""
+    first = next(iter(table.values()))["mean"]
+    keys = ["dice", *sorted(k for k in first if k.startswith("dice_")), *(["mdice"] if "mdice" in first else [])]
+    headline = "mdice" if "mdice" in first else "dice"
+    base = table["none"]["mean"][headline] if "none" in table else None
+    width = max(12, *(len(n) for n in table)) + 2
+    lines = [f"{'variant':<{width}}" + "".join(f"{k:>10}" for k in keys) + f"{'Δ ' + headline:>12}"]
+    for name, entry in table.items():
+        mean = entry["mean"]
+        delta = f"{mean[headline] - base:+.4f}" if base is not None else "-"
+        lines.append(f"{name:<{width}}" + "".join(f"{mean[k]:>10.4f}" for k in keys) + f"{delta:>12}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device)
+    refiner = load_model(args.refiner).to(segmenter.device).eval() if args.refiner else None
+    chain = args.steps or [s for s in DEFAULT_CHAIN if s != "refine" or refiner is not None]
+    encoding = args.mask_encoding or ("neopolyp" if segmenter.num_classes == 3 else "binary")
+    samples = read_split(args.data, args.split)[: args.limit]
+    table = postprocess_table(segmenter, samples, encoding, variants(chain), refiner, args.tta)
+    print(f"{args.model} on {args.split} ({len(samples)} images{', TTA' if args.tta else ''})")
+    print(format_table(table))
+    result = {"model": str(args.model), "split": args.split, "n": len(samples), "tta": args.tta,
+              "refiner": args.refiner, "table": table}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

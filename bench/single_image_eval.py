@@ -1,0 +1,164 @@
+"""How well does single-image training do, given a rough ROI like a clinician's? And how does a base model do?
+
+    python bench/single_image_eval.py --n 50 --baseline weights/unet_lite0.polyp --json single_image.json
+
+N test images are taken evenly from test-kvasir and test-clinicdb (the same ones on every run). The ROI of each
+image is derived from its ground truth by a fixed rule that imitates a rough marking inside the lesion
+(:func:`roi_from_ground_truth`): the lesion is eroded, a few points of the eroded outline are drawn at random,
+and their convex hull (kept inside the eroded lesion) is the ROI. The method then sees only the image and that
+ROI. Dice (lesion, threshold 0.5, at the original resolution) is reported as mean, median and worst decile (the
+10th percentile), with the time per image; ``--baseline`` runs a trained model on the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medseg_core.data import Sample, read_image, read_mask, read_split  # noqa: E402
+from medseg_core.inference import Segmenter  # noqa: E402
+from medseg_core.metrics import dice_score  # noqa: E402
+from medseg_core.single_image import SingleImageConfig, segment_single_image, write_result  # noqa: E402
+
+log = logging.getLogger("medseg.bench.single_image")
+
+
+def roi_from_ground_truth(mask: np.ndarray, rng: np.random.Generator, erode: float = 0.25, points: int = 8
+                          ) -> np.ndarray:
+    """A rough ROI inside the lesion, imitating a clinician's quick polygon. Boolean (H, W).
+
+    Rule: take the largest lesion region; erode it by ``erode`` x its equivalent radius (sqrt(area / pi)), halving
+    the erosion until something is left; draw ``points`` points of the eroded outline at random; the ROI is their
+    convex hull intersected with the eroded lesion (so a concave lesion's hull stays inside it). With fewer than
+    three distinct points the eroded lesion itself is the ROI.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    if n < 2:
+        raise ValueError("the ground truth has no lesion to mark")
+    lesion = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    radius = int(round(erode * np.sqrt(lesion.sum() / np.pi)))
+    eroded = lesion
+    while radius > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        eroded = cv2.erode(lesion, kernel)
+        if eroded.any():
+            break
+        radius //= 2
+    if not eroded.any():
+        eroded = lesion
+    contours, _ = cv2.findContours(eroded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    outline = max(contours, key=cv2.contourArea).reshape(-1, 2)
+    chosen = outline[rng.choice(len(outline), size=min(points, len(outline)), replace=False)]
+    if len(np.unique(chosen, axis=0)) < 3:
+        return eroded.astype(bool)
+    hull = np.zeros_like(eroded)
+    cv2.fillPoly(hull, [cv2.convexHull(chosen.astype(np.int32))], 1)
+    roi = (hull & eroded).astype(bool)
+    return roi if roi.any() else eroded.astype(bool)
+
+
+def pick_samples(data_root: str, splits: list[str], n: int) -> list[Sample]:
+    """``n`` samples spread evenly over the splits (the first split gets the remainder), evenly within each."""
+    picked: list[Sample] = []
+    for i, split in enumerate(splits):
+        samples = read_split(data_root, split)
+        k = n // len(splits) + (1 if i < n % len(splits) else 0)
+        idx = np.unique(np.linspace(0, len(samples) - 1, num=k).round().astype(int)) if k else []
+        picked.extend(samples[j] for j in idx)
+    return picked
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    """Mean, median, worst decile (10th percentile) and minimum."""
+    a = np.asarray(values, np.float64)
+    return {"mean": float(a.mean()), "median": float(np.median(a)), "p10": float(np.percentile(a, 10)),
+            "min": float(a.min())}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = SingleImageConfig()
+    p = argparse.ArgumentParser(description="Single-image training on test images with ROIs derived from the ground "
+                                "truth (a rough polygon inside the lesion); Dice distribution and time per image.")
+    p.add_argument("--data", default="../shared/data", help="dataset root holding splits/")
+    p.add_argument("--splits", nargs="+", default=["test-kvasir", "test-clinicdb"])
+    p.add_argument("--n", type=int, default=50, help="number of images, spread evenly over the splits")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="training steps per image")
+    p.add_argument("--max-side", type=int, default=defaults.max_side, help="work resolution (longer side)")
+    p.add_argument("--roi-erode", type=float, default=0.25, help="erosion of the lesion, x its equivalent radius")
+    p.add_argument("--roi-points", type=int, default=8, help="outline points whose hull is the ROI")
+    p.add_argument("--baseline", default=None, help="also run this trained model (e.g. weights/unet_lite0.polyp)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--save", default=None, help="folder for every image's ROI, mask, overlay and sampling record")
+    p.add_argument("--json", default=None, help="write the summary and per-image rows to this JSON file")
+    p.add_argument("--csv", default=None, help="write per-image rows to this CSV file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    samples = pick_samples(args.data, args.splits, args.n)
+    baseline = Segmenter.from_pretrained(args.baseline, device=args.device) if args.baseline else None
+    config = SingleImageConfig(steps=args.steps, max_side=args.max_side, seed=args.seed, device=args.device)
+    rows = []
+    for s in tqdm(samples, desc="single-image evaluation"):
+        image, target = read_image(s.image), read_mask(s.mask)
+        rng = np.random.default_rng([args.seed, len(rows)])
+        roi = roi_from_ground_truth(target, rng, args.roi_erode, args.roi_points)
+        result = segment_single_image(image, roi, config, show_progress=False)
+        row: dict[str, Any] = {"id": s.id, "roi_fraction_of_lesion": float(roi.sum() / max(1, (target > 0).sum())),
+                               "complement": result.complement, "dice": dice_score(result.mask, target > 0),
+                               "seconds": result.seconds}
+        if baseline is not None:
+            start = time.perf_counter()
+            pred = baseline(image).mask
+            row["baseline_seconds"] = time.perf_counter() - start
+            row["baseline_dice"] = dice_score(pred > 0, target > 0)
+        rows.append(row)
+        if args.save:
+            stem = s.id.replace("/", "__")
+            write_result(result, args.save, stem)
+            (Path(args.save) / "rois").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(Path(args.save) / "rois" / f"{stem}.png"), roi.astype(np.uint8) * 255)
+    summary: dict[str, Any] = {"n": len(rows), "steps": args.steps, "max_side": args.max_side,
+                               "single_image": {**summarise([r["dice"] for r in rows]),
+                                                "seconds_per_image": float(np.mean([r["seconds"] for r in rows]))}}
+    if baseline is not None:
+        summary["baseline"] = {"model": args.baseline, **summarise([r["baseline_dice"] for r in rows]),
+                               "seconds_per_image": float(np.mean([r["baseline_seconds"] for r in rows]))}
+    print(f"{len(rows)} images from {', '.join(args.splits)}; ROI: hull of {args.roi_points} points of the lesion "
+          f"eroded by {args.roi_erode} x its radius")
+    print(f"{'method':<28}{'mean':>8}{'median':>8}{'p10':>8}{'min':>8}{'s/image':>9}")
+    for name in ("single_image", "baseline"):
+        if name in summary:
+            m = summary[name]
+            label = name if name == "single_image" else f"baseline {Path(args.baseline).name}"
+            print(f"{label:<28}{m['mean']:>8.4f}{m['median']:>8.4f}{m['p10']:>8.4f}{m['min']:>8.4f}"
+                  f"{m['seconds_per_image']:>9.2f}")
+    result = {**summary, "per_image": rows}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return result
+
+
+if __name__ == "__main__":
+    main()

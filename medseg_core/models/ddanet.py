@@ -1,0 +1,142 @@
+"""DDANet (Tomar et al., ICPR workshops 2021, arXiv 2012.15245): one shared encoder, two decoders.
+
+The encoder and decoders are built from residual blocks with squeeze-and-excitation. One decoder predicts the
+mask; the other reconstructs the grey version of the input, and each of its blocks also emits a spatial attention
+map (1x1 conv + sigmoid) that multiplies the mask decoder's block at the same scale. The reconstruction is
+trained with an MSE loss against the grey input, exposed through :meth:`DDANet.auxiliary_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import ModelInfo, SegModel
+from .layers import ResidualBlock
+from .registry import register_model
+
+__all__ = ["DDANet"]
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# ITU-R BT.601 luma weights: the usual definition of "grey" for an RGB image.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+class _DecoderBlock(nn.Module):
+    """4x4 transposed conv (x2), concatenate the encoder skip, residual SE block."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, se_reduction: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1)
+        self.block = ResidualBlock(out_ch + skip_ch, out_ch, se_reduction=se_reduction)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        if x.shape[-2:] != skip.shape[-2:]:  # odd input sizes: pooling floored, so match the skip exactly
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.block(torch.cat([x, skip], dim=1))
+
+
+@register_model("ddanet")
+class DDANet(SegModel):
+    """Dual Decoder Attention Network.
+
+    Args:
+        in_channels: input image channels.
+        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
+        widths: channels of the encoder blocks, shallow to deep, then of the bridge; every block but the first
+            follows a 2x2 max-pool, so the bridge sits at stride ``2 ** (len(widths) - 1)``.
+        se_reduction: squeeze-and-excitation ratio of every residual block.
+        reconstruction_weight: weight of the grey-reconstruction MSE added to the segmentation loss in training.
+        input_size, mean, std: preprocessing (ImageNet statistics by default; the model has no pretrained weights).
+    """
+
+    info = ModelInfo(
+        paper="Tomar et al., DDANet: Dual Decoder Attention Network for Automatic Polyp Segmentation, "
+        "ICPR 2020 workshops (arXiv 2012.15245)",
+        input_size=256,
+    )
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1,
+        widths: Sequence[int] = (32, 64, 128, 256, 512),
+        se_reduction: int = 8,
+        reconstruction_weight: float = 1.0,
+        input_size: int = 256,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(num_classes, input_size, mean or _IMAGENET_MEAN, std or _IMAGENET_STD, in_channels)
+        if len(widths) < 2:
+            raise ValueError("DDANet needs at least one encoder block and a bridge in widths")
+        if reconstruction_weight < 0:
+            raise ValueError(f"reconstruction_weight must be >= 0, got {reconstruction_weight}")
+        self.reconstruction_weight = float(reconstruction_weight)
+        widths = [int(w) for w in widths]
+        self.encoder = nn.ModuleList(
+            ResidualBlock(in_channels if i == 0 else widths[i - 1], w, se_reduction=se_reduction)
+            for i, w in enumerate(widths)
+        )
+        skips = widths[:-1][::-1]
+        ins = [widths[-1], *skips[:-1]]
+        self.mask_decoder = nn.ModuleList(_DecoderBlock(i, s, s, se_reduction) for i, s in zip(ins, skips))
+        self.grey_decoder = nn.ModuleList(_DecoderBlock(i, s, s, se_reduction) for i, s in zip(ins, skips))
+        self.attention = nn.ModuleList(nn.Sequential(nn.Conv2d(s, 1, 1), nn.Sigmoid()) for s in skips)
+        self.head = nn.Conv2d(skips[-1], num_classes, kernel_size=1)
+        self.grey_head = nn.Sequential(nn.Conv2d(skips[-1], 1, kernel_size=1), nn.Sigmoid())
+        # The normalisation, to recover the [0, 1] grey target from the normalised input; not saved with the weights.
+        self.register_buffer("_mean_t", self._per_input_channel(self.mean), persistent=False)
+        self.register_buffer("_std_t", self._per_input_channel(self.std), persistent=False)
+        self._aux: torch.Tensor | None = None
+
+    def _per_input_channel(self, values: tuple[float, ...]) -> torch.Tensor:
+        # A grey-input model keeps the RGB statistics in its config; its single channel uses the first.
+        vals = values if len(values) == self.in_channels else values[:1] * self.in_channels
+        return torch.tensor(vals, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def grey_target(self, x: torch.Tensor) -> torch.Tensor:
+        """The grey image the second decoder reconstructs: x (N, in_channels, H, W) normalised -> (N, 1, H, W)
+        in [0, 1] (BT.601 luma for RGB, the channel mean otherwise)."""
+        rgb = (x.float() * self._std_t + self._mean_t).clamp(0, 1)
+        if self.in_channels == 3:
+            return (rgb * rgb.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return rgb.mean(1, keepdim=True)
+
+    def _forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, y = [], x
+        for i, block in enumerate(self.encoder):
+            y = block(F.max_pool2d(y, 2) if i > 0 else y)
+            feats.append(y)
+        skips = feats[:-1][::-1]
+        m = g = feats[-1]
+        for skip, mask_block, grey_block, att in zip(skips, self.mask_decoder, self.grey_decoder, self.attention):
+            g = grey_block(g, skip)
+            m = mask_block(m, skip) * att(g)
+        return self._resize_to(self.head(m), x), self.grey_head(g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W).
+
+        In training mode the reconstruction loss of this batch is kept for :meth:`auxiliary_loss`.
+        """
+        logits, grey = self._forward_both(x)
+        if self.training:
+            target = self.grey_target(x).detach()
+            self._aux = self.reconstruction_weight * F.mse_loss(grey.float(), target)
+        else:
+            self._aux = None
+        return logits
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The second decoder's grey reconstruction of x: (N, in_channels, H, W) -> (N, 1, H, W) in [0, 1]."""
+        return self._forward_both(x)[1]
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """Weighted MSE between the reconstruction and the grey input of the last training forward; None after an
+        evaluation forward."""
+        return self._aux

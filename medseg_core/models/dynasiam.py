@@ -1,0 +1,179 @@
+"""DynaSiam (He et al., Neurocomputing 2024): a multi-path network over an image and its TDC-Enhance views.
+
+Stage 1 (``medseg_core.enhance``) turns an RGB image into views (original, texture, detail, colour); stage 2,
+this model, reads them stacked on the channel axis, ``(N, 3*V, H, W)``:
+
+* **Dependent encoders**: one copy per view of the encoder's first ``dependent_stages`` stages, so each view
+  learns its own low-level filters (sharpened texture and equalised colour call for different ones).
+* **Shared encoder**: the remaining, deep stages, one set of weights run on all views (the views are stacked on
+  the batch axis, so it is one pass of a batch V times larger).
+* **Dynamic Feature Interaction** (``layers.DynamicFeatureInteraction``) at every scale: fuses the V views'
+  features with weights predicted from the features themselves (``dfi=False``: plain averaging, the ablation).
+* **Fusion decoder**: a U-Net decoder over the fused multi-scale features.
+
+How the encoder is split: a timm ``features_only`` encoder is cut into one segment per feature output by running
+its modules in their forward order (``conv_stem``, ``bn1``, ``blocks.0``, ... for EfficientNet; the
+``FeatureListNet`` layers for ResNet-style models), each segment ending at a feature output. Each view's
+dependent encoder starts as a copy of the first segments (ImageNet weights included), the shared encoder is the
+original deeper segments. All views share one RGB normalisation (``mean``/``std`` of the encoder), applied to each
+view before stacking; ``config.json`` records ``views``, ``mean`` and ``std``, and ``Segmenter`` builds the views.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.models._features import FeatureListNet
+from timm.models.efficientnet import EfficientNetFeatures
+
+from ..enhance import VIEWS
+from .base import ModelInfo, SegModel
+from .encoders import create_encoder, encoder_normalization, wants_imagenet
+from .layers import DynamicFeatureInteraction
+from .registry import register_model
+from .unet import UNetDecoderBlock
+
+__all__ = ["DynaSiam", "split_encoder_stages"]
+
+
+def _ordered_modules(encoder: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[str]]:
+    """The encoder's modules in forward order, and the names after which it emits a feature map."""
+    if isinstance(encoder, EfficientNetFeatures) and encoder.feature_hooks is None:
+        modules = [("conv_stem", encoder.conv_stem), ("bn1", encoder.bn1)]
+        modules += [(f"blocks.{i}", block) for i, block in enumerate(encoder.blocks)]
+        return modules, list(encoder.feature_info.module_name())
+    if isinstance(encoder, FeatureListNet) and str(encoder.output_fmt.name) == "NCHW" and not encoder.concat:
+        return list(encoder.items()), list(encoder.return_layers)
+    raise ValueError(
+        f"dynasiam can split EfficientNet and ResNet-style timm encoders into stages, not {type(encoder).__name__}"
+    )
+
+
+def split_encoder_stages(encoder: nn.Module) -> list[nn.Sequential]:
+    """A timm ``features_only`` encoder as one ``nn.Sequential`` per feature output: running them in turn gives
+    the same feature maps as ``encoder(x)``, the i-th segment's output being the i-th feature map."""
+    modules, outputs = _ordered_modules(encoder)
+    stages, current = [], []
+    for name, module in modules:
+        current.append(module)
+        if name in outputs:
+            stages.append(nn.Sequential(*current))
+            current = []
+    if len(stages) != len(outputs):
+        raise ValueError(f"could not find the feature outputs {outputs} of {type(encoder).__name__}")
+    return stages
+
+
+@register_model("dynasiam")
+class DynaSiam(SegModel):
+    """DynaSiam: per-view shallow encoders, a shared deep encoder, DFI fusion at every scale, a U-Net decoder.
+
+    Args:
+        encoder: timm model name; ``tf_efficientnet_lite0/1/2`` have ImageNet weights offline.
+        encoder_weights: ``"imagenet"`` or ``"random"`` initialisation of the encoder.
+        views: the TDC-Enhance views read, in their channel order (see ``medseg_core.enhance.VIEWS``).
+        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
+        decoder_channels: one width per decoder block; at least as many blocks as skips.
+        dependent_stages: how many of the encoder's first stages each view has its own copy of (1 up to the
+            number of stages minus one).
+        dfi: fuse views with Dynamic Feature Interaction; False averages them (the ablation).
+        dfi_reduction: hidden-width divisor of DFI's channel gate.
+        input_size, mean, std: preprocessing; mean/std (one RGB normalisation, applied to every view) default to
+            the encoder's.
+        in_channels: must be ``3 * len(views)`` when given; derived from ``views`` otherwise.
+    """
+
+    info = ModelInfo(
+        paper="He et al., A two-stage image enhancement and dynamic feature aggregation framework for gastroscopy "
+        "image segmentation (TDC-Enhance + DynaSiam), Neurocomputing 2024",
+        default_encoder="tf_efficientnet_lite0",
+        views=VIEWS,
+    )
+
+    def __init__(
+        self,
+        encoder: str = "tf_efficientnet_lite0",
+        encoder_weights: str = "imagenet",
+        views: Sequence[str] = VIEWS,
+        num_classes: int = 1,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        dependent_stages: int = 2,
+        dfi: bool = True,
+        dfi_reduction: int = 4,
+        input_size: int = 352,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        in_channels: int | None = None,
+    ) -> None:
+        views = tuple(views)
+        unknown = [v for v in views if v not in VIEWS]
+        if not views or unknown or len(set(views)) != len(views):
+            raise ValueError(f"views must be distinct names from {list(VIEWS)}, got {list(views)}")
+        if in_channels is not None and in_channels != 3 * len(views):
+            raise ValueError(f"in_channels must be 3 * len(views) = {3 * len(views)}, got {in_channels}")
+        enc_mean, enc_std = encoder_normalization(encoder)
+        super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std, 3 * len(views))
+        self.views = views
+        self.dfi = bool(dfi)
+        base = create_encoder(encoder, pretrained=wants_imagenet(encoder_weights), in_chans=3)
+        stages = split_encoder_stages(base)
+        if not 1 <= dependent_stages < len(stages):
+            raise ValueError(f"dependent_stages must be in 1..{len(stages) - 1} for {encoder}, got {dependent_stages}")
+        self.dependent = nn.ModuleList(
+            nn.ModuleList(copy.deepcopy(stage) for stage in stages[:dependent_stages]) for _ in views
+        )
+        self.shared = nn.ModuleList(stages[dependent_stages:])
+        channels = base.feature_info.channels()
+        self.fusion = nn.ModuleList(
+            DynamicFeatureInteraction(ch, len(views), dfi_reduction) if dfi else nn.Identity() for ch in channels
+        )
+        skips = channels[:-1][::-1]
+        if len(decoder_channels) < len(skips):
+            raise ValueError(f"decoder_channels needs at least {len(skips)} widths for {encoder}")
+        blocks, in_ch = [], channels[-1]
+        for i, out_ch in enumerate(decoder_channels):
+            blocks.append(UNetDecoderBlock(in_ch, skips[i] if i < len(skips) else 0, out_ch))
+            in_ch = out_ch
+        self.decoder = nn.ModuleList(blocks)
+        self.head = nn.Conv2d(in_ch, num_classes, kernel_size=3, padding=1)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return {**super().preprocessing, "views": list(self.views)}
+
+    def _fuse(self, i: int, feats: torch.Tensor) -> torch.Tensor:
+        """feats (N, V, C, h, w) of scale ``i`` -> (N, C, h, w)."""
+        return self.fusion[i](feats) if self.dfi else feats.mean(dim=1)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x (N, 3*V, H, W) -> the fused features of every scale, shallow to deep, each (N, C_i, H_i, W_i)."""
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} channels ({len(self.views)} views of 3), got {x.shape[1]}")
+        n, num_views = x.shape[0], len(self.views)
+        per_view: list[list[torch.Tensor]] = []
+        for view, stages in zip(x.split(3, dim=1), self.dependent):
+            outs = []
+            for stage in stages:
+                view = stage(view)
+                outs.append(view)
+            per_view.append(outs)
+        fused = [self._fuse(i, torch.stack(scale, dim=1)) for i, scale in enumerate(zip(*per_view))]
+        # Views on the batch axis: one pass of the shared stages for all of them.
+        y = torch.cat([outs[-1] for outs in per_view], dim=0)
+        for stage in self.shared:
+            y = stage(y)
+            fused.append(self._fuse(len(fused), y.unflatten(0, (num_views, n)).transpose(0, 1)))
+        return fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, 3*V, H, W), the normalised views stacked in ``views`` order -> logits (N, num_classes, H, W)."""
+        feats = self.encode(x)
+        skips = feats[:-1][::-1]
+        y = feats[-1]
+        for i, block in enumerate(self.decoder):
+            y = block(y, skips[i] if i < len(skips) else None)
+        return self._resize_to(self.head(y), x)

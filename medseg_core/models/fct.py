@@ -1,0 +1,177 @@
+"""FCT, the Fully Convolutional Transformer (Tragakis et al., WACV 2023), with its own plain encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+
+from .base import ModelInfo, SegModel
+from .layers import ConvAttention, WideFocus
+from .registry import register_model
+
+__all__ = ["FCT", "FCTDecoderBlock", "FCTEncoderBlock", "FCTransformer"]
+
+
+def _conv_relu(in_ch: int, out_ch: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class FCTransformer(nn.Module):
+    """FCT's transformer layer: convolutional attention -> 3x3 conv, residual; LayerNorm -> Wide-Focus, residual.
+
+    Shapes: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1, kv_stride: int = 1, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.attention = ConvAttention(channels, num_heads, kv_stride=kv_stride)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = LayerNorm2d(channels)
+        self.wide_focus = WideFocus(channels, channels, dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.conv(self.attention(x))
+        return x + self.wide_focus(self.norm(x))
+
+
+class FCTEncoderBlock(nn.Module):
+    """LayerNorm -> [concat with a conv of the input image resized to this scale] -> 3x3 convs -> dropout
+    -> 2x2 max pool -> FCT transformer layer. ``first`` marks the block that reads the raw image.
+
+    Shapes: x (N, in_ch, H, W), scaled image (N, image_ch, H, W) or None -> (N, out_ch, H/2, W/2).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        image_ch: int = 0,
+        num_heads: int = 1,
+        kv_stride: int = 1,
+        dropout: float = 0.3,
+        first: bool = False,
+    ) -> None:
+        super().__init__()
+        # No norm on the raw image (first block): a per-pixel LayerNorm over 1-3 image channels erases intensity.
+        self.norm = nn.Identity() if first else LayerNorm2d(in_ch)
+        # The multi-scale input: the image at this stage's scale is embedded to the width of x and concatenated.
+        self.image_conv = _conv_relu(image_ch, in_ch) if image_ch else None
+        first_in = 2 * in_ch if image_ch else in_ch
+        convs = [_conv_relu(first_in, out_ch), _conv_relu(out_ch, out_ch)]
+        self.convs = nn.Sequential(*convs, nn.Dropout(dropout), nn.MaxPool2d(2))
+        self.transformer = FCTransformer(out_ch, num_heads, kv_stride)
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm(x)
+        if self.image_conv is not None:
+            x = torch.cat([self.image_conv(image), x], dim=1)
+        return self.transformer(self.convs(x))
+
+
+class FCTDecoderBlock(nn.Module):
+    """LayerNorm -> upsample to the skip's size -> 3x3 conv -> concat skip -> two 3x3 convs -> dropout -> FCT
+    transformer layer. Shapes: x (N, in_ch, h, w), skip (N, out_ch, H, W) -> (N, out_ch, H, W)."""
+
+    def __init__(self, in_ch: int, out_ch: int, num_heads: int = 1, kv_stride: int = 1, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(in_ch)
+        self.up_conv = _conv_relu(in_ch, out_ch)
+        self.convs = nn.Sequential(_conv_relu(2 * out_ch, out_ch), _conv_relu(out_ch, out_ch), nn.Dropout(dropout))
+        self.transformer = FCTransformer(out_ch, num_heads, kv_stride)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(self.norm(x), size=skip.shape[-2:], mode="nearest")
+        x = torch.cat([skip, self.up_conv(x)], dim=1)
+        return self.transformer(self.convs(x))
+
+
+class _DeepSupervisionHead(nn.Sequential):
+    """FCT's output head: 2x upsampling -> LayerNorm -> two 3x3 convs with ReLU -> 3x3 conv to the classes."""
+
+    def __init__(self, in_ch: int, num_classes: int) -> None:
+        super().__init__(
+            nn.Upsample(scale_factor=2.0, mode="nearest"),
+            LayerNorm2d(in_ch),
+            _conv_relu(in_ch, in_ch),
+            _conv_relu(in_ch, in_ch),
+            nn.Conv2d(in_ch, num_classes, 3, padding=1),
+        )
+
+
+@register_model("fct")
+class FCT(SegModel):
+    """Fully Convolutional Transformer: a U-shaped network in which every block ends with an FCT transformer layer
+    (convolutional attention + Wide-Focus). Encoder stages 2-4 also take the input image average-pooled to their
+    scale (the image pyramid); block 5 is the bottleneck; four decoder blocks mirror the encoder.
+
+    ``forward`` returns the full-resolution output of the last decoder block; in training mode it returns the three
+    deep-supervision outputs of the last three decoder blocks, main (full resolution) first, then 1/2, 1/4.
+
+    Args:
+        in_channels: input image channels.
+        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
+        channels: widths of the four encoder blocks and the bottleneck; the decoder mirrors them. The paper's
+            are (8, 16, 32, 64, 128).
+        num_heads: attention heads per layer (the reference PyTorch code uses 1).
+        kv_stride: stride of the key/value projections; 1 is FCT's full attention, 2 the cheaper CvT squeeze.
+        dropout: after each block's convolutions.
+        input_size, mean, std: preprocessing; the encoder is trained from scratch, so ImageNet statistics are
+            just a sensible scale.
+    """
+
+    info = ModelInfo(
+        paper="Tragakis et al., The Fully Convolutional Transformer for Medical Image Segmentation, WACV 2023",
+        default_encoder=None,
+        input_size=224,
+    )
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1,
+        channels: Sequence[int] = (8, 16, 32, 64, 128),
+        num_heads: int = 1,
+        kv_stride: int = 1,
+        dropout: float = 0.3,
+        input_size: int = 224,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(
+            num_classes, input_size, mean or (0.485, 0.456, 0.406), std or (0.229, 0.224, 0.225), in_channels
+        )
+        channels = [int(c) for c in channels]
+        if len(channels) != 5:
+            raise ValueError(f"channels needs 5 widths (4 encoder blocks + bottleneck), got {channels}")
+        blk = {"num_heads": num_heads, "kv_stride": kv_stride, "dropout": dropout}
+        self.encoder = nn.ModuleList(
+            [FCTEncoderBlock(in_channels, channels[0], first=True, **blk)]
+            + [FCTEncoderBlock(channels[i - 1], channels[i], image_ch=in_channels, **blk) for i in (1, 2, 3)]
+        )
+        self.bottleneck = FCTEncoderBlock(channels[3], channels[4], **blk)
+        self.decoder = nn.ModuleList(FCTDecoderBlock(channels[i + 1], channels[i], **blk) for i in (3, 2, 1, 0))
+        # Deep supervision from the last three decoder blocks (strides 8, 4, 2 before the heads' 2x upsampling).
+        self.heads = nn.ModuleList(_DeepSupervisionHead(channels[i], num_classes) for i in (2, 1, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W); in training a list, main output first."""
+        skips, y, image = [], x, x
+        for i, block in enumerate(self.encoder):
+            if i > 0:
+                image = F.avg_pool2d(image, 2)
+            y = block(y, image if i > 0 else None)
+            skips.append(y)
+        y = self.bottleneck(y)
+        decoded = []
+        for block, skip in zip(self.decoder, reversed(skips)):
+            y = block(y, skip)
+            decoded.append(y)
+        outputs = [head(d) for head, d in zip(self.heads, decoded[1:])]
+        main = self._resize_to(outputs[-1], x)
+        if self.training:
+            return [main, outputs[1], outputs[0]]
+        return main

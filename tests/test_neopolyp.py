@@ -1,0 +1,159 @@
+"""3-class NeoPolyp: colour-mask decoding on the real files, the fixed validation split, the recipe, per-class
+evaluation and the post-processing table on a tiny 3-class model."""
+
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, TINY_UNET
+
+from medseg_core import Segmenter, create_model
+from medseg_core.data import decode_mask, read_image, read_mask, read_split
+from medseg_core.metrics import per_class_metrics
+
+sys.path.insert(0, str(ROOT / "train"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+SPLITS = ROOT / "train" / "splits"
+NEOPOLYP = "bkai-igh-neopolyp"
+
+
+def test_decode_neopolyp_colours_with_jpeg_noise():
+    colours = np.array([[[0, 0, 0], [12, 9, 20], [230, 25, 31], [140, 140, 90]],
+                        [[20, 210, 18], [128, 20, 20], [127, 200, 0], [250, 250, 250]]], np.uint8)
+    assert decode_mask(colours, "neopolyp").tolist() == [[0, 0, 1, 0], [2, 1, 2, 0]]
+    with pytest.raises(ValueError, match="RGB"):
+        decode_mask(colours[..., 0], "neopolyp")
+
+
+def test_neopolyp_masks_decode_as_source_md_says(data_root):
+    masks = sorted((data_root / NEOPOLYP / "masks").iterdir())
+    assert len(masks) == 200
+    presence = {"red only": 0, "green only": 0, "both": 0, "neither": 0}
+    for i, path in enumerate(masks):
+        mask = read_mask(path, "neopolyp")
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2}
+        red, green = bool((mask == 1).any()), bool((mask == 2).any())
+        presence["both" if red and green else "red only" if red else "green only" if green else "neither"] += 1
+        if i % 25 == 0:  # JPEG edge noise: bright pixels that are neither red nor green stay rare (SOURCE.md: <0.45 %)
+            raw = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            unmatched = (raw.max(axis=2) > 127) & (mask == 0)
+            assert unmatched.mean() < 0.0045
+            assert mask.shape == read_image(data_root / NEOPOLYP / "images" / path.name).shape[:2]
+    # SOURCE.md's class presence in the included 200 images.
+    assert presence == {"red only": 143, "green only": 46, "both": 11, "neither": 0}
+
+
+def _ids(path) -> list[str]:
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def test_neopolyp_validation_split_is_every_8th_sorted_training_id(data_root):
+    train = sorted(_ids(data_root / "splits" / "neopolyp-train.txt"))
+    val, fit = _ids(SPLITS / "neopolyp-val.txt"), _ids(SPLITS / "neopolyp-train-fit.txt")
+    assert val == train[::8] and len(val) == 20 and len(fit) == 140
+    assert sorted(val + fit) == train and not set(val) & set(fit)
+    assert not set(train) & set(_ids(data_root / "splits" / "neopolyp-test.txt"))
+    samples = read_split(data_root, str(SPLITS / "neopolyp-val.txt"))
+    assert [s.id for s in samples] == val and all(s.mask.is_file() for s in samples)
+
+
+def test_neopolyp_recipe():
+    import train
+
+    cfg = train.load_config(ROOT / "train/configs/unet_lite0_neopolyp.yaml", [])
+    assert cfg["model"]["num_classes"] == 3 and cfg["model"]["input_size"] == 352
+    assert cfg["data"]["mask_encoding"] == "neopolyp" and cfg["data"]["cache_max_side"] == 448
+    for key in ("train_split", "val_split"):
+        assert (ROOT / cfg["data"][key]).is_file()
+    model = train.build_model({**cfg, "model": {**cfg["model"], "encoder_weights": "random"}})
+    assert model.num_classes == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_3class(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights") / "tiny_unet.neopolyp"
+    create_model("unet", **{**TINY_UNET, "num_classes": 3}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_test_images(data_root, tmp_path_factory):
+    ids = _ids(data_root / "splits" / "neopolyp-test.txt")[:2]
+    split = tmp_path_factory.mktemp("splits") / "two.txt"
+    split.write_text("".join(f"{i}\n" for i in ids))
+    return split
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_3class, two_test_images, data_root):
+    import evaluate
+
+    return evaluate.main(["--model", str(tiny_3class), "--data", str(data_root), "--split", str(two_test_images),
+                          "--device", "cpu"])
+
+
+def test_evaluate_reports_per_class_dice_for_3_class_models(evaluated, tiny_3class, two_test_images, data_root):
+    result = evaluated
+    assert result["n"] == 2
+    assert {"dice", "iou", "mdice", "miou", "dice_1", "dice_2", "iou_1", "iou_2"} <= set(result)
+    for row in result["per_image"]:
+        assert row["mdice"] == pytest.approx((row["dice_1"] + row["dice_2"]) / 2)
+    assert result["mdice"] == pytest.approx(np.mean([r["mdice"] for r in result["per_image"]]))
+    # The same numbers, computed here from the Segmenter's masks and the decoded colour masks.
+    segmenter = Segmenter.from_pretrained(tiny_3class, device="cpu")
+    for sample, row in zip(read_split(data_root, str(two_test_images)), result["per_image"]):
+        pred = segmenter(read_image(sample.image)).mask
+        expected = per_class_metrics(pred, read_mask(sample.mask, "neopolyp"), 3)
+        for key in ("dice_1", "dice_2", "iou_1", "iou_2", "mdice", "miou"):
+            assert row[key] == pytest.approx(expected[key])
+
+
+def test_postprocess_table_on_a_3_class_model(evaluated, tiny_3class, two_test_images, data_root, tmp_path, capsys):
+    import postprocess_table
+
+    out = postprocess_table.main(["--model", str(tiny_3class), "--data", str(data_root), "--split",
+                                  str(two_test_images), "--device", "cpu", "--json", str(tmp_path / "t.json")])
+    table = out["table"]
+    chain = ["remove_small_components", "fill_holes", "adaptive_morphology", "region_class_consistency"]
+    assert list(table) == ["none", *chain, "full chain"]
+    assert table["full chain"]["steps"] == chain
+    for entry in table.values():
+        assert set(entry["mean"]) == {"dice", "dice_1", "dice_2", "mdice"} and len(entry["per_image"]) == 2
+        assert all(0.0 <= v <= 1.0 for v in entry["mean"].values())
+    printed = capsys.readouterr().out
+    assert "full chain" in printed and "mdice" in printed
+    assert (tmp_path / "t.json").is_file()
+    # Without post-processing the table agrees with evaluate.py ...
+    for key in ("dice", "dice_1", "dice_2", "mdice"):
+        assert table["none"]["mean"][key] == pytest.approx(evaluated[key])
+    # ... and the full chain with a Segmenter that runs the same steps.
+    segmenter = Segmenter.from_pretrained(tiny_3class, device="cpu", postprocess=chain)
+    samples = read_split(data_root, str(two_test_images))
+    expected = [per_class_metrics(segmenter(read_image(s.image)).mask, read_mask(s.mask, "neopolyp"), 3)["mdice"]
+                for s in samples]
+    assert table["full chain"]["mean"]["mdice"] == pytest.approx(np.mean(expected))
+
+
+def test_postprocess_table_on_a_binary_model(tiny_weights, data_root, tmp_path):
+    import postprocess_table
+
+    split = tmp_path / "two.txt"
+    split.write_text("cvc-clinicdb/4\ncvc-clinicdb/5\n")
+    out = postprocess_table.main(["--model", str(tiny_weights), "--data", str(data_root), "--split", str(split),
+                                  "--device", "cpu", "--steps", "fill_holes", "remove_small_components"])
+    assert list(out["table"]) == ["none", "fill_holes", "remove_small_components", "full chain"]
+    assert set(out["table"]["none"]["mean"]) == {"dice"}
+
+
+def test_postprocess_table_help(capsys):
+    import postprocess_table
+
+    with pytest.raises(SystemExit) as exit_info:
+        postprocess_table.main(["--help"])
+    assert exit_info.value.code == 0 and "--refiner" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        postprocess_table.main(["--model", "x", "--split", "y", "--steps", "refine"])
