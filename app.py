@@ -28,7 +28,8 @@ from medseg_core import Segmenter, WeightsNotFoundError, list_local_weights
 from medseg_core.batch import expand_inputs, segment_files, write_results_zip
 from medseg_core.enhance import tdc_views
 from medseg_core.inference import MAX_IMAGE_PIXELS, ImageInputError, SegResult, load_image_file
-from medseg_core.metrics import binary_metrics
+from medseg_core.data import decode_mask
+from medseg_core.metrics import segmentation_metrics
 
 log = logging.getLogger("medseg.app")
 
@@ -107,6 +108,10 @@ def mask_png(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return (mask > 0).astype(np.uint8) * 255 if num_classes == 2 else mask
 
 
+#: Legend marks in the overlay colours of classes 1, 2, 3 (medseg_core.inference.CLASS_COLOURS: red, green, blue).
+LEGEND_MARKS = ("🟥", "🟩", "🟦")
+
+
 def summary_markdown(stats: dict[str, Any], scores: dict[str, float] | None) -> str:
     conf = stats["mean_confidence"]
     lines = [
@@ -116,9 +121,14 @@ def summary_markdown(stats: dict[str, Any], scores: dict[str, float] | None) -> 
         f"**Model:** `{stats['model']}` · {stats['inference_ms']:.0f} ms"
         + (" · flip TTA" if stats["tta"] else "") + (" · post-processed" if stats["postprocess"] else ""),
     ]
+    if len(stats["classes"]) > 1:  # a legend for multi-class overlays, in the overlay's colours
+        lines.append("")
+        lines += [f"{LEGEND_MARKS[i % len(LEGEND_MARKS)]} **{name}:** {c['percent']:.2f} % ({c['pixels']:,} px)  "
+                  for i, (name, c) in enumerate(stats["classes"].items())]
     if scores is not None:
         lines.append(f"\n**Against the ground truth:** Dice {scores['dice']:.3f} · IoU {scores['iou']:.3f} · "
-                     f"HD95 {scores['hd95']:.1f} px")
+                     f"HD95 {scores['hd95']:.1f} px" + (f" · mean class Dice {scores['mdice']:.3f}"
+                                                        if "mdice" in scores else ""))
     return "\n".join(lines)
 
 
@@ -129,11 +139,14 @@ def _ground_truth_scores(upload: Any, result: SegResult) -> dict[str, float] | N
     if truth.shape[:2] != result.mask.shape:
         raise gr.Error(f"The ground-truth mask is {truth.shape[1]}x{truth.shape[0]} but the image is "
                        f"{result.mask.shape[1]}x{result.mask.shape[0]}; they must be the same size.")
-    return binary_metrics(result.mask, (truth.max(axis=2) > 127).astype(np.uint8))
+    n = max(2, int(result.probs.shape[0]))
+    return segmentation_metrics(result.mask, decode_mask(truth, "neopolyp" if n == 3 else "binary"), n)
 
 
-def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, truth: Any = None):
-    """The Segment tab: image file -> before/after, heatmap, summary, mask PNG, JSON report."""
+def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, truth: Any = None,
+            show_views: bool = False):
+    """The Segment tab: image file -> before/after, confidence map, summary, mask PNG, JSON report, and (with TTA)
+    the disagreement between flip passes, (on request) the TDC-Enhance views."""
     image = _load(upload)
     segmenter = _segmenter_or_error(model_name)
     try:
@@ -158,6 +171,8 @@ def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, t
         str(mask_path),
         report,
         str(report_path),
+        confidence_heatmap(image, np.clip(result.disagreement * 4, 0, 1)) if result.disagreement is not None else None,
+        enhance_gallery(image) if show_views else None,
     )
 
 
@@ -205,10 +220,14 @@ VIEW_LABELS = {"original": "Original", "texture": "Texture", "detail": "Detail (
                "color": "Colour (tone)"}
 
 
+def enhance_gallery(image: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    views = tdc_views(image)
+    return [(views[k], label) for k, label in VIEW_LABELS.items()]
+
+
 def enhance(upload: Any) -> list[tuple[np.ndarray, str]]:
     """The Enhance tab: the image and its three TDC-Enhance views (texture, detail, colour)."""
-    views = tdc_views(_load(upload))
-    return [(views[k], label) for k, label in VIEW_LABELS.items()]
+    return enhance_gallery(_load(upload))
 
 
 def preview(upload: Any) -> np.ndarray | None:
@@ -235,6 +254,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Row():
                         tta = gr.Checkbox(False, label="Test-time augmentation (flips)")
                         post = gr.Checkbox(False, label="Post-processing (drop specks, fill holes)")
+                        show_views = gr.Checkbox(False, label="Show TDC-Enhance views")
                     truth = gr.File(label="Ground-truth mask (optional: shows Dice, IoU, HD95)", type="filepath",
                                     file_types=["image"])
                     run = gr.Button("Segment", variant="primary", elem_id="segment-button")
@@ -248,9 +268,13 @@ def build_demo() -> gr.Blocks:
                         mask_file = gr.File(label="Mask (PNG)")
                         report_file = gr.File(label="Report (JSON)")
                     report = gr.JSON(label="Report", elem_id="segment-report")
+                    disagreement = gr.Image(label="TTA disagreement between flip passes (x4; with TTA only)",
+                                            type="numpy")
+                    views_gallery = gr.Gallery(label="TDC-Enhance views", columns=4, height="auto")
             upload.change(preview, inputs=upload, outputs=shown, api_name="preview")
-            run.click(segment, inputs=[upload, model, tta, post, truth],
-                      outputs=[slider, heatmap, summary, mask_file, report, report_file], api_name="segment")
+            run.click(segment, inputs=[upload, model, tta, post, truth, show_views],
+                      outputs=[slider, heatmap, summary, mask_file, report, report_file, disagreement, views_gallery],
+                      api_name="segment")
         with gr.Tab("Compare"):
             with gr.Row():
                 with gr.Column(scale=1):

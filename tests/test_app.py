@@ -32,8 +32,9 @@ def test_models_come_from_weights_dir_and_env(app_module, monkeypatch):
 
 def test_segment_handler(app_module):
     mask_path = EXAMPLES[0].with_name(EXAMPLES[0].stem + "_mask.png")
-    slider, heat, summary, mask_file, report, report_file = app_module.segment(
-        str(EXAMPLES[0]), "tiny_unet.test", True, True, str(mask_path))
+    slider, heat, summary, mask_file, report, report_file, disagreement, views = app_module.segment(
+        str(EXAMPLES[0]), "tiny_unet.test", True, True, str(mask_path), True)
+    assert disagreement.shape == heat.shape and len(views) == 4
     before, after = slider
     assert before.shape == after.shape == heat.shape
     assert "Lesion area" in summary and "Dice" in summary
@@ -80,7 +81,8 @@ def test_launched_app_answers_gradio_client(app_module, tmp_path):
         client = Client(demo.local_url, verbose=False)
         out = client.predict(handle_file(str(EXAMPLES[1])), "tiny_unet.test", False, False, None,
                              api_name="/segment")
-        slider, heat, summary, mask_file, report, report_file = out
+        slider, heat, summary, mask_file, report, report_file, disagreement, views = out
+        assert disagreement is None
         from medseg_core.data import read_image
 
         h, w = read_image(EXAMPLES[1]).shape[:2]
