@@ -24,9 +24,10 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from medseg_core import Segmenter, WeightsNotFoundError, list_local_weights
+from medseg_core import Segmenter, WeightsNotFoundError, list_local_weights, to_rgb_uint8
 from medseg_core.batch import expand_inputs, segment_files, write_results_zip
 from medseg_core.enhance import tdc_views
+from medseg_core.single_image import SingleImageConfig, read_roi, segment_single_image, write_result
 from medseg_core.inference import MAX_IMAGE_PIXELS, ImageInputError, SegResult, load_image_file
 from medseg_core.data import decode_mask
 from medseg_core.metrics import segmentation_metrics
@@ -230,6 +231,48 @@ def enhance(upload: Any) -> list[tuple[np.ndarray, str]]:
     return enhance_gallery(_load(upload))
 
 
+def _roi_from_editor(editor: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The background image and the painted ROI (any non-transparent pixel of any layer) of a gr.ImageEditor value."""
+    if not editor or editor.get("background") is None:
+        raise gr.Error("Upload an image into the editor first, then paint the region of interest on it.")
+    image = to_rgb_uint8(editor["background"])
+    h, w = image.shape[:2]
+    roi = np.zeros((h, w), bool)
+    for layer in editor.get("layers") or []:
+        layer = np.asarray(layer)
+        if layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == (h, w):
+            roi |= layer[..., 3] > 0
+    return image, roi
+
+
+def single_image(editor: dict[str, Any] | None, roi_file: Any, steps: int,
+                 progress: gr.Progress = gr.Progress()):
+    """The Single image tab: train a small network on one image from a painted (or uploaded) ROI and segment it."""
+    image, roi = _roi_from_editor(editor)
+    if roi_file is not None:
+        try:
+            roi = read_roi(_file_path(roi_file), image.shape[:2])
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+    if not roi.any():
+        raise gr.Error("Paint the region of interest on the image with the brush (or upload a ROI file).")
+    if roi.all():
+        raise gr.Error("The ROI covers the whole image: leave some normal tissue unpainted.")
+    config = SingleImageConfig(steps=int(steps))
+    try:
+        result = segment_single_image(image, roi, config, progress=progress, show_progress=False)
+    except ValueError as err:
+        raise gr.Error(str(err)) from err
+    folder = _request_dir()
+    files = write_result(result, folder)
+    area = 100.0 * float(result.mask.mean())
+    note = ("The ROI's corners are painted, so it was read as **normal tissue**: the result is its complement.  \n"
+            if result.complement else "")
+    summary = (f"{note}**Lesion area:** {area:.2f} % of the image · trained {config.steps} steps in "
+               f"{result.seconds:.1f} s on the {config.device.upper()}")
+    return result.overlay, summary, *[str(f) for f in files.values()]
+
+
 def preview(upload: Any) -> np.ndarray | None:
     """Show the uploaded file as the app will read it (or a clear error)."""
     return None if upload is None else _load(upload)
@@ -313,6 +356,29 @@ def build_demo() -> gr.Blocks:
                                                     "ms", "error"], label="Per-image statistics", wrap=True)
             b_run.click(batch, inputs=[b_files, b_model, b_tta, b_post], outputs=[b_zip, b_csv, b_table, b_status],
                         api_name="batch")
+        with gr.Tab("Single image"):
+            gr.Markdown("No dataset needed: paint a rough region of interest over the lesion (white brush), press "
+                        "**Train and segment**, and a small network is trained on patches of this one image. Paint "
+                        "around the image's border instead to mark normal tissue when the lesion fills the frame.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    s_editor = gr.ImageEditor(label="Image and ROI", type="numpy", image_mode="RGBA",
+                                              brush=gr.Brush(colors=["#ffffff"], color_mode="fixed",
+                                                             default_size=24),
+                                              transforms=(), layers=False, elem_id="single-editor")
+                    s_roi = gr.File(label="…or a ROI file (binary image or labelme JSON)", type="filepath",
+                                    file_types=["image", ".json"])
+                    s_steps = gr.Slider(50, 600, value=200, step=50, label="Training steps (time grows with it)")
+                    s_run = gr.Button("Train and segment", variant="primary")
+                with gr.Column(scale=2):
+                    s_overlay = gr.Image(label="Result", type="numpy")
+                    s_summary = gr.Markdown()
+                    with gr.Row():
+                        s_mask = gr.File(label="mask.png")
+                        s_overlay_file = gr.File(label="overlay.png")
+                        s_record = gr.File(label="sampling.json")
+            s_run.click(single_image, inputs=[s_editor, s_roi, s_steps],
+                        outputs=[s_overlay, s_summary, s_mask, s_overlay_file, s_record], api_name="single_image")
         with gr.Tab("Enhance"):
             gr.Markdown("TDC-Enhance: the texture, detail and colour views that the DynaSiam model reads beside the "
                         "original image.")

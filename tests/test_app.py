@@ -120,6 +120,9 @@ class _NoProgress:
     def tqdm(self, items, desc=None):
         return items
 
+    def __call__(self, *args, **kwargs):
+        return None
+
 
 def test_batch_handler(app_module, tmp_path):
     import zipfile
@@ -142,3 +145,26 @@ def test_enhance_handler(app_module):
     shapes = {img.shape for img, _ in views}
     assert len(shapes) == 1 and views[1][0].dtype == np.uint8
     assert not np.array_equal(views[0][0], views[1][0])
+
+
+def test_single_image_handler_from_a_painted_roi(app_module):
+    import cv2
+
+    from medseg_core.data import read_image
+
+    image = cv2.resize(read_image(EXAMPLES[0]), (128, 72), interpolation=cv2.INTER_AREA)
+    layer = np.zeros((72, 128, 4), np.uint8)
+    cv2.circle(layer, (40, 40), 12, (255, 255, 255, 255), -1)
+    editor = {"background": np.dstack([image, np.full((72, 128), 255, np.uint8)]), "layers": [layer],
+              "composite": None}
+    overlay, summary, mask_file, overlay_file, record_file = app_module.single_image(editor, None, 5,
+                                                                                     progress=_NoProgress())
+    assert overlay.shape == image.shape and "Lesion area" in summary and "normal tissue" not in summary
+    mask = cv2.imread(mask_file, cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == (72, 128) and json.load(open(record_file))["patches"]
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="Paint the region"):
+        app_module.single_image({**editor, "layers": [np.zeros_like(layer)]}, None, 5, progress=_NoProgress())
+    with pytest.raises(gr.Error, match="Upload an image"):
+        app_module.single_image(None, None, 5, progress=_NoProgress())
