@@ -98,6 +98,8 @@ def load_model(name_or_path: str | os.PathLike, map_location: str = "cpu", cache
 
 def _metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
     keys = ["dice", "iou", "accuracy", "precision", "recall", "hd95"]
+    extra = ("class_dice", "class_dice_1", "class_dice_2", "class_dice_3", "mdice")
+    keys += [k for k in extra if any(k in m for m in metrics.values())]
     rows = ["| split | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for split, m in metrics.items():
         rows.append(f"| {split} | " + " | ".join(f"{m[k]:.4f}" if k in m else "—" for k in keys) + " |")

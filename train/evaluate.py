@@ -69,6 +69,10 @@ def evaluate_samples(segmenter: Segmenter, samples: list[Sample], mask_encoding:
         result = segmenter(image, tta=tta, postprocess=postprocess or ())
         row: dict[str, Any] = {"id": s.id}
         row.update(segmentation_metrics(result.mask, target, segmenter.num_classes))
+        for c in range(1, segmenter.num_classes if segmenter.num_classes > 2 else 0):
+            # Pixel counts for the split-level class Dice (an absent class does not count as a perfect 1.0 there).
+            row[f"n_inter_{c}"] = int(((result.mask == c) & (target == c)).sum())
+            row[f"n_total_{c}"] = int((result.mask == c).sum() + (target == c).sum())
         if pranet:
             row["pranet_mean_dice"] = threshold_sweep_dice(result.confidence, target)
         row["ms"] = result.stats["inference_ms"]
@@ -76,9 +80,20 @@ def evaluate_samples(segmenter: Segmenter, samples: list[Sample], mask_encoding:
     return rows
 
 
+def split_class_dice(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Dice of each foreground class over all pixels of the split (``class_dice_c``) and their mean
+    (``class_dice``); empty for binary models."""
+    classes = sorted(int(k.rsplit("_", 1)[1]) for k in (rows[0] if rows else {}) if k.startswith("n_inter_"))
+    out = {f"class_dice_{c}": 2 * sum(r[f"n_inter_{c}"] for r in rows) / max(1, sum(r[f"n_total_{c}"] for r in rows))
+           for c in classes}
+    if out:
+        out["class_dice"] = sum(out.values()) / len(out)
+    return out
+
+
 def format_table(title: str, means: dict[str, float], n: int) -> str:
-    keys = [k for k in (*BINARY_METRICS, "mdice", "miou", "pranet_mean_dice") if k in means]
-    keys += sorted(k for k in means if k.startswith(("dice_", "iou_")))
+    keys = [k for k in (*BINARY_METRICS, "mdice", "miou", "class_dice", "pranet_mean_dice") if k in means]
+    keys += sorted(k for k in means if k.startswith(("dice_", "iou_", "class_dice_")))
     widths = [max(10, len(k)) + 2 for k in keys]
     head = f"{'split':<24}{'n':>5}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths))
     line = f"{title:<24}{n:>5}" + "".join(f"{means[k]:>{w}.4f}" for k, w in zip(keys, widths))
@@ -100,7 +115,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = gather_object(rows)
     if not state.is_main_process:
         return {}
-    means = mean_metrics([{k: v for k, v in r.items() if k not in ("id", "ms")} for r in rows])
+    means = mean_metrics([{k: v for k, v in r.items() if k not in ("id", "ms") and not k.startswith("n_")}
+                          for r in rows])
+    means.update(split_class_dice(rows))
     title = Path(args.split).stem if args.split else Path(args.images).name
     result: dict[str, Any] = {
         "model": str(args.model),

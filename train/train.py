@@ -192,11 +192,12 @@ def _dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
 def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
     """Per-image Dice and IoU at the model's input size, gathered over processes, then averaged.
 
-    ``dice``/``iou`` are the lesion region's (any foreground class); multi-class models add ``mdice``, the mean over
-    foreground classes of the per-class Dice, which is then the selection score (``score``).
+    ``dice``/``iou`` are the lesion region's (any foreground class). Multi-class models add ``class_dice``: for each
+    foreground class, Dice over all validation pixels together, averaged over classes; it is their selection score
+    (``score``). (A per-image class Dice that counts an absent class as 1.0 rewards predicting too little.)
     """
     model.eval()
-    rows = []
+    rows, sums = [], []
     for batch in tqdm(loader, desc="validate", disable=not accelerator.is_local_main_process or cfg["_no_progress"],
                       leave=False):
         images = batch["image"]
@@ -206,15 +207,18 @@ def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
             logits = model(images).float()
         pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
         target = batch["mask"]
-        scores = list(_dice_iou(pred > 0, target > 0))
-        for c in range(1, logits.shape[1]):
-            scores.append(_dice_iou(pred == c, target == c)[0])
-        rows.append(torch.stack(accelerator.gather_for_metrics(tuple(scores)), dim=1).cpu())
+        rows.append(torch.stack(accelerator.gather_for_metrics(_dice_iou(pred > 0, target > 0)), dim=1).cpu())
+        # Per image and class: intersection and total pixel counts, summed over the whole split afterwards.
+        counts = [torch.stack([((pred == c) & (target == c)).flatten(1).sum(1), (pred == c).flatten(1).sum(1)
+                               + (target == c).flatten(1).sum(1)], dim=1) for c in range(1, logits.shape[1])]
+        if counts:
+            sums.append(accelerator.gather_for_metrics(torch.stack(counts, dim=1)).sum(0).cpu())
     table = torch.cat(rows)
     out = {"dice": table[:, 0].mean().item(), "iou": table[:, 1].mean().item()}
-    if table.shape[1] > 3:
-        out["mdice"] = table[:, 2:].mean().item()
-    out["score"] = out.get("mdice", out["dice"])
+    if sums:
+        total = torch.stack(sums).sum(0).double()  # (classes, 2)
+        out["class_dice"] = (2 * total[:, 0] / total[:, 1].clamp(min=1)).mean().item()
+    out["score"] = out.get("class_dice", out["dice"])
     return out
 
 
