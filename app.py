@@ -26,11 +26,11 @@ import numpy as np
 
 from medseg_core import Segmenter, WeightsNotFoundError, list_local_weights, to_rgb_uint8
 from medseg_core.batch import expand_inputs, segment_files, write_results_zip
-from medseg_core.enhance import tdc_views
-from medseg_core.single_image import SingleImageConfig, read_roi, segment_single_image, write_result
-from medseg_core.inference import MAX_IMAGE_PIXELS, ImageInputError, SegResult, load_image_file
 from medseg_core.data import decode_mask
+from medseg_core.enhance import tdc_views
+from medseg_core.inference import MAX_IMAGE_PIXELS, ImageInputError, SegResult, load_image_file
 from medseg_core.metrics import segmentation_metrics
+from medseg_core.single_image import SingleImageConfig, read_roi, segment_single_image, write_result
 
 log = logging.getLogger("medseg.app")
 
@@ -302,7 +302,8 @@ def build_demo() -> gr.Blocks:
                                     file_types=["image"])
                     run = gr.Button("Segment", variant="primary", elem_id="segment-button")
                     if EXAMPLES:
-                        gr.Examples([[str(p)] for p in EXAMPLES], inputs=[upload], label="Example images (PolypGen, CC BY 4.0)")
+                        gr.Examples([[str(p)] for p in EXAMPLES], inputs=[upload],
+                                    label="Example images (PolypGen, CC BY 4.0)")
                 with gr.Column(scale=2):
                     slider = gr.ImageSlider(label="Before / after", type="numpy", elem_id="segment-slider")
                     summary = gr.Markdown(elem_id="segment-summary")

@@ -1,7 +1,7 @@
 """medseg_core: lesion segmentation for endoscopy images — models, data, training pieces and inference."""
 
 from .hub import WeightsNotFoundError, list_local_weights, load_model, resolve_weights
-from .inference import SegResult, Segmenter, to_rgb_uint8
+from .inference import Segmenter, SegResult, to_rgb_uint8
 from .models import create_model, get_model_info, is_model, list_models
 from .postprocess import apply_postprocessing
 

@@ -12,7 +12,6 @@ from test_models import TINY, tiny
 
 from medseg_core import create_model, load_model
 from medseg_core.losses import DeepSupervisionLoss, StructureLoss, build_loss
-from medseg_core.models import get_model_class
 from medseg_core.models.layers import (
     EUCB,
     LGAG,

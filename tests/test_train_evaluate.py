@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,8 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "train"))
 import evaluate as evaluate_cli  # noqa: E402
-import train as train_cli  # noqa: E402
 
+import train as train_cli  # noqa: E402
 from medseg_core import load_model  # noqa: E402
 
 CONFIG = str(ROOT / "train" / "configs" / "unet_lite0_polyp.yaml")
