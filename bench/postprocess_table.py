@@ -43,9 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="weights folder, a name under weights/, or a Hub repo id")
     p.add_argument("--data", default="../shared/data", help="dataset root holding splits/")
     p.add_argument("--split", required=True, help="split name (e.g. polyp-val) or path to a split .txt file")
-    p.add_argument("--steps", nargs="+", default=None, choices=sorted(POSTPROCESSING_STEPS),
-                   help="the chain, in order (default: " + " ".join(DEFAULT_CHAIN) + "; 'refine' only with "
-                   "--refiner)")
+    p.add_argument("--steps", nargs="+", default=None, choices=sorted(POSTPROCESSING_STEPS), metavar="STEP",
+                   help=f"the chain, in order, from {', '.join(sorted(POSTPROCESSING_STEPS))} "
+                   f"(default: {' '.join(DEFAULT_CHAIN)}; 'refine' only with --refiner)")
     p.add_argument("--refiner", default=None, help="weights of a 'refiner' model for the refine step")
     p.add_argument("--mask-encoding", choices=["binary", "neopolyp"], default=None,
                    help="how masks encode classes (default: neopolyp for 3-class models, else binary)")

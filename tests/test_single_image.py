@@ -218,6 +218,21 @@ def test_cli_arguments(tmp_path, capsys):
         main(["--image", "x.png", "--roi", "y.png", "--images", "d", "--rois", "e", "--out", str(tmp_path)])
 
 
+def test_early_encoder_stages_are_frozen_only_when_pretrained():
+    from medseg_core.models import get_model_class
+    from medseg_core.single_image import _freeze_early_stages
+
+    unet = get_model_class("unet")
+    model = unet(**{**FAST["model_kwargs"], "encoder_weights": "imagenet"})
+    frozen = _freeze_early_stages(model, 2)
+    assert frozen[0] is model.encoder.conv_stem and frozen[-1] is model.encoder.blocks[1]
+    assert not any(p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad for p in model.encoder.blocks[2].parameters())
+    assert all(p.requires_grad for p in model.decoder.parameters())
+    assert _freeze_early_stages(unet(**{**FAST["model_kwargs"], "encoder_weights": "imagenet"}), 0) == []
+    assert _freeze_early_stages(unet(**FAST["model_kwargs"]), 2) == [], "random stems are not frozen"
+
+
 def test_write_result_names(tmp_path):
     image, lesion = synthetic(20, size=48)
     result = segment_single_image(image, lesion.astype(bool), SingleImageConfig(**{**FAST, "patches_per_scale": 2},
