@@ -371,7 +371,7 @@ def build_demo() -> gr.Blocks:
                                               transforms=(), layers=False, elem_id="single-editor")
                     s_roi = gr.File(label="…or a ROI file (binary image or labelme JSON)", type="filepath",
                                     file_types=["image", ".json"])
-                    s_steps = gr.Slider(50, 600, value=200, step=50, label="Training steps (time grows with it)")
+                    s_steps = gr.Slider(50, 600, value=450, step=50, label="Training steps (time grows with it)")
                     s_run = gr.Button("Train and segment", variant="primary")
                 with gr.Column(scale=2):
                     s_overlay = gr.Image(label="Result", type="numpy")

@@ -84,8 +84,12 @@ class SingleImageConfig:
         patches_per_scale: patches per scale and per label (positive and negative).
         inner_margin: the ROI is eroded by this fraction of the lesion's size (the square root of the area of
             the smaller of ROI and complement) before positives are sampled.
-        outer_margin: width of the band around the ROI left out of training, as a fraction of the same size.
-        steps: optimiser steps (the run time is about proportional).
+        outer_margin: width of the band around the ROI left out of training, as a fraction of the same size. A
+            rough marking inside a lesion stops well short of its edge, so the band must reach past it: 0.5 was
+            chosen on 4 ``polyp-val`` images with ``bench/single_image_eval.py``'s ROIs (mean Dice 0.73 against
+            0.69 with 0.3).
+        steps: optimiser steps (the run time is about proportional: the default 450 took 51-57 s of CPU time per
+            image on one core of the development machine, for 384x288 to 480x480 images).
         batch_size: patches per step.
         lr: AdamW learning rate (cosine decay to zero).
         freeze_stages: early encoder stages (with the stem) kept at their ImageNet weights, in eval mode (only for
@@ -104,8 +108,8 @@ class SingleImageConfig:
     scales: tuple[float, ...] = (0.12, 0.2, 0.32)
     patches_per_scale: int = 64
     inner_margin: float = 0.05
-    outer_margin: float = 0.3
-    steps: int = 200
+    outer_margin: float = 0.5
+    steps: int = 450
     batch_size: int = 16
     lr: float = 1e-3
     freeze_stages: int = 0
@@ -385,7 +389,7 @@ def segment_single_image(image: np.ndarray, roi: np.ndarray, config: SingleImage
         image: ``uint8`` RGB (H, W, 3).
         roi: boolean (H, W): the clinician's marking (see :func:`read_roi`); with four white corners it marks
             normal tissue and the lesion is the complement.
-        config: settings (defaults: about a minute on a laptop CPU for a 480 x 480 image).
+        config: settings (defaults: about a minute of one CPU core for a 480 x 480 image).
         progress: called as ``progress(fraction, desc=...)`` while running (``gradio.Progress`` fits).
         show_progress: a tqdm bar on the training steps.
     """
