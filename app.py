@@ -62,6 +62,11 @@ def get_segmenter(name: str) -> Segmenter:
     return Segmenter.from_pretrained(name)
 
 
+def _chain(segmenter: Segmenter, on: bool) -> tuple[str, ...]:
+    """The post-processing toggle: the chain recorded with the model's weights, else the generic default."""
+    return (segmenter.postprocess or DEFAULT_POSTPROCESS) if on else ()
+
+
 def _segmenter_or_error(name: str | None) -> Segmenter:
     if not name:
         raise gr.Error("No model is available: put a weights folder in weights/ or set MEDSEG_HUB_MODELS.")
@@ -153,7 +158,7 @@ def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, t
     image = _load(upload)
     segmenter = _segmenter_or_error(model_name)
     try:
-        result = segmenter(image, tta=tta, postprocess=DEFAULT_POSTPROCESS if postprocess else ())
+        result = segmenter(image, tta=tta, postprocess=_chain(segmenter, postprocess))
     except Exception as err:  # noqa: BLE001 - the page shows a message, the log keeps the traceback
         log.exception("segmentation failed")
         raise gr.Error(f"Segmentation failed: {type(err).__name__}: {err}") from err
@@ -187,7 +192,8 @@ def compare(upload: Any, model_names: list[str] | None, tta: bool, postprocess: 
     image = _load(upload)
     gallery, rows = [], ["| model | lesion area % | lesions | mean confidence | time (ms) |", "|---|---|---|---|---|"]
     for name in names:
-        result = _segmenter_or_error(name)(image, tta=tta, postprocess=DEFAULT_POSTPROCESS if postprocess else ())
+        segmenter = _segmenter_or_error(name)
+        result = segmenter(image, tta=tta, postprocess=_chain(segmenter, postprocess))
         s = result.stats
         gallery.append((result.overlay, f"{name} · {s['inference_ms']:.0f} ms"))
         conf = f"{s['mean_confidence']:.3f}" if s["mean_confidence"] is not None else "—"
@@ -210,7 +216,7 @@ def batch(uploads: list[Any] | None, model_name: str | None, tta: bool, postproc
     if not paths:
         raise gr.Error("The upload holds no images (PNG, JPEG, TIFF, BMP).")
     rows = segment_files(segmenter, paths, folder / "masks", tta=tta,
-                         postprocess=DEFAULT_POSTPROCESS if postprocess else (),
+                         postprocess=_chain(segmenter, postprocess),
                          progress=lambda items: progress.tqdm(items, desc="Segmenting"))
     archive = write_results_zip(folder / "masks", folder / "medseg_masks.zip")
     table = [[r["file"], r["status"], r["lesion_percent"], r["lesion_count"], r["mean_confidence"],

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medseg_core.data import Sample, read_image, read_mask, read_split  # noqa: E402
-from medseg_core.hub import load_model  # noqa: E402
+from medseg_core.hub import load_model, record_postprocess, resolve_weights  # noqa: E402
 from medseg_core.inference import Segmenter  # noqa: E402
 from medseg_core.metrics import dice_score, per_class_metrics  # noqa: E402
 from medseg_core.models import SegModel  # noqa: E402
@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", default=None, help="write the table (and per-image scores) to this JSON file")
+    p.add_argument("--record", action="store_true",
+                   help="write the steps that helped (in chain order) into the weights folder's config.json, where "
+                   "Segmenter, the app and predict_folder take them as the model's post-processing; use a "
+                   "validation split")
+    p.add_argument("--min-gain", type=float, default=0.001,
+                   help="with --record: the least gain in the headline score (alone, against none) a step needs")
     args = p.parse_args(argv)
     if args.steps and "refine" in args.steps and not args.refiner:
         p.error("the refine step needs --refiner")
@@ -113,10 +119,17 @@ def format_table(table: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def helpful_steps(table: dict[str, dict[str, Any]], chain: Sequence[str], min_gain: float) -> list[str]:
+    """The steps of the chain, in order, that alone raise the headline score by at least ``min_gain``."""
+    headline = "mdice" if "mdice" in table["none"]["mean"] else "dice"
+    base = table["none"]["mean"][headline]
+    return [step for step in chain if table[step]["mean"][headline] - base >= min_gain]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device)
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device, postprocess=())  # raw probabilities
     refiner = load_model(args.refiner).to(segmenter.device).eval() if args.refiner else None
     chain = args.steps or [s for s in DEFAULT_CHAIN if s != "refine" or refiner is not None]
     encoding = args.mask_encoding or ("neopolyp" if segmenter.num_classes == 3 else "binary")
@@ -126,6 +139,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(format_table(table))
     result = {"model": str(args.model), "split": args.split, "n": len(samples), "tta": args.tta,
               "refiner": args.refiner, "table": table}
+    if args.record:
+        if Path(args.split).stem.startswith("test"):
+            log.warning("recording a chain chosen on a test split: report test figures measured on other images")
+        steps = helpful_steps(table, chain, args.min_gain)
+        folder = resolve_weights(args.model)
+        path = record_postprocess(folder, steps, args.refiner if "refine" in steps else None)
+        result["recorded"] = steps
+        print(f"recorded post-processing in {path}: {' '.join(steps) or 'none (no step helped)'}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -108,6 +108,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def summary_of(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Dice distribution and time per image of the method (and of the baseline, when it ran)."""
+    summary: dict[str, Any] = {"n": len(rows), "steps": args.steps, "max_side": args.max_side,
+                               "single_image": {**summarise([r["dice"] for r in rows]),
+                                                "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
+                                                "cpu_seconds_per_image": float(np.mean([r["cpu_seconds"] for r in rows]))}}
+    if args.baseline:
+        summary["baseline"] = {"model": args.baseline, **summarise([r["baseline_dice"] for r in rows]),
+                               "seconds_per_image": float(np.mean([r["baseline_seconds"] for r in rows])),
+                               "cpu_seconds_per_image": float(np.mean([r["baseline_cpu_seconds"] for r in rows]))}
+    return summary
+
+
+def write_json(path: str | None, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({**summary, "per_image": rows}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -137,14 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             write_result(result, args.save, stem)
             (Path(args.save) / "rois").mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(Path(args.save) / "rois" / f"{stem}.png"), roi.astype(np.uint8) * 255)
-    summary: dict[str, Any] = {"n": len(rows), "steps": args.steps, "max_side": args.max_side,
-                               "single_image": {**summarise([r["dice"] for r in rows]),
-                                                "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
-                                                "cpu_seconds_per_image": float(np.mean([r["cpu_seconds"] for r in rows]))}}
-    if baseline is not None:
-        summary["baseline"] = {"model": args.baseline, **summarise([r["baseline_dice"] for r in rows]),
-                               "seconds_per_image": float(np.mean([r["baseline_seconds"] for r in rows])),
-                               "cpu_seconds_per_image": float(np.mean([r["baseline_cpu_seconds"] for r in rows]))}
+        write_json(args.json, summary_of(rows, args), rows)  # partial results survive an interrupted run
+    summary = summary_of(rows, args)
     print(f"{len(rows)} images from {', '.join(args.splits)}; ROI: hull of {args.roi_points} points of the lesion "
           f"eroded by {args.roi_erode} x its radius")
     if baseline is not None:
@@ -157,9 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{label:<28}{m['mean']:>8.4f}{m['median']:>8.4f}{m['p10']:>8.4f}{m['min']:>8.4f}"
                   f"{m['seconds_per_image']:>9.2f}{m['cpu_seconds_per_image']:>8.1f}")
     result = {**summary, "per_image": rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, summary, rows)
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

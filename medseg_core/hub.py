@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from .models import SegModel, get_model_class
+from .postprocess import POSTPROCESSING_STEPS
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -25,6 +26,8 @@ __all__ = [
     "list_local_weights",
     "load_model",
     "push_model",
+    "record_postprocess",
+    "recorded_postprocess",
     "resolve_weights",
     "write_model_card",
 ]
@@ -94,6 +97,39 @@ def load_model(name_or_path: str | os.PathLike, map_location: str = "cpu", cache
     if "arch" not in config:
         raise ValueError(f"{folder / 'config.json'} does not say which architecture it is (no 'arch' key)")
     return get_model_class(config["arch"]).from_pretrained(folder, map_location=map_location)
+
+
+def recorded_postprocess(folder: str | os.PathLike) -> dict[str, Any]:
+    """The post-processing recorded in a weights folder's ``config.json``: ``{"steps": [...], "refiner": ...}``.
+
+    ``steps`` are names from ``medseg_core.postprocess`` (empty when none is recorded); ``refiner`` is where the
+    ``refine`` step's model lives, resolved here: a folder relative to the weights folder, else a ``weights/``
+    name or a Hub repo id as written (None when not recorded).
+    """
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    steps = list(config.get("postprocess") or [])
+    unknown = [s for s in steps if s not in POSTPROCESSING_STEPS]
+    if unknown:
+        raise ValueError(f"{folder / 'config.json'} records unknown post-processing steps {unknown}; known: "
+                         f"{', '.join(sorted(POSTPROCESSING_STEPS))}")
+    refiner = config.get("refiner")
+    if refiner and _is_weights_dir(folder / refiner):
+        refiner = str(folder / refiner)
+    return {"steps": steps, "refiner": refiner}
+
+
+def record_postprocess(folder: str | os.PathLike, steps: Sequence[str], refiner: str | None = None) -> Path:
+    """Write the chosen post-processing chain (and the refiner it needs) into a weights folder's ``config.json``."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    config["postprocess"] = list(steps)
+    if refiner:
+        config["refiner"] = refiner
+    else:
+        config.pop("refiner", None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def _metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> str:

@@ -18,7 +18,7 @@ import PIL.ImageOps
 import torch
 
 from .enhance import stack_views
-from .hub import load_model
+from .hub import load_model, recorded_postprocess, resolve_weights
 from .models import SegModel
 from .postprocess import apply_postprocessing
 
@@ -211,9 +211,22 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | None = None, **kwargs: Any) -> Segmenter:
-        """A Segmenter on weights from a folder, a ``weights/`` name or a Hub repo id."""
+        """A Segmenter on weights from a folder, a ``weights/`` name or a Hub repo id.
+
+        The post-processing chain recorded in the weights' ``config.json`` (``"postprocess"``: step names, chosen
+        on a validation split by ``bench/postprocess_table.py --record``) is the default of ``postprocess``;
+        when it holds ``refine``, the refiner named by ``"refiner"`` (a folder beside the weights, a ``weights/``
+        name or a Hub repo id) is loaded too. Pass ``postprocess=()`` for raw masks.
+        """
         kwargs.setdefault("name", os.fspath(name_or_path))
-        return cls(load_model(name_or_path), device=device, **kwargs)
+        folder = resolve_weights(name_or_path)
+        recorded = recorded_postprocess(folder)
+        kwargs.setdefault("postprocess", recorded["steps"])
+        if "refine" in kwargs["postprocess"] and kwargs.get("refiner") is None:
+            if not recorded["refiner"]:
+                raise ValueError(f"the 'refine' step needs a refiner, and {folder / 'config.json'} names none")
+            kwargs["refiner"] = load_model(recorded["refiner"])
+        return cls(load_model(folder), device=device, **kwargs)
 
     @property
     def num_classes(self) -> int:

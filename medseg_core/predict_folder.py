@@ -37,7 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder to write masks and overlays to (created if missing)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold (binary models)")
-    p.add_argument("--postprocess", nargs="*", default=(), help="post-processing step names (default: none)")
+    p.add_argument("--postprocess", nargs="*", default=None,
+                   help="post-processing step names (default: the chain recorded in the weights' config.json; "
+                   "--postprocess alone for raw masks)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -95,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status (1 when no image could be segmented)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device, threshold=args.threshold,
-                                          postprocess=args.postprocess)
+    chain = {} if args.postprocess is None else {"postprocess": args.postprocess}
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device, threshold=args.threshold, **chain)
     written, skipped = predict_folder(segmenter, args.images, args.out, tta=args.tta, progress=not args.no_progress)
     log.info("wrote %d masks and overlays to %s%s", len(written), args.out,
              f"; skipped {len(skipped)} unreadable files" if skipped else "")

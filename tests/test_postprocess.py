@@ -24,6 +24,7 @@ from medseg_core.postprocess import (
 from medseg_core.transforms import eval_transform
 
 sys.path.insert(0, str(ROOT / "train"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def square(mask: np.ndarray, y: int, x: int, side: int, value: int = 1) -> np.ndarray:
@@ -302,3 +303,72 @@ def test_make_refiner_data_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         make_refiner_data.main(["--help"])
     assert exit_info.value.code == 0 and "--crops-per-region" in capsys.readouterr().out
+
+
+# --- the chain recorded with a model's weights -------------------------------------------------------------------
+
+@pytest.fixture()
+def weights_with_chain(tiny_weights, tiny_refiner, tmp_path):
+    """A copy of the tiny weights whose config.json records a chain with ``refine`` and a refiner folder beside."""
+    import shutil
+
+    folder = tmp_path / "tiny_unet.chain"
+    shutil.copytree(tiny_weights, folder)
+    tiny_refiner.save_pretrained(folder / "refiner")
+    return folder
+
+
+def test_recorded_chain_round_trip_and_segmenter_default(weights_with_chain, example_image):
+    from medseg_core import Segmenter
+    from medseg_core.hub import record_postprocess, recorded_postprocess
+
+    assert recorded_postprocess(weights_with_chain) == {"steps": [], "refiner": None}
+    record_postprocess(weights_with_chain, ["refine", "remove_small_components"], "refiner")
+    recorded = recorded_postprocess(weights_with_chain)
+    assert recorded == {"steps": ["refine", "remove_small_components"], "refiner": str(weights_with_chain / "refiner")}
+    seg = Segmenter.from_pretrained(weights_with_chain, device="cpu")
+    assert seg.postprocess == ("refine", "remove_small_components") and seg.refiner is not None
+    assert seg(example_image).stats["postprocess"] == ["refine", "remove_small_components"]
+    raw = Segmenter.from_pretrained(weights_with_chain, device="cpu", postprocess=())
+    assert raw.postprocess == () and raw.refiner is None
+    # The model itself still loads: config.json's extra keys are not constructor arguments.
+    record_postprocess(weights_with_chain, ["fill_holes"])
+    assert recorded_postprocess(weights_with_chain) == {"steps": ["fill_holes"], "refiner": None}
+
+
+def test_recorded_chain_errors(weights_with_chain):
+    import json
+
+    from medseg_core import Segmenter
+    from medseg_core.hub import recorded_postprocess
+
+    config = json.loads((weights_with_chain / "config.json").read_text())
+    (weights_with_chain / "config.json").write_text(json.dumps({**config, "postprocess": ["erode_everything"]}))
+    with pytest.raises(ValueError, match="unknown post-processing steps"):
+        recorded_postprocess(weights_with_chain)
+    (weights_with_chain / "config.json").write_text(json.dumps({**config, "postprocess": ["refine"]}))
+    with pytest.raises(ValueError, match="needs a refiner"):
+        Segmenter.from_pretrained(weights_with_chain, device="cpu")
+
+
+def test_postprocess_table_records_the_steps_that_helped(tiny_weights, data_root, tmp_path):
+    import shutil
+
+    import postprocess_table
+
+    from medseg_core.hub import recorded_postprocess
+
+    table = {"none": {"mean": {"dice": 0.5}}, "fill_holes": {"mean": {"dice": 0.52}},
+             "remove_small_components": {"mean": {"dice": 0.5005}}, "adaptive_morphology": {"mean": {"dice": 0.4}}}
+    chain = ["remove_small_components", "fill_holes", "adaptive_morphology"]
+    assert postprocess_table.helpful_steps(table, chain, 0.001) == ["fill_holes"]
+    assert postprocess_table.helpful_steps(table, chain, 0.0) == ["remove_small_components", "fill_holes"]
+    folder = tmp_path / "w"
+    shutil.copytree(tiny_weights, folder)
+    split = tmp_path / "two.txt"
+    split.write_text("cvc-clinicdb/4\ncvc-clinicdb/5\n")
+    out = postprocess_table.main(["--model", str(folder), "--data", str(data_root), "--split", str(split),
+                                  "--device", "cpu", "--record", "--min-gain", "-1"])
+    # With a gain of at least -1 required, every step of the default chain "helps".
+    assert out["recorded"] == recorded_postprocess(folder)["steps"] == [
+        "remove_small_components", "fill_holes", "adaptive_morphology", "region_class_consistency"]

@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask-encoding", choices=["binary", "neopolyp"], default=None,
                    help="how masks encode classes (default: neopolyp for 3-class models, else binary)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--postprocess", nargs="*", default=None, help="post-processing steps (default: none)")
+    p.add_argument("--postprocess", nargs="*", default=None,
+                   help="post-processing steps (default: none); 'model' = the chain recorded in the weights' config")
     p.add_argument("--pranet-mean-dice", action="store_true",
                    help="also report the PraNet-protocol Dice averaged over thresholds 0..255 (labelled as such)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     state = PartialState()
     segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device), precision=args.precision)
+    if args.postprocess == ["model"]:
+        args.postprocess = list(segmenter.postprocess)
+        log.info("post-processing recorded in the model's config: %s", " ".join(args.postprocess) or "none")
     encoding = args.mask_encoding or ("neopolyp" if segmenter.num_classes == 3 else "binary")
     samples = read_split(args.data, args.split) if args.split else pairs_from_folders(args.images, args.masks)
     samples = samples[: args.limit]

@@ -95,7 +95,7 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device)
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device, postprocess=())  # raw probabilities
     samples = read_split(args.data, args.split)[: args.limit]
     out_root = Path(args.out)
     folders = {k: out_root / args.name / k for k in ("images", "masks", "probs")}

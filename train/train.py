@@ -151,7 +151,8 @@ class Progress:
 
 def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg, max_steps) -> float:
     model.train()
-    total, count = 0.0, 0
+    total, count, started = 0.0, 0, time.time()
+    quiet = cfg["_no_progress"] and accelerator.is_local_main_process  # logs its pace instead of a progress bar
     bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}", disable=not accelerator.is_local_main_process
                or cfg["_no_progress"], leave=False)
     for batch in bar:
@@ -173,6 +174,9 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
         bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if progress.step % 10 == 0:
             accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
+        if quiet and count % 25 == 0:
+            log.info("epoch %d: step %d/%d, loss %.4f, %.2f s/step", progress.epoch + 1, count, len(loader),
+                     total / count, (time.time() - started) / count)
         if max_steps is not None and progress.step >= max_steps:
             break
     return total / max(1, count)

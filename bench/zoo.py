@@ -1,0 +1,242 @@
+"""Train every model with one recipe and the same budget, evaluate each on the test splits, print the table.
+
+    python bench/zoo.py                                   # every registered model (train, evaluate, table)
+    python bench/zoo.py --models unet pranet              # some of them
+    python bench/zoo.py --ablation                        # the TDC-Enhance / DynaSiam ablation (4 entries)
+    python bench/zoo.py --collect                         # no training: the table of what runs/zoo holds
+    python bench/zoo.py --train.epochs 20 --model.input_size 352    # a bigger budget (e.g. on a GPU), all alike
+
+Each entry is one ``train/train.py`` run of ``train/configs/zoo_polyp.yaml`` (train on ``polyp-train``, best epoch
+on ``polyp-val``) followed by ``train/evaluate.py`` on every test split; the exact commands are printed and stored
+with the results, so any row can be re-run by hand. Models that take a timm encoder get the ImageNet
+EfficientNet-Lite0 (the one set of ImageNet weights reachable offline); DDANet, the ASPP net and FCT have their own
+encoders and start from random weights. Two more entries make the DynaSiam ablation: ``unet_tdc`` (a single-path
+U-Net trained on the TDC-enriched training set, written by ``python -m medseg_core.enhance``) and ``dynasiam_nodfi``.
+
+Finished runs are not repeated: an entry whose model and evaluations exist is only collected. Several copies of
+this script may run at once (e.g. one per CPU core): each entry is claimed by one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LITE0 = ["--model.encoder", "tf_efficientnet_lite0", "--model.encoder_weights", "imagenet"]
+ABLATION = ["unet", "unet_tdc", "dynasiam", "dynasiam_nodfi"]
+NOT_SEGMENTERS = {"refiner"}  # needs a probability map as input: trained by train/configs/refiner_polyp.yaml
+
+
+def entries(tdc_root: Path) -> dict[str, dict[str, Any]]:
+    """Every comparable entry: its architecture and the overrides that make it."""
+    from medseg_core.models import get_model_class, list_models
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in list_models():
+        if name in NOT_SEGMENTERS:
+            continue
+        takes_encoder = "encoder" in inspect.signature(get_model_class(name).__init__).parameters
+        out[name] = {"arch": name, "overrides": LITE0 if takes_encoder else [],
+                     "encoder": "Lite0, ImageNet" if takes_encoder else "own, random init"}
+    out["unet_tdc"] = {"arch": "unet", "encoder": "Lite0, ImageNet", "data_root": str(tdc_root),
+                       "overrides": LITE0}
+    out["dynasiam_nodfi"] = {"arch": "dynasiam", "encoder": "Lite0, ImageNet",
+                             "overrides": [*LITE0, "--model.dfi", "false"]}
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(description="Model-zoo comparison: every model trained with one recipe and budget "
+                                "(train/configs/zoo_polyp.yaml), evaluated on the test splits. Any other "
+                                "--section.key value is passed to every train/train.py run.")
+    p.add_argument("--models", nargs="+", default=None, help="entries to run (default: every registered model)")
+    p.add_argument("--ablation", action="store_true", help=f"the DynaSiam ablation entries: {' '.join(ABLATION)}")
+    p.add_argument("--config", default="train/configs/zoo_polyp.yaml", help="the one recipe")
+    p.add_argument("--data", default="../shared/data", help="dataset root holding splits/")
+    p.add_argument("--test-splits", nargs="+", default=["test-kvasir", "test-clinicdb", "test-polypgen"])
+    p.add_argument("--out", default="runs/zoo", help="one folder per entry: the run, its log and evaluations")
+    p.add_argument("--collect", action="store_true", help="train nothing; tabulate the finished entries")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--json", default=None, help="write the table (and the commands) to this JSON file")
+    p.add_argument("--markdown", default=None, help="write the table as Markdown to this file")
+    return p.parse_known_args(argv)
+
+
+def commands(name: str, entry: dict[str, Any], args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    run_dir = Path(args.out) / name
+    train = ["python", "train/train.py", "--config", args.config, "--output-dir", str(run_dir), "--no-progress",
+             "--name", f"zoo.{name}", "--model.arch", entry["arch"], "--data.root", entry.get("data_root", args.data),
+             *entry["overrides"], *extra]
+    if "data_root" in entry:
+        train += _same_budget(args, extra)
+    evaluate = {split: ["python", "train/evaluate.py", "--model", str(run_dir / "model"), "--data", args.data,
+                        "--split", split, "--json", str(run_dir / "eval" / f"{split}.json")]
+                for split in args.test_splits}
+    return {"train": train, "evaluate": evaluate}
+
+
+def _same_budget(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Overrides that hold a run on the 4x larger TDC-enriched set to the steps (and warm-up steps) of the others."""
+    sys.path.insert(0, str(ROOT / "train"))
+    from train import load_config
+
+    from medseg_core.data import read_split
+
+    cfg = load_config(ROOT / args.config, extra)
+    t = cfg["train"]
+    steps = int(t["epochs"] * (len(read_split(args.data, cfg["data"]["train_split"])) // t["batch_size"]))
+    views = 4  # original + texture + detail + colour of every image
+    return ["--max-steps", str(steps), "--train.warmup_epochs", f"{t['warmup_epochs'] / views:g}"]
+
+
+def tdc_commands(args: argparse.Namespace, tdc_root: Path) -> list[list[str]]:
+    """The TDC-enriched training set (original + 3 views of every polyp-train image) and the original polyp-val."""
+    return [["python", "-m", "medseg_core.enhance", "--data-root", args.data, "--split", "polyp-train",
+             "--out", str(tdc_root), "--no-progress"],
+            ["python", "-m", "medseg_core.enhance", "--data-root", args.data, "--split", "polyp-val",
+             "--views", "original", "--out", str(tdc_root), "--no-progress"]]
+
+
+def _run(cmd: list[str], log_file: Path) -> None:
+    print("  $", shlex.join(cmd), flush=True)
+    with open(log_file, "a") as log:
+        exe = [sys.executable, *cmd[1:]] if cmd[0] == "python" else cmd
+        done = subprocess.run(exe, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise RuntimeError(f"{shlex.join(cmd)} failed (exit {done.returncode}); see {log_file}")
+
+
+def _claim(run_dir: Path) -> bool:
+    """True for the one process that may train this entry."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(run_dir / ".claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def run_entry(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argparse.Namespace,
+              tdc_root: Path) -> None:
+    run_dir = Path(args.out) / name
+    if (run_dir / "train_summary.json").is_file() and all(
+            Path(c[c.index("--json") + 1]).is_file() for c in cmds["evaluate"].values()):
+        return
+    if not _claim(run_dir):
+        print(f"{name}: claimed by another process (remove {run_dir / '.claim'} if none runs)", flush=True)
+        return
+    try:
+        log_file = run_dir / "zoo.log"
+        print(f"{name}:", flush=True)
+        if "data_root" in entry and not (tdc_root / "splits" / "polyp-val.txt").is_file():
+            for cmd in tdc_commands(args, tdc_root):
+                _run(cmd, log_file)
+        if not (run_dir / "train_summary.json").is_file():
+            _run(cmds["train"], log_file)
+        for cmd in cmds["evaluate"].values():
+            if not Path(cmd[cmd.index("--json") + 1]).is_file():
+                _run(cmd, log_file)
+    finally:
+        (run_dir / ".claim").unlink(missing_ok=True)
+
+
+def collect(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argparse.Namespace) -> dict | None:
+    run_dir = Path(args.out) / name
+    summary_file = run_dir / "train_summary.json"
+    if not summary_file.is_file():
+        return None
+    summary = json.loads(summary_file.read_text())
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    from safetensors import safe_open
+
+    with safe_open(run_dir / "model" / "model.safetensors", "pt") as f:
+        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
+                     if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    row: dict[str, Any] = {"entry": name, "arch": entry["arch"], "encoder": entry["encoder"],
+                           "params_m": params / 1e6, "input_size": config.get("input_size"),
+                           "steps": summary["steps"], "epochs": summary["epochs"],
+                           "best_epoch": summary["best_epoch"], "val_dice": summary["best_val_dice"],
+                           "train_minutes": summary["seconds"] / 60, "device": summary.get("device"),
+                           "commands": {"train": shlex.join(cmds["train"]),
+                                        **{s: shlex.join(c) for s, c in cmds["evaluate"].items()}},
+                           "test": {}}
+    for split, cmd in cmds["evaluate"].items():
+        path = Path(cmd[cmd.index("--json") + 1])
+        if path.is_file():
+            res = json.loads(path.read_text())
+            row["test"][split] = {k: res[k] for k in ("n", "dice", "iou", "accuracy", "precision", "recall",
+                                                      "hd95", "ms_per_image") if k in res}
+    return row
+
+
+def markdown(rows: list[dict[str, Any]], splits: list[str], ablation: bool = False) -> str:
+    short = {s: s.replace("test-", "") for s in splits}
+    if ablation:
+        head = ["entry", *[f"{short[s]} {m}" for s in splits for m in ("Dice", "mIoU", "acc")], "mean Dice"]
+    else:
+        head = ["model", "encoder", "params M", "val Dice", *[f"{short[s]} Dice / IoU" for s in splits],
+                "mean Dice", "train min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        test = r["test"]
+        mean = sum(test[s]["dice"] for s in splits if s in test) / max(1, sum(s in test for s in splits))
+        if ablation:
+            cells = [r["entry"], *[f"{test[s][m]:.4f}" if s in test else "-" for s in splits
+                                   for m in ("dice", "iou", "accuracy")], f"{mean:.4f}"]
+        else:
+            cells = [r["entry"], r["encoder"], f"{r['params_m']:.2f}", f"{r['val_dice']:.4f}",
+                     *[f"{test[s]['dice']:.4f} / {test[s]['iou']:.4f}" if s in test else "-" for s in splits],
+                     f"{mean:.4f}", f"{r['train_minutes']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args, extra = parse_args(argv)
+    tdc_root = Path(args.out) / "polyp-tdc"
+    known = entries(tdc_root)
+    names = ABLATION if args.ablation else (args.models or [n for n in known if n not in ("unet_tdc",
+                                                                                          "dynasiam_nodfi")])
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown entries {unknown}; known: {', '.join(known)}")
+    all_cmds = {n: commands(n, known[n], args, extra) for n in names}
+    if args.dry_run:
+        for n in names:
+            if "data_root" in known[n]:
+                for cmd in tdc_commands(args, tdc_root):
+                    print(shlex.join(cmd))
+            print(shlex.join(all_cmds[n]["train"]))
+            for cmd in all_cmds[n]["evaluate"].values():
+                print(shlex.join(cmd))
+        return []
+    if not args.collect:
+        for n in names:
+            run_entry(n, known[n], all_cmds[n], args, tdc_root)
+    rows = [r for n in names if (r := collect(n, known[n], all_cmds[n], args)) is not None]
+    if not rows:
+        print("nothing finished yet")
+        return rows
+    table = markdown(rows, args.test_splits, ablation=args.ablation)
+    print(table)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"config": args.config, "overrides": extra, "rows": rows}, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
