@@ -168,3 +168,27 @@ def test_single_image_handler_from_a_painted_roi(app_module):
         app_module.single_image({**editor, "layers": [np.zeros_like(layer)]}, None, 5, progress=_NoProgress())
     with pytest.raises(gr.Error, match="Upload an image"):
         app_module.single_image(None, None, 5, progress=_NoProgress())
+
+
+def test_segment_tab_runs_dynasiam_weights(app_module):
+    """Any DynaSiam weights in the weights folder run in the Segment tab: the Segmenter builds the views."""
+    import torch
+    from test_dynasiam import tiny_dynasiam
+
+    torch.manual_seed(0)
+    tiny_dynasiam().save_pretrained(medseg_core.hub.WEIGHTS_DIR / "tiny_dynasiam.test")
+    assert "tiny_dynasiam.test" in app_module.available_models()
+    slider, heat, _, _, report, _, _, views = app_module.segment(str(EXAMPLES[0]), "tiny_dynasiam.test", False,
+                                                                 False, None, True)
+    assert report["arch"] == "dynasiam" and len(views) == 4
+    assert slider[1].shape == heat.shape
+
+
+def test_postprocess_toggle_applies_the_recorded_chain(app_module):
+    from medseg_core.hub import record_postprocess
+
+    record_postprocess(medseg_core.hub.WEIGHTS_DIR / "tiny_unet.test", ["fill_holes"])
+    app_module.get_segmenter.cache_clear()
+    report = app_module.segment(str(EXAMPLES[0]), "tiny_unet.test", False, True)[4]
+    assert report["postprocess"] == ["fill_holes"]
+    assert app_module.segment(str(EXAMPLES[0]), "tiny_unet.test", False, False)[4]["postprocess"] == []
