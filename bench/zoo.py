@@ -47,12 +47,9 @@ def entries(tdc_root: Path) -> dict[str, dict[str, Any]]:
         if name in NOT_SEGMENTERS:
             continue
         takes_encoder = "encoder" in inspect.signature(get_model_class(name).__init__).parameters
-        out[name] = {"arch": name, "overrides": LITE0 if takes_encoder else [],
-                     "encoder": "Lite0, ImageNet" if takes_encoder else "own, random init"}
-    out["unet_tdc"] = {"arch": "unet", "encoder": "Lite0, ImageNet", "data_root": str(tdc_root),
-                       "overrides": LITE0}
-    out["dynasiam_nodfi"] = {"arch": "dynasiam", "encoder": "Lite0, ImageNet",
-                             "overrides": [*LITE0, "--model.dfi", "false"]}
+        out[name] = {"arch": name, "overrides": LITE0 if takes_encoder else []}
+    out["unet_tdc"] = {"arch": "unet", "data_root": str(tdc_root), "overrides": LITE0}
+    out["dynasiam_nodfi"] = {"arch": "dynasiam", "overrides": [*LITE0, "--model.dfi", "false"]}
     return out
 
 
@@ -81,7 +78,7 @@ def commands(name: str, entry: dict[str, Any], args: argparse.Namespace, extra: 
     if "data_root" in entry:
         train += _same_budget(args, extra)
     evaluate = {split: ["python", "train/evaluate.py", "--model", str(run_dir / "model"), "--data", args.data,
-                        "--split", split, "--json", str(run_dir / "eval" / f"{split}.json")]
+                        "--split", split, "--json", str(run_dir / "eval" / f"{Path(split).stem}.json")]
                 for split in args.test_splits}
     return {"train": train, "evaluate": evaluate}
 
@@ -89,9 +86,8 @@ def commands(name: str, entry: dict[str, Any], args: argparse.Namespace, extra: 
 def _same_budget(args: argparse.Namespace, extra: list[str]) -> list[str]:
     """Overrides that hold a run on the 4x larger TDC-enriched set to the steps (and warm-up steps) of the others."""
     sys.path.insert(0, str(ROOT / "train"))
-    from train import load_config
-
     from medseg_core.data import read_split
+    from train import load_config
 
     cfg = load_config(ROOT / args.config, extra)
     t = cfg["train"]
@@ -163,7 +159,12 @@ def collect(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argpar
     with safe_open(run_dir / "model" / "model.safetensors", "pt") as f:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()
                      if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
-    row: dict[str, Any] = {"entry": name, "arch": entry["arch"], "encoder": entry["encoder"],
+    if "encoder" in config:  # what the run really used, after any overrides
+        weights = "ImageNet" if config.get("encoder_weights") == "imagenet" else "random init"
+        encoder = f"{config['encoder'].replace('tf_efficientnet_lite', 'Lite')}, {weights}"
+    else:
+        encoder = "own, random init"
+    row: dict[str, Any] = {"entry": name, "arch": entry["arch"], "encoder": encoder,
                            "params_m": params / 1e6, "input_size": config.get("input_size"),
                            "steps": summary["steps"], "epochs": summary["epochs"],
                            "best_epoch": summary["best_epoch"], "val_dice": summary["best_val_dice"],
@@ -175,12 +176,13 @@ def collect(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argpar
         path = Path(cmd[cmd.index("--json") + 1])
         if path.is_file():
             res = json.loads(path.read_text())
-            row["test"][split] = {k: res[k] for k in ("n", "dice", "iou", "accuracy", "precision", "recall",
+            row["test"][Path(split).stem] = {k: res[k] for k in ("n", "dice", "iou", "accuracy", "precision", "recall",
                                                       "hd95", "ms_per_image") if k in res}
     return row
 
 
 def markdown(rows: list[dict[str, Any]], splits: list[str], ablation: bool = False) -> str:
+    splits = [Path(s).stem for s in splits]
     short = {s: s.replace("test-", "") for s in splits}
     if ablation:
         head = ["entry", *[f"{short[s]} {m}" for s in splits for m in ("Dice", "mIoU", "acc")], "mean Dice"]
