@@ -47,12 +47,22 @@ def _is_weights_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
+def _segments_images(folder: Path) -> bool:
+    """False for weights of helper models (e.g. the ``refine`` step's refiner), which segment nothing alone."""
+    try:
+        arch = json.loads((folder / "config.json").read_text()).get("arch")
+        return get_model_class(arch).info.segments_images
+    except (ValueError, KeyError, TypeError, OSError):
+        return True  # listed; loading it will say what is wrong
+
+
 def list_local_weights(weights_dir: str | os.PathLike | None = None) -> list[str]:
-    """Names of the weight folders under ``weights/`` (each with config.json and model.safetensors)."""
+    """Names of the segmentation models under ``weights/`` (folders with config.json and model.safetensors),
+    without helper models such as refiners."""
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _is_weights_dir(p))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _is_weights_dir(p) and _segments_images(p))
 
 
 def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from medseg_core import WeightsNotFoundError, list_local_weights, load_model, resolve_weights
+from medseg_core import WeightsNotFoundError, create_model, list_local_weights, load_model, resolve_weights
 from medseg_core.models import get_model_class
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -56,4 +56,6 @@ def test_bad_names_are_explained(tmp_path):
 def test_weights_dir_listing(tmp_path, tiny_weights):
     shutil.copytree(tiny_weights, tmp_path / "a.model")
     (tmp_path / "not-weights").mkdir()
-    assert list_local_weights(tmp_path) == ["a.model"]
+    create_model("refiner", widths=[8, 16], input_size=32).save_pretrained(tmp_path / "a.refiner")
+    assert list_local_weights(tmp_path) == ["a.model"]  # a refiner segments nothing on its own
+    assert load_model(tmp_path / "a.refiner").arch == "refiner"

@@ -30,6 +30,8 @@ class ModelInfo:
     input_size: int = 352
     license: str = "apache-2.0"
     views: tuple[str, ...] = ("original",)
+    #: False for helper models that do not segment an RGB image on their own (the ``refine`` step's refiner).
+    segments_images: bool = True
 
 
 class SegModel(

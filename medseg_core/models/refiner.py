@@ -61,6 +61,7 @@ class Refiner(SegModel):
         "(Cheng et al., CVPR 2020)",
         default_encoder=None,
         input_size=128,
+        segments_images=False,
     )
 
     def __init__(
