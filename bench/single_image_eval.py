@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     samples = pick_samples(args.data, args.splits, args.n)
-    baseline = Segmenter.from_pretrained(args.baseline, device=args.device) if args.baseline else None
+    baseline = (Segmenter.from_pretrained(args.baseline, device=args.device, postprocess=())  # raw masks
+                if args.baseline else None)
     config = SingleImageConfig(steps=args.steps, max_side=args.max_side, seed=args.seed, device=args.device)
     rows = []
     for s in tqdm(samples, desc="single-image evaluation"):
