@@ -372,3 +372,16 @@ def test_postprocess_table_records_the_steps_that_helped(tiny_weights, data_root
     # With a gain of at least -1 required, every step of the default chain "helps".
     assert out["recorded"] == recorded_postprocess(folder)["steps"] == [
         "remove_small_components", "fill_holes", "adaptive_morphology", "region_class_consistency"]
+
+
+def test_evaluate_applies_the_recorded_chain_only_when_asked(weights_with_chain, data_root, tmp_path):
+    import evaluate
+
+    from medseg_core.hub import record_postprocess
+
+    record_postprocess(weights_with_chain, ["fill_holes", "remove_small_components"])
+    split = tmp_path / "one.txt"
+    split.write_text("cvc-clinicdb/4\n")
+    common = ["--model", str(weights_with_chain), "--data", str(data_root), "--split", str(split), "--device", "cpu"]
+    assert evaluate.main(common)["postprocess"] == []
+    assert evaluate.main([*common, "--postprocess", "model"])["postprocess"] == ["fill_holes", "remove_small_components"]
