@@ -130,11 +130,18 @@ def recorded_postprocess(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def record_postprocess(folder: str | os.PathLike, steps: Sequence[str], refiner: str | None = None) -> Path:
-    """Write the chosen post-processing chain (and the refiner it needs) into a weights folder's ``config.json``."""
+    """Write the chosen post-processing chain (and the refiner it needs) into a weights folder's ``config.json``.
+
+    A refiner inside the weights folder is recorded by its path relative to it, so the folder stays self-contained
+    (copied, pushed to the Hub, downloaded); otherwise ``refiner`` is recorded as given (a ``weights/`` name or a
+    Hub repo id)."""
     path = Path(folder) / "config.json"
     config = json.loads(path.read_text())
     config["postprocess"] = list(steps)
     if refiner:
+        inside = Path(refiner).resolve()
+        if inside.is_relative_to(Path(folder).resolve()):  # a refiner kept in the weights folder travels with it
+            refiner = inside.relative_to(Path(folder).resolve()).as_posix()
         config["refiner"] = refiner
     else:
         config.pop("refiner", None)

@@ -319,11 +319,14 @@ def weights_with_chain(tiny_weights, tiny_refiner, tmp_path):
 
 
 def test_recorded_chain_round_trip_and_segmenter_default(weights_with_chain, example_image):
+    import json
+
     from medseg_core import Segmenter
     from medseg_core.hub import record_postprocess, recorded_postprocess
 
     assert recorded_postprocess(weights_with_chain) == {"steps": [], "refiner": None}
-    record_postprocess(weights_with_chain, ["refine", "remove_small_components"], "refiner")
+    record_postprocess(weights_with_chain, ["refine", "remove_small_components"], str(weights_with_chain / "refiner"))
+    assert json.loads((weights_with_chain / "config.json").read_text())["refiner"] == "refiner"
     recorded = recorded_postprocess(weights_with_chain)
     assert recorded == {"steps": ["refine", "remove_small_components"], "refiner": str(weights_with_chain / "refiner")}
     seg = Segmenter.from_pretrained(weights_with_chain, device="cpu")
