@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 #: The shipped default weights; ``MEDSEG_WEIGHTS_DIR`` points elsewhere.
 WEIGHTS_DIR = Path(os.environ.get("MEDSEG_WEIGHTS_DIR", Path(__file__).resolve().parents[1] / "weights"))
-_WEIGHT_FILES = ["config.json", "model.safetensors", "README.md"]
+#: What a weights folder holds, also one level down (a helper model such as the refiner the config names).
+_WEIGHT_FILES = ["config.json", "model.safetensors", "README.md", "*/config.json", "*/model.safetensors", "*/README.md"]
 
 
 class WeightsNotFoundError(FileNotFoundError):

@@ -59,3 +59,18 @@ def test_weights_dir_listing(tmp_path, tiny_weights):
     create_model("refiner", widths=[8, 16], input_size=32).save_pretrained(tmp_path / "a.refiner")
     assert list_local_weights(tmp_path) == ["a.model"]  # a refiner segments nothing on its own
     assert load_model(tmp_path / "a.refiner").arch == "refiner"
+
+
+def test_hub_transfers_carry_a_helper_model_folder(tmp_path, tiny_weights):
+    """Pushes and downloads use the same file patterns: a refiner kept in the weights folder travels with it."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from medseg_core.hub import _WEIGHT_FILES
+
+    shutil.copytree(tiny_weights, tmp_path / "w")
+    create_model("refiner", widths=[8, 16], input_size=32).save_pretrained(tmp_path / "w" / "refiner")
+    (tmp_path / "w" / "notes.txt").write_text("not a weights file")
+    files = sorted(p.relative_to(tmp_path / "w").as_posix() for p in (tmp_path / "w").rglob("*") if p.is_file())
+    kept = set(filter_repo_objects(files, allow_patterns=_WEIGHT_FILES))
+    assert {"config.json", "model.safetensors", "refiner/config.json", "refiner/model.safetensors"} <= kept
+    assert "notes.txt" not in kept
