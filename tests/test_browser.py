@@ -1,5 +1,6 @@
 """End to end in a real browser: Debian's Chromium driven by Playwright against the app on localhost."""
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -52,7 +53,7 @@ def page(server):
         browser.close()
 
 
-def test_upload_segment_and_see_the_result(page, server):
+def test_upload_segment_and_see_the_result(page, server, tmp_path):
     page.goto(server, wait_until="domcontentloaded")
     page.locator("#segment-upload input[type=file]").set_input_files(str(EXAMPLES[1]))
     page.locator("#segment-button").click()
@@ -60,9 +61,10 @@ def test_upload_segment_and_see_the_result(page, server):
     assert page.locator("#segment-slider img").count() >= 1
     report = page.locator("#segment-report")
     report.get_by_text("lesion_percent").wait_for(timeout=10_000)
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    page.screenshot(path=str(docs / "app_segment.png"), full_page=True)
+    # The README picture is refreshed on request: MEDSEG_SCREENSHOT=docs/app_segment.png pytest tests/test_browser.py
+    shot = Path(os.environ.get("MEDSEG_SCREENSHOT") or tmp_path / "app_segment.png")
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
 
 
 def test_bad_file_shows_a_message(page, server, tmp_path):
