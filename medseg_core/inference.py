@@ -215,8 +215,8 @@ class Segmenter:
 
         The post-processing chain recorded in the weights' ``config.json`` (``"postprocess"``: step names, chosen
         on a validation split by ``bench/postprocess_table.py --record``) is the default of ``postprocess``;
-        when it holds ``refine``, the refiner named by ``"refiner"`` (a folder beside the weights, a ``weights/``
-        name or a Hub repo id) is loaded too. Pass ``postprocess=()`` for raw masks.
+        when it holds ``refine``, the refiner named by ``"refiner"`` (a folder inside the weights folder, a
+        ``weights/`` name or a Hub repo id) is loaded too. Pass ``postprocess=()`` for raw masks.
         """
         kwargs.setdefault("name", os.fspath(name_or_path))
         folder = resolve_weights(name_or_path)

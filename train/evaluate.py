@@ -105,8 +105,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     state = PartialState()
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device), precision=args.precision)
-    if args.postprocess == ["model"]:
+    recorded = args.postprocess == ["model"]  # the chain in the weights' config.json; otherwise the steps given
+    chain = {} if recorded else {"postprocess": args.postprocess or ()}
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device), precision=args.precision,
+                                          **chain)
+    if recorded:
         args.postprocess = list(segmenter.postprocess)
         log.info("post-processing recorded in the model's config: %s", " ".join(args.postprocess) or "none")
     encoding = args.mask_encoding or ("neopolyp" if segmenter.num_classes == 3 else "binary")
