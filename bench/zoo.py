@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 
 LITE0 = ["--model.encoder", "tf_efficientnet_lite0", "--model.encoder_weights", "imagenet"]
 ABLATION = ["unet", "unet_tdc", "dynasiam", "dynasiam_nodfi"]
-NOT_SEGMENTERS = {"refiner"}  # needs a probability map as input: trained by train/configs/refiner_polyp.yaml
 
 
 def entries(tdc_root: Path) -> dict[str, dict[str, Any]]:
@@ -44,7 +43,7 @@ def entries(tdc_root: Path) -> dict[str, dict[str, Any]]:
 
     out: dict[str, dict[str, Any]] = {}
     for name in list_models():
-        if name in NOT_SEGMENTERS:
+        if not get_model_class(name).info.segments_images:  # helpers, e.g. the refiner (image + probability map)
             continue
         takes_encoder = "encoder" in inspect.signature(get_model_class(name).__init__).parameters
         out[name] = {"arch": name, "overrides": LITE0 if takes_encoder else []}
