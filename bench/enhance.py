@@ -10,7 +10,6 @@ three views of a 512x512 image in at most 30 ms. OpenCV runs on one thread; torc
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -19,17 +18,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from medseg_core import enhance  # the package imports torch lazily: this pulls in OpenCV and numpy only
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = ROOT / "examples" / "polypgen_C3_EndoCV2021_00394.jpg"
 TARGET_MS = 30.0
-
-
-def load_enhance():
-    # Load the module file alone: importing the medseg_core package would pull in torch (and its thread pools).
-    spec = importlib.util.spec_from_file_location("medseg_enhance", ROOT / "medseg_core" / "enhance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def measure(fn, image: np.ndarray, repeats: int, warmup: int) -> tuple[list[float], list[float]]:
@@ -55,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     cv2.setNumThreads(args.threads)
-    enhance = load_enhance()
     bgr = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
     if bgr is None:
         p.error(f"cannot read {args.image}")

@@ -13,14 +13,11 @@ import argparse
 import os
 import socket
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from medseg_core.data import Sample, read_image, read_mask, read_split  # noqa: E402
-from medseg_core.hub import load_model, record_postprocess, resolve_weights  # noqa: E402
-from medseg_core.inference import Segmenter  # noqa: E402
-from medseg_core.metrics import dice_score, per_class_metrics  # noqa: E402
-from medseg_core.models import SegModel  # noqa: E402
-from medseg_core.postprocess import POSTPROCESSING_STEPS, apply_postprocessing  # noqa: E402
+from medseg_core.data import Sample, read_image, read_mask, read_split
+from medseg_core.hub import load_model, record_postprocess, resolve_weights
+from medseg_core.inference import Segmenter
+from medseg_core.metrics import dice_score, per_class_metrics
+from medseg_core.models import SegModel
+from medseg_core.postprocess import POSTPROCESSING_STEPS, apply_postprocessing, helpful_steps
 
 log = logging.getLogger("medseg.bench.postprocess")
 
@@ -120,17 +117,10 @@ def format_table(table: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def helpful_steps(table: dict[str, dict[str, Any]], chain: Sequence[str], min_gain: float) -> list[str]:
-    """The steps of the chain, in order, that alone raise the headline score by at least ``min_gain``."""
-    headline = "mdice" if "mdice" in table["none"]["mean"] else "dice"
-    base = table["none"]["mean"][headline]
-    return [step for step in chain if table[step]["mean"][headline] - base >= min_gain]
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device, postprocess=())  # raw probabilities
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device, postprocess="none")  # raw probabilities
     refiner = load_model(args.refiner).to(segmenter.device).eval() if args.refiner else None
     chain = args.steps or [s for s in DEFAULT_CHAIN if s != "refine" or refiner is not None]
     encoding = args.mask_encoding or ("neopolyp" if segmenter.num_classes == 3 else "binary")

@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,48 +25,12 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from medseg_core.data import Sample, read_image, read_mask, read_split  # noqa: E402
-from medseg_core.inference import Segmenter  # noqa: E402
-from medseg_core.metrics import dice_score  # noqa: E402
-from medseg_core.single_image import SingleImageConfig, segment_single_image, write_result  # noqa: E402
+from medseg_core.data import Sample, read_image, read_mask, read_split
+from medseg_core.inference import Segmenter
+from medseg_core.metrics import dice_score
+from medseg_core.single_image import SingleImageConfig, roi_from_ground_truth, segment_single_image, write_result
 
 log = logging.getLogger("medseg.bench.single_image")
-
-
-def roi_from_ground_truth(mask: np.ndarray, rng: np.random.Generator, erode: float = 0.25, points: int = 8
-                          ) -> np.ndarray:
-    """A rough ROI inside the lesion, imitating a clinician's quick polygon. Boolean (H, W).
-
-    Rule: take the largest lesion region; erode it by ``erode`` x its equivalent radius (sqrt(area / pi)), halving
-    the erosion until something is left; draw ``points`` points of the eroded outline at random; the ROI is their
-    convex hull intersected with the eroded lesion (so a concave lesion's hull stays inside it). With fewer than
-    three distinct points the eroded lesion itself is the ROI.
-    """
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
-    if n < 2:
-        raise ValueError("the ground truth has no lesion to mark")
-    lesion = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
-    radius = int(round(erode * np.sqrt(lesion.sum() / np.pi)))
-    eroded = lesion
-    while radius > 0:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        eroded = cv2.erode(lesion, kernel)
-        if eroded.any():
-            break
-        radius //= 2
-    if not eroded.any():
-        eroded = lesion
-    contours, _ = cv2.findContours(eroded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    outline = max(contours, key=cv2.contourArea).reshape(-1, 2)
-    chosen = outline[rng.choice(len(outline), size=min(points, len(outline)), replace=False)]
-    if len(np.unique(chosen, axis=0)) < 3:
-        return eroded.astype(bool)
-    hull = np.zeros_like(eroded)
-    cv2.fillPoly(hull, [cv2.convexHull(chosen.astype(np.int32))], 1)
-    roi = (hull & eroded).astype(bool)
-    return roi if roi.any() else eroded.astype(bool)
 
 
 def pick_samples(data_root: str, splits: list[str], n: int) -> list[Sample]:
@@ -131,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     samples = pick_samples(args.data, args.splits, args.n)
-    baseline = (Segmenter.from_pretrained(args.baseline, device=args.device, postprocess=())  # raw masks
+    baseline = (Segmenter.from_pretrained(args.baseline, device=args.device, postprocess="none")  # raw masks
                 if args.baseline else None)
     config = SingleImageConfig(steps=args.steps, max_side=args.max_side, seed=args.seed, device=args.device)
     rows = []

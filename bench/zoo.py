@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 LITE0 = ["--model.encoder", "tf_efficientnet_lite0", "--model.encoder_weights", "imagenet"]
 ABLATION = ["unet", "unet_tdc", "dynasiam", "dynasiam_nodfi"]
 
@@ -84,9 +82,8 @@ def commands(name: str, entry: dict[str, Any], args: argparse.Namespace, extra: 
 
 def _same_budget(args: argparse.Namespace, extra: list[str]) -> list[str]:
     """Overrides that hold a run on the 4x larger TDC-enriched set to the steps (and warm-up steps) of the others."""
-    sys.path.insert(0, str(ROOT / "train"))
+    from medseg_core.config import load_config
     from medseg_core.data import read_split
-    from train import load_config
 
     cfg = load_config(ROOT / args.config, extra)
     t = cfg["train"]

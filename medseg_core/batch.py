@@ -1,70 +1,96 @@
-"""Segment many images at once: files or a zip in, a folder (and zip) of masks plus a CSV of statistics out.
+"""The one engine for segmenting many files: images, folders and zips in; masks, overlays and a CSV out.
 
-One bad file never stops a batch: its row says what was wrong.
+    medseg-segment IMAGE_OR_FOLDER_OR_ZIP [...] --out DIR [--model unet_lite0.polyp] [--tta] [--postprocess none]
+
+For every image ``<stem>.<ext>`` it writes ``<stem>_mask.png`` (0/255 for binary models, class indices for
+multi-class ones; :func:`medseg_core.visualize.mask_for_file`) and ``<stem>_overlay.png`` (the image with the
+lesions tinted and outlined), and one ``statistics.csv`` row. The app's Batch tab, this command and
+``python -m medseg_core.predict_folder`` all call :func:`segment_files`, so the same input and options give
+byte-identical files from every door. One bad file never stops a batch: its row says what was wrong.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 import os
+import sys
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
+from tqdm.auto import tqdm
 
-from .data import IMAGE_EXTENSIONS
+from .cli import add_postprocess_argument, postprocess_from_args, setup_logging
+from .data import IMAGE_EXTENSIONS, write_png
 from .inference import ImageInputError, Segmenter, load_image_file
+from .postprocess import PostprocessSpec
+from .visualize import mask_for_file
 
-__all__ = ["BATCH_COLUMNS", "MAX_ZIP_FILES", "expand_inputs", "segment_files", "write_results_zip"]
+__all__ = ["BATCH_COLUMNS", "MAX_ZIP_FILES", "expand_inputs", "main", "segment_files", "write_results_zip"]
 
 log = logging.getLogger(__name__)
 
 MAX_ZIP_FILES = 1000
 MAX_ZIP_BYTES = 2_000_000_000
+#: statistics.csv columns. Timings are left out so that a run's files depend on its inputs and options only.
 BATCH_COLUMNS = ("file", "status", "width", "height", "lesion_pixels", "lesion_percent", "lesion_count",
-                 "mean_confidence", "inference_ms", "mask", "error")
+                 "mean_confidence", "mask", "overlay", "error")
+DEFAULT_MODEL = "unet_lite0.polyp"
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def _extract_zip(path: Path, target: Path) -> list[Path]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{path.name} is not a readable zip archive") from err
+    out = []
+    with archive:
+        members = [m for m in archive.infolist()
+                   if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_EXTENSIONS
+                   and not Path(m.filename).name.startswith(".")]
+        if len(members) > MAX_ZIP_FILES:
+            raise ValueError(f"{path.name} holds {len(members)} images; the limit is {MAX_ZIP_FILES}")
+        if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
+            raise ValueError(f"{path.name} unpacks to more than {MAX_ZIP_BYTES // 1_000_000} MB")
+        target.mkdir(parents=True, exist_ok=True)
+        used: set[str] = set()
+        for m in members:
+            name = Path(m.filename).name
+            stem, suffix = Path(name).stem, Path(name).suffix
+            n = 1
+            while name in used:  # same base name in two archive folders
+                name, n = f"{stem}_{n}{suffix}", n + 1
+            used.add(name)
+            (target / name).write_bytes(archive.read(m))
+            out.append(target / name)
+    return out
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike], workdir: str | os.PathLike) -> list[Path]:
-    """Image paths from a mix of image files and zip archives (images inside a zip are extracted to ``workdir``).
+    """Image paths from a mix of image files, folders (their images, not recursive) and zip archives.
 
-    Archive members are flattened to their base names (no path from the archive reaches the file system), only
-    image extensions are taken, and archives above ``MAX_ZIP_FILES`` images or ``MAX_ZIP_BYTES`` are refused.
+    Zip members are extracted to ``workdir/<zip stem>``, flattened to their base names (no path from the archive
+    reaches the file system); only image extensions are taken, and archives above ``MAX_ZIP_FILES`` images or
+    ``MAX_ZIP_BYTES`` are refused with ``ValueError``. Other files are passed on (their rows will say what is wrong).
     """
     out: list[Path] = []
-    workdir = Path(workdir)
     for raw in paths:
         path = Path(raw)
-        if path.suffix.lower() != ".zip":
+        if path.is_dir():
+            out += _images_in(path)
+        elif path.suffix.lower() == ".zip":
+            out += _extract_zip(path, Path(workdir) / path.stem)
+        else:
             out.append(path)
-            continue
-        try:
-            archive = zipfile.ZipFile(path)
-        except zipfile.BadZipFile as err:
-            raise ValueError(f"{path.name} is not a readable zip archive") from err
-        with archive:
-            members = [m for m in archive.infolist()
-                       if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_EXTENSIONS
-                       and not Path(m.filename).name.startswith(".")]
-            if len(members) > MAX_ZIP_FILES:
-                raise ValueError(f"{path.name} holds {len(members)} images; the limit is {MAX_ZIP_FILES}")
-            if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
-                raise ValueError(f"{path.name} unpacks to more than {MAX_ZIP_BYTES // 1_000_000} MB")
-            target = workdir / path.stem
-            target.mkdir(parents=True, exist_ok=True)
-            used: set[str] = set()
-            for m in members:
-                name = Path(m.filename).name
-                stem, suffix = Path(name).stem, Path(name).suffix
-                n = 1
-                while name in used:  # same base name in two archive folders
-                    name, n = f"{stem}_{n}{suffix}", n + 1
-                used.add(name)
-                (target / name).write_bytes(archive.read(m))
-                out.append(target / name)
     return out
 
 
@@ -73,11 +99,14 @@ def segment_files(
     paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     tta: bool = False,
-    postprocess: Sequence[str] = (),
+    postprocess: PostprocessSpec | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> list[dict[str, Any]]:
-    """Segment each file, write ``<stem>_mask.png`` (0/255 for binary models, class indices otherwise) to
-    ``out_dir`` and ``statistics.csv`` beside them; return one row per file (``BATCH_COLUMNS``)."""
+    """Segment each file into ``out_dir`` (masks, overlays, ``statistics.csv``); return one row per file.
+
+    Rows hold ``BATCH_COLUMNS`` plus ``inference_ms``. ``postprocess``: ``"recorded"``, ``"none"`` or step names
+    (None: the segmenter's default). ``progress`` wraps the list of paths (e.g. ``tqdm`` or ``gr.Progress().tqdm``).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -90,34 +119,93 @@ def segment_files(
             image = load_image_file(path)
             result = segmenter(image, tta=tta, postprocess=postprocess)
         except ImageInputError as err:
-            row.update(status="error", error=str(err))
+            row.update(status="error", error=str(err), inference_ms="")
             rows.append(row)
             continue
         stem = path.stem
         while stem in seen:
             stem += "_"
         seen.add(stem)
-        mask_name = f"{stem}_mask.png"
-        mask = result.mask * 255 if segmenter.num_classes == 2 else result.mask
-        cv2.imwrite(str(out / mask_name), mask)
+        mask_name, overlay_name = f"{stem}_mask.png", f"{stem}_overlay.png"
+        write_png(out / mask_name, mask_for_file(result.mask, segmenter.num_classes))
+        write_png(out / overlay_name, result.overlay)
         s = result.stats
         row.update(status="ok", width=s["image_size"][0], height=s["image_size"][1], lesion_pixels=s["lesion_pixels"],
                    lesion_percent=s["lesion_percent"], lesion_count=s["lesion_count"],
                    mean_confidence=s["mean_confidence"] if s["mean_confidence"] is not None else "",
-                   inference_ms=s["inference_ms"], mask=mask_name)
+                   mask=mask_name, overlay=overlay_name, inference_ms=s["inference_ms"])
         rows.append(row)
     with open(out / "statistics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(BATCH_COLUMNS))
+        writer = csv.DictWriter(f, fieldnames=list(BATCH_COLUMNS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return rows
 
 
 def write_results_zip(out_dir: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
-    """Zip the masks and ``statistics.csv`` of a batch folder."""
+    """Zip the masks, overlays and ``statistics.csv`` of a batch folder."""
     out_dir, zip_path = Path(out_dir), Path(zip_path)
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
         for f in sorted(out_dir.iterdir()):
             if f.is_file() and f != zip_path:
                 z.write(f, arcname=f.name)
     return zip_path
+
+
+def build_parser(prog: str = "medseg-segment", folder_flag: bool = False) -> argparse.ArgumentParser:
+    """The command line of :func:`main`; ``folder_flag`` takes one ``--images DIR`` instead of positional inputs."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Segment images, folders of images and zips of images: write <stem>_mask.png, "
+        "<stem>_overlay.png and statistics.csv into --out.",
+    )
+    if folder_flag:
+        p.add_argument("--images", dest="inputs", type=lambda v: [v], required=True, help="a folder of images")
+    else:
+        p.add_argument("inputs", nargs="+", help="image files, folders of images, zip archives")
+    p.add_argument("--out", required=True, help="folder to write masks, overlays and statistics.csv to (created)")
+    p.add_argument("--model", default=os.environ.get("MEDSEG_DEFAULT_MODEL", DEFAULT_MODEL),
+                   help="a name under weights/, a weights folder, or a Hub repo id (default: %(default)s)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    add_postprocess_argument(p)
+    p.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold (binary models)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace, postprocess: PostprocessSpec) -> int:
+    """Segment ``args.inputs`` into ``args.out``; the exit status is 1 when no image could be segmented."""
+    from .hub import WeightsNotFoundError
+
+    try:
+        segmenter = Segmenter.from_pretrained(args.model, device=args.device, threshold=args.threshold)
+    except WeightsNotFoundError as err:
+        log.error("%s", err)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="medseg-segment-") as work:
+        try:
+            paths = expand_inputs(args.inputs, work)
+        except ValueError as err:
+            log.error("%s", err)
+            return 2
+        rows = segment_files(segmenter, paths, args.out, tta=args.tta, postprocess=postprocess,
+                             progress=lambda items: tqdm(items, desc="segment", disable=args.no_progress))
+    ok = sum(r["status"] == "ok" for r in rows)
+    for r in rows:
+        if r["status"] != "ok":
+            log.warning("%s: %s", r["file"], r["error"])
+    log.info("segmented %d of %d images into %s", ok, len(rows), args.out)
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """``medseg-segment``: returns the exit status."""
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run(args, postprocess_from_args(parser, args.postprocess))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -60,6 +60,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write a grey (H, W) or RGB (H, W, 3) ``uint8`` image as PNG (any path, non-ASCII included); returns the path.
+
+    The one PNG writer of the package: masks, overlays, views and crops all go through it.
+    """
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG")
+    buf.tofile(str(path))
+    return Path(path)
+
+
 def decode_mask(mask: np.ndarray, encoding: MaskEncoding = "binary") -> np.ndarray:
     """A mask image (grey or RGB, possibly JPEG-noisy) -> ``uint8`` class indices.
 

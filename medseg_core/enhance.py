@@ -260,13 +260,6 @@ def stack_views(img: np.ndarray, views: Sequence[str]) -> np.ndarray:
 # Command line: dataset enrichment and the figure.
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    data.tofile(str(path))
-
-
 def write_enriched(
     samples: Sequence[tuple[str, Path, Path | None]],
     out_dir: str | Path,
@@ -288,7 +281,7 @@ def write_enriched(
     """
     from tqdm.auto import tqdm
 
-    from .data import read_image
+    from .data import read_image, write_png
 
     views = _check_views(views)
     out = Path(out_dir)
@@ -298,7 +291,7 @@ def write_enriched(
         (out / folder / "images").mkdir(parents=True, exist_ok=True)
         image = read_image(image_path)
         for view in views:
-            _write_png(out / folder / "images" / f"{stem}_{view}.png", _VIEW_FUNCTIONS[view](image))
+            write_png(out / folder / "images" / f"{stem}_{view}.png", _VIEW_FUNCTIONS[view](image))
             if mask_path is not None:
                 (out / folder / "masks").mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(mask_path, out / folder / "masks" / f"{stem}_{view}{Path(mask_path).suffix}")
@@ -363,11 +356,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args = _parse_args(argv)
-    from .data import pairs_from_folders, read_image, read_split
+    from .data import pairs_from_folders, read_image, read_split, write_png
 
     if args.figure is not None:
         args.figure.parent.mkdir(parents=True, exist_ok=True)
-        _write_png(args.figure, make_figure(read_image(args.image), args.tile_width))
+        write_png(args.figure, make_figure(read_image(args.image), args.tile_width))
         log.info("wrote %s", args.figure)
         return 0
     if args.images is not None:

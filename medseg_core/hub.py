@@ -34,8 +34,19 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The shipped default weights; ``MEDSEG_WEIGHTS_DIR`` points elsewhere.
-WEIGHTS_DIR = Path(os.environ.get("MEDSEG_WEIGHTS_DIR", Path(__file__).resolve().parents[1] / "weights"))
+
+
+def _default_weights_dir() -> Path:
+    """``MEDSEG_WEIGHTS_DIR``; else ``weights/`` beside the package (a source checkout or an editable install);
+    else ``weights/`` in the working folder (a package installed from a clone, run from that clone)."""
+    if os.environ.get("MEDSEG_WEIGHTS_DIR"):
+        return Path(os.environ["MEDSEG_WEIGHTS_DIR"])
+    beside = Path(__file__).resolve().parents[1] / "weights"
+    return beside if beside.is_dir() else Path("weights")
+
+
+#: The shipped default weights.
+WEIGHTS_DIR = _default_weights_dir()
 #: What a weights folder holds, also one level down (a helper model such as the refiner the config names).
 _WEIGHT_FILES = ["config.json", "model.safetensors", "README.md", "*/config.json", "*/model.safetensors", "*/README.md"]
 

@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +18,11 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
+from .backends import ONNX_FILENAME, BackendName, create_backend
 from .enhance import stack_views
 from .hub import load_model, recorded_postprocess, resolve_weights
 from .models import SegModel
-from .postprocess import apply_postprocessing
+from .postprocess import PostprocessSpec, apply_postprocessing, resolve_postprocess
 
 __all__ = [
     "CLASS_COLOURS",
@@ -173,12 +175,18 @@ class Segmenter:
         model: a :class:`SegModel`; its config gives input size and normalisation.
         device: torch device; CUDA when available by default.
         threshold: lesion probability above which a pixel is lesion (binary models).
-        postprocess: post-processing step names applied to every mask (see ``medseg_core.postprocess``).
+        postprocess: the default post-processing of every call: ``"recorded"`` (``recorded_postprocess``, the
+            default), ``"none"`` or step names (see ``medseg_core.postprocess``).
+        recorded_postprocess: the chain recorded with the weights (``from_pretrained`` reads it from config.json).
         class_names: one name per class, background first.
         name: how reports name the model (the weights name or repo id); the architecture name by default.
-        refiner: a ``refiner`` model for the ``refine`` post-processing step (None when that step is not used).
+        refiner: a ``refiner`` model for the ``refine`` post-processing step, or a callable returning one (loaded
+            on first use); None when that step is not used.
         precision: ``"fp32"`` (the default; what reported metrics use) or ``"bf16"`` autocast, about 2.5x faster on
             CPUs with bf16 units and on GPUs, at a small cost in agreement with fp32 (measure it with evaluate.py).
+        backend: what runs the network (``medseg_core.backends``): ``"torch"`` (eager), ``"onnxruntime"`` (needs
+            ``onnx_path``) or ``"auto"`` (onnxruntime when ``onnx_path`` exists and the package imports).
+        onnx_path: the exported network (``model.onnx`` from ``medseg_core.export``) for the onnxruntime backend.
     """
 
     def __init__(
@@ -186,72 +194,107 @@ class Segmenter:
         model: SegModel,
         device: str | torch.device | None = None,
         threshold: float = 0.5,
-        postprocess: Sequence[str] = (),
+        postprocess: PostprocessSpec = "recorded",
+        recorded_postprocess: Sequence[str] = (),
         class_names: Sequence[str] | None = None,
         name: str | None = None,
-        refiner: SegModel | None = None,
+        refiner: SegModel | Callable[[], SegModel] | None = None,
         precision: str = "fp32",
+        backend: BackendName = "torch",
+        onnx_path: str | os.PathLike | None = None,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.name = name or model.arch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = precision
-        # Channels-last is the faster memory layout for convolutions on CPU (oneDNN) and GPU alike.
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        # The engine that runs the network; pre- and post-processing below are the same for every engine.
+        # An explicit bf16 request means eager PyTorch, since onnxruntime runs the exported file as it is.
+        self.backend = create_backend("torch" if backend == "auto" and precision != "fp32" else backend, model,
+                                      device=self.device, precision=precision, onnx_path=onnx_path)
+        # TorchBackend already moved the model (channels-last, eval); other engines only read its config here.
+        self.model = model.eval()
         self.threshold = threshold
-        self.postprocess = tuple(postprocess)
-        self.refiner = refiner.to(self.device).eval() if refiner is not None else None
+        self.recorded_postprocess = resolve_postprocess("none" if not recorded_postprocess else
+                                                        list(recorded_postprocess))
+        self.postprocess = resolve_postprocess(postprocess, self.recorded_postprocess)
+        self._refiner = refiner
         n = max(2, model.num_classes)
         self.class_names = tuple(class_names or DEFAULT_CLASS_NAMES.get(model.num_classes) or
                                  ["background"] + [f"class {c}" for c in range(1, n)])
-        mean = torch.tensor(model.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
-        std = torch.tensor(model.std, dtype=torch.float32).view(1, -1, 1, 1) * 255
-        self._mean, self._std = mean.to(self.device), std.to(self.device)
+        # Normalisation of 0..255 values, one (mean, std) per RGB channel, repeated for each stacked view.
+        repeats = max(1, model.in_channels // len(model.mean))
+        self._mean = np.tile(np.asarray(model.mean, np.float32) * np.float32(255), repeats)
+        self._std = np.tile(np.asarray(model.std, np.float32) * np.float32(255), repeats)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | None = None, **kwargs: Any) -> Segmenter:
         """A Segmenter on weights from a folder, a ``weights/`` name or a Hub repo id.
 
         The post-processing chain recorded in the weights' ``config.json`` (``"postprocess"``: step names, chosen
-        on a validation split by ``bench/postprocess_table.py --record``) is the default of ``postprocess``;
-        when it holds ``refine``, the refiner named by ``"refiner"`` (a folder inside the weights folder, a
-        ``weights/`` name or a Hub repo id) is loaded too. Pass ``postprocess=()`` for raw masks.
+        on a validation split by ``bench/postprocess_table.py --record``) is what ``"recorded"``, the default,
+        means; the refiner its ``refine`` step needs (``"refiner"``: a folder inside the weights folder, a
+        ``weights/`` name or a Hub repo id) is loaded on first use. Pass ``postprocess="none"`` for raw masks.
+
+        ``backend="auto"`` (the default here) runs the folder's ``model.onnx`` with onnxruntime when both exist,
+        else eager PyTorch; ``onnx_path`` picks another exported file (e.g. ``model.int8.onnx``).
         """
         kwargs.setdefault("name", os.fspath(name_or_path))
         folder = resolve_weights(name_or_path)
         recorded = recorded_postprocess(folder)
-        kwargs.setdefault("postprocess", recorded["steps"])
-        if "refine" in kwargs["postprocess"] and kwargs.get("refiner") is None:
-            if not recorded["refiner"]:
-                raise ValueError(f"the 'refine' step needs a refiner, and {folder / 'config.json'} names none")
-            kwargs["refiner"] = load_model(recorded["refiner"])
+        kwargs["recorded_postprocess"] = recorded["steps"]
+        if kwargs.get("refiner") is None and recorded["refiner"]:
+            kwargs["refiner"] = functools.partial(load_model, recorded["refiner"])
+        kwargs.setdefault("backend", "auto")
+        kwargs.setdefault("onnx_path", folder / ONNX_FILENAME if (folder / ONNX_FILENAME).is_file() else None)
         return cls(load_model(folder), device=device, **kwargs)
+
+    @property
+    def refiner(self) -> SegModel | None:
+        """The ``refine`` step's network (loaded on first use when given as a callable)."""
+        if self._refiner is not None and not isinstance(self._refiner, SegModel):
+            self._refiner = self._refiner()
+        if self._refiner is not None:
+            self._refiner = self._refiner.to(self.device).eval()
+        return self._refiner
 
     @property
     def num_classes(self) -> int:
         """Classes in the output mask, background included (2 for a binary model)."""
         return max(2, self.model.num_classes)
 
-    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+    def _preprocess(self, image: np.ndarray) -> np.ndarray:
+        """The network's input for one RGB image: ``float32`` (1, C, size, size), normalised.
+
+        The array is an (N, C, H, W) view of an (N, H, W, C) buffer, which is the channels-last layout eager
+        PyTorch wants; onnxruntime makes it contiguous. Done in numpy/cv2 once, on the model's input size.
+        """
         size = self.model.input_size
         h, w = image.shape[:2]
-        interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (size, size), interpolation=interp)
+        if (h, w) == (size, size):
+            resized = image  # cv2.resize would return a copy of the same pixels
+        else:
+            interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
+            resized = cv2.resize(image, (size, size), interpolation=interp)
         views = getattr(self.model, "views", None)
         if views:
             # Multi-view models (DynaSiam) read TDC-Enhance views of the resized image, as in training.
             resized = stack_views(resized, views)
-        x = torch.from_numpy(resized).to(self.device).permute(2, 0, 1).unsqueeze(0).float()
-        # One RGB normalisation, repeated for each view stacked on the channel axis.
-        repeats = x.shape[1] // self._mean.shape[1]
-        return (x - self._mean.repeat(1, repeats, 1, 1)) / self._std.repeat(1, repeats, 1, 1)
+        x = resized.astype(np.float32)
+        np.subtract(x, self._mean, out=x)
+        np.divide(x, self._std, out=x)
+        return x.transpose(2, 0, 1)[None]
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """:meth:`_preprocess` as a CPU tensor (1, C, size, size) sharing its memory."""
+        return torch.from_numpy(self._preprocess(image))
 
     @torch.inference_mode()
-    def _class_probs(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = self.model(x).float()
+    def _class_probs(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, C, h, w) of the network input; C = 2 (background, lesion) for binary models."""
+        if isinstance(x, torch.Tensor):
+            x = x.cpu().numpy()
+        logits = torch.from_numpy(self.backend(x))
         if logits.shape[1] == 1:
             fg = logits.sigmoid()
             return torch.cat([1 - fg, fg], dim=1)
@@ -264,20 +307,30 @@ class Segmenter:
         deviation of the lesion probability across those passes.
         """
         image = to_rgb_uint8(image)
-        x = self._to_tensor(image)
-        if tta:
-            flips: list[tuple[int, ...]] = [(), (3,), (2,), (2, 3)]
-            passes = [self._class_probs(x.flip(f) if f else x) for f in flips]
-            passes = [p.flip(f) if f else p for p, f in zip(passes, flips)]
-            stacked = torch.cat(passes)
-            probs = stacked.mean(0)
-            spread = (1 - stacked[:, 0]).std(0, unbiased=False)
-        else:
-            probs, spread = self._class_probs(x)[0], None
+        x = self._preprocess(image)
         h, w = image.shape[:2]
-        out = _resize_channels(probs.cpu().numpy(), w, h)
-        dis = cv2.resize(spread.cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR) if spread is not None else None
-        return out, dis
+        if not tta:
+            return _resize_channels(self._class_probs(x)[0].numpy(), w, h), None
+        flips: list[tuple[int, ...]] = [(), (3,), (2,), (2, 3)]
+        passes = [self._class_probs(np.ascontiguousarray(np.flip(x, f)) if f else x) for f in flips]
+        passes = [p.flip(f) if f else p for p, f in zip(passes, flips)]
+        stacked = torch.cat(passes)
+        probs = stacked.mean(0)
+        spread = (1 - stacked[:, 0]).std(0, unbiased=False)
+        dis = cv2.resize(spread.numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+        return _resize_channels(probs.numpy(), w, h), dis
+
+    def network_probs(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities ``float32`` (N, C, size, size) of several RGB images at the network's resolution, in
+        one network call (what video batches use; :meth:`probs_at` takes them back to an image's size)."""
+        x = np.concatenate([self._preprocess(to_rgb_uint8(im)) for im in images])
+        return self._class_probs(x).numpy()
+
+    @staticmethod
+    def probs_at(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Network-resolution probabilities (C, h, w) resized (bilinear) to (C, height, width), as
+        :meth:`predict_probs` returns them."""
+        return _resize_channels(probs, width, height)
 
     def mask_from_probs(self, probs: np.ndarray) -> np.ndarray:
         """Class indices from probabilities: threshold the lesion probability (binary) or argmax (multi-class)."""
@@ -285,14 +338,18 @@ class Segmenter:
             return (probs[1] > self.threshold).astype(np.uint8)
         return probs.argmax(0).astype(np.uint8)
 
-    def __call__(self, image: np.ndarray, tta: bool = False, postprocess: Sequence[str] | None = None) -> SegResult:
-        """Segment one image (any of the layouts :func:`to_rgb_uint8` accepts)."""
+    def __call__(self, image: np.ndarray, tta: bool = False, postprocess: PostprocessSpec | None = None) -> SegResult:
+        """Segment one image (any of the layouts :func:`to_rgb_uint8` accepts).
+
+        ``postprocess``: ``"recorded"``, ``"none"`` or step names; None keeps this Segmenter's default."""
         start = time.perf_counter()
         image = to_rgb_uint8(image)
         probs, disagreement = self.predict_probs(image, tta=tta)
         mask = self.mask_from_probs(probs)
-        steps = self.postprocess if postprocess is None else tuple(postprocess)
+        steps = self.postprocess if postprocess is None else resolve_postprocess(postprocess, self.recorded_postprocess)
         if steps:
+            if "refine" in steps and self.refiner is None:
+                raise ValueError(f"the 'refine' step needs a refiner, and the weights of {self.name} name none")
             mask = apply_postprocessing(mask, steps, probs, image=image, refiner=self.refiner)
         confidence = (1.0 - probs[0]).astype(np.float32)
         elapsed_ms = (time.perf_counter() - start) * 1000
@@ -332,5 +389,11 @@ class Segmenter:
 
 
 def _resize_channels(probs: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(C, h, w) -> (C, height, width), bilinear; cv2 handles at most 512 channels per call, we have a few."""
-    return np.stack([cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in probs]).astype(np.float32)
+    """(C, h, w) float32 -> (C, height, width) float32, bilinear, each channel written straight into the result."""
+    out = np.empty((probs.shape[0], height, width), np.float32)
+    for p, dst in zip(probs, out):
+        resized = cv2.resize(np.ascontiguousarray(p, dtype=np.float32), (width, height), dst=dst,
+                             interpolation=cv2.INTER_LINEAR)
+        if not np.shares_memory(resized, dst):  # cv2 allocated its own array: copy it in
+            dst[...] = resized
+    return out

@@ -25,7 +25,9 @@ __all__ = [
     "hd95",
     "iou_score",
     "per_class_metrics",
+    "class_pixel_counts",
     "segmentation_metrics",
+    "split_class_dice",
     "threshold_sweep_dice",
 ]
 
@@ -113,6 +115,32 @@ def segmentation_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int 
     out = binary_metrics(pred, target)
     if num_classes > 2:
         out.update(per_class_metrics(pred, target, num_classes))
+    return out
+
+
+def class_pixel_counts(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[str, int]:
+    """Per foreground class ``c``: ``n_inter_c`` (pixels both call ``c``) and ``n_total_c`` (pixels either calls
+    ``c``, counted twice where both do), the sums behind :func:`split_class_dice`."""
+    out: dict[str, int] = {}
+    for c in range(1, num_classes):
+        p, t = pred == c, target == c
+        out[f"n_inter_{c}"] = int((p & t).sum())
+        out[f"n_total_{c}"] = int(p.sum() + t.sum())
+    return out
+
+
+def split_class_dice(rows: Sequence[dict[str, float | str]]) -> dict[str, float]:
+    """Split-level Dice of each foreground class: the pixel counts of :func:`class_pixel_counts` summed over all
+    images first, the way the challenges score (``class_dice_c``), and their mean (``class_dice``).
+
+    Unlike the per-image mean, a class absent from an image adds nothing here, so predicting too little is not
+    rewarded with a perfect 1.0. Empty for rows without counts (binary models).
+    """
+    classes = sorted(int(k.rsplit("_", 1)[1]) for k in (rows[0] if rows else {}) if str(k).startswith("n_inter_"))
+    out = {f"class_dice_{c}": 2 * sum(r[f"n_inter_{c}"] for r in rows) / max(1, sum(r[f"n_total_{c}"] for r in rows))
+           for c in classes}
+    if out:
+        out["class_dice"] = sum(out.values()) / len(out)
     return out
 
 

@@ -2,6 +2,10 @@
 
 Each step is ``(mask, probs) -> mask``; ``probs`` is the (C, H, W) class-probability map the mask came from
 (steps that do not need it ignore it). A chain is a list of step names, stored in a model's config.
+
+``postprocess`` means one thing at every door (``Segmenter``, the app, ``evaluate``, batch and the CLIs):
+``"recorded"`` (the chain recorded in the weights' ``config.json``, chosen on a validation split; the default),
+``"none"`` (raw masks), or an explicit list of step names. :func:`resolve_postprocess` turns it into steps.
 :func:`refine` also needs the RGB image and a refiner network; :func:`apply_postprocessing` passes them (its
 ``image`` and ``refiner`` keyword arguments) to the steps whose signature asks for them.
 
@@ -13,7 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import cv2
 import numpy as np
@@ -25,13 +29,16 @@ __all__ = [
     "POSTPROCESSING_STEPS",
     "adaptive_kernel_size",
     "adaptive_morphology",
+    "PostprocessSpec",
     "apply_postprocessing",
     "fill_holes",
+    "helpful_steps",
     "keep_largest_component",
     "refine",
     "refiner_input",
     "region_class_consistency",
     "remove_small_components",
+    "resolve_postprocess",
 ]
 
 log = logging.getLogger(__name__)
@@ -305,3 +312,37 @@ def apply_postprocessing(mask: np.ndarray, steps: Sequence[str], probs: np.ndarr
         params = inspect.signature(step).parameters
         mask = step(mask, probs, **{k: v for k, v in context.items() if k in params})
     return mask
+
+
+#: ``"recorded"``, ``"none"`` or step names (see the module docstring).
+PostprocessSpec: TypeAlias = Literal["recorded", "none"] | Sequence[str]
+
+
+def resolve_postprocess(spec: PostprocessSpec | None, recorded: Sequence[str] = ()) -> tuple[str, ...]:
+    """The steps a ``postprocess`` value stands for: ``"recorded"`` (or None) -> ``recorded``, ``"none"`` -> no
+    steps, a list of step names -> those (a one-item list ``["recorded"]`` / ``["none"]``, as a command line gives
+    it, means the word). Raises ``ValueError`` for unknown step names."""
+    if spec is None:
+        spec = "recorded"
+    if not isinstance(spec, str) and len(spec) == 1 and spec[0] in ("recorded", "none"):
+        spec = spec[0]
+    if spec == "recorded":
+        return tuple(recorded)
+    if spec == "none":
+        return ()
+    if isinstance(spec, str):
+        raise ValueError(f"postprocess must be 'recorded', 'none' or a list of step names; got {spec!r}")
+    unknown = [s for s in spec if s not in POSTPROCESSING_STEPS]
+    if unknown:
+        raise ValueError(f"unknown post-processing step {unknown[0]!r}; choose 'recorded', 'none' or steps from "
+                         f"{', '.join(POSTPROCESSING_STEPS)}")
+    return tuple(spec)
+
+
+def helpful_steps(table: dict[str, dict[str, Any]], chain: Sequence[str], min_gain: float) -> list[str]:
+    """The steps of ``chain``, in order, that alone raise the headline score by at least ``min_gain``
+    (nnU-Net's ``determine_postprocessing``): ``table[variant]["mean"]`` holds each variant's mean metrics on a
+    validation split, ``"none"`` the raw masks'; the headline is ``mdice`` for multi-class models, else ``dice``."""
+    headline = "mdice" if "mdice" in table["none"]["mean"] else "dice"
+    base = table["none"]["mean"][headline]
+    return [step for step in chain if table[step]["mean"][headline] - base >= min_gain]

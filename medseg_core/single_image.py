@@ -53,6 +53,7 @@ __all__ = [
     "SingleImageResult",
     "label_map",
     "read_roi",
+    "roi_from_ground_truth",
     "roi_from_labelme",
     "roi_marks_normal",
     "sample_patches",
@@ -205,6 +206,41 @@ def read_roi(path: str | os.PathLike, image_shape: Sequence[int]) -> np.ndarray:
     if not roi.any():
         raise ValueError(f"the ROI {path.name} is empty (no white pixel)")
     return roi
+
+
+def roi_from_ground_truth(mask: np.ndarray, rng: np.random.Generator, erode: float = 0.25, points: int = 8
+                          ) -> np.ndarray:
+    """A rough ROI inside the lesion of a ground-truth mask, imitating a clinician's quick polygon (the evaluation's
+    ROI rule, ``bench/single_image_eval.py``). Boolean (H, W).
+
+    Rule: take the largest lesion region; erode it by ``erode`` x its equivalent radius (sqrt(area / pi)), halving
+    the erosion until something is left; draw ``points`` points of the eroded outline at random; the ROI is their
+    convex hull intersected with the eroded lesion (so a concave lesion's hull stays inside it). With fewer than
+    three distinct points the eroded lesion itself is the ROI.
+    """
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    if n < 2:
+        raise ValueError("the ground truth has no lesion to mark")
+    lesion = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    radius = int(round(erode * np.sqrt(lesion.sum() / np.pi)))
+    eroded = lesion
+    while radius > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        eroded = cv2.erode(lesion, kernel)
+        if eroded.any():
+            break
+        radius //= 2
+    if not eroded.any():
+        eroded = lesion
+    contours, _ = cv2.findContours(eroded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    outline = max(contours, key=cv2.contourArea).reshape(-1, 2)
+    chosen = outline[rng.choice(len(outline), size=min(points, len(outline)), replace=False)]
+    if len(np.unique(chosen, axis=0)) < 3:
+        return eroded.astype(bool)
+    hull = np.zeros_like(eroded)
+    cv2.fillPoly(hull, [cv2.convexHull(chosen.astype(np.int32))], 1)
+    roi = (hull & eroded).astype(bool)
+    return roi if roi.any() else eroded.astype(bool)
 
 
 def roi_marks_normal(roi: np.ndarray) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +12,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DATA_ROOT = Path(os.environ.get("MEDSEG_DATA", ROOT.parent / "shared" / "data"))
 EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
 
@@ -63,3 +63,13 @@ def tiny_weights(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("weights") / "tiny_unet.test"
     create_model("unet", **TINY_UNET).save_pretrained(folder)
     return folder
+
+
+def run_script(script: str | Path, *args: str, timeout: float = 600, expect: int = 0) -> subprocess.CompletedProcess:
+    """Run a repository script (``train/...``, ``bench/...``) as a user would, with this interpreter; assert its exit
+    status and return the finished process (stdout and stderr as text)."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+    assert proc.returncode == expect, f"{script}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc

@@ -18,10 +18,10 @@ def app_module(monkeypatch, tiny_weights, tmp_path):
     weights.mkdir()
     shutil.copytree(tiny_weights, weights / "tiny_unet.test")
     monkeypatch.setattr(medseg_core.hub, "WEIGHTS_DIR", weights)
-    import app
+    from medseg_core import webapp
 
-    app.get_segmenter.cache_clear()
-    return app
+    webapp.get_segmenter.cache_clear()
+    return webapp
 
 
 def test_models_come_from_weights_dir_and_env(app_module, monkeypatch):
@@ -139,6 +139,33 @@ def test_batch_handler(app_module, tmp_path):
     assert "statistics.csv" in zipfile.ZipFile(zip_out).namelist()
 
 
+def test_batch_tab_and_segment_command_write_identical_files(app_module, tmp_path):
+    """One engine: the Batch tab's zip and medseg-segment's folder hold byte-identical masks, overlays and CSV."""
+    import zipfile
+
+    from medseg_core.batch import main as segment_main
+
+    inputs = [str(p) for p in EXAMPLES[:2]]
+    for post, flag in ((False, "none"), (True, "recorded")):
+        zip_out, *_ = app_module.batch(inputs, "tiny_unet.test", True, post, progress=_NoProgress())
+        cli_out = tmp_path / f"cli-{flag}"
+        assert segment_main([*inputs, "--out", str(cli_out), "--model", "tiny_unet.test", "--tta", "--postprocess",
+                             flag, "--no-progress"]) == 0
+        with zipfile.ZipFile(zip_out) as z:
+            from_app = {name: z.read(name) for name in z.namelist()}
+        from_cli = {p.name: p.read_bytes() for p in cli_out.iterdir()}
+        assert sorted(from_app) == sorted(from_cli) and len(from_app) == 5  # 2 masks, 2 overlays, the CSV
+        assert from_app == from_cli
+
+
+def test_elem_ids_are_unique_and_the_compare_label_matches_its_check(app_module):
+    demo = app_module.build_demo()
+    ids = [b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    labels = [b.label for b in demo.blocks.values() if getattr(b, "label", None)]
+    assert "Models (1-4)" in labels and "Models (2-4)" not in labels
+
+
 def test_enhance_handler(app_module):
     views = app_module.enhance(str(EXAMPLES[0]))
     assert [label for _, label in views][0] == "Original" and len(views) == 4
@@ -173,7 +200,7 @@ def test_single_image_handler_from_a_painted_roi(app_module):
 def test_segment_tab_runs_dynasiam_weights(app_module):
     """Any DynaSiam weights in the weights folder run in the Segment tab: the Segmenter builds the views."""
     import torch
-    from test_dynasiam import tiny_dynasiam
+    from test_models_dynasiam import tiny_dynasiam
 
     torch.manual_seed(0)
     tiny_dynasiam().save_pretrained(medseg_core.hub.WEIGHTS_DIR / "tiny_dynasiam.test")

@@ -1,14 +1,18 @@
 import csv
+import shutil
 import zipfile
 
 import cv2
 import numpy as np
 import pytest
 from bad_inputs import build_corpus
-from conftest import EXAMPLES
+from conftest import EXAMPLES, TINY_UNET
+from test_models import tiny
 
 from medseg_core import Segmenter
 from medseg_core.batch import expand_inputs, segment_files, write_results_zip
+from medseg_core.data import read_image, read_mask
+from medseg_core.predict_folder import main as predict_folder_main
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +29,46 @@ def test_batch_writes_masks_and_statistics_and_survives_bad_files(segmenter, tmp
     mask = cv2.imread(str(tmp_path / "out" / rows[0]["mask"]), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (rows[0]["height"], rows[0]["width"]) and set(np.unique(mask)) <= {0, 255}
     assert int((mask > 0).sum()) == rows[0]["lesion_pixels"]
+    overlay = cv2.imread(str(tmp_path / "out" / rows[0]["overlay"]), cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == (*mask.shape, 3)
     with open(tmp_path / "out" / "statistics.csv") as f:
         assert [r["file"] for r in csv.DictReader(f)] == [p.name for p in paths]
     archive = write_results_zip(tmp_path / "out", tmp_path / "masks.zip")
     assert sorted(zipfile.ZipFile(archive).namelist()) == sorted(
-        [r["mask"] for r in rows if r["mask"]] + ["statistics.csv"])
+        [r["mask"] for r in rows if r["mask"]] + [r["overlay"] for r in rows if r["overlay"]] + ["statistics.csv"])
+
+
+def test_folders_are_expanded_to_their_images(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for p in EXAMPLES[:2]:
+        (tmp_path / "imgs" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    assert [p.name for p in expand_inputs([tmp_path / "imgs"], tmp_path / "work")] == sorted(p.name for p in
+                                                                                            EXAMPLES[:2])
+
+
+def test_segment_command_help_exit_status_and_multiclass_masks(tmp_path, capsys):
+    import torch
+
+    from medseg_core import create_model
+    from medseg_core.batch import main
+    from medseg_core.predict_folder import main as predict_folder_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "zip" in capsys.readouterr().out
+    torch.manual_seed(0)
+    create_model("unet", **{**TINY_UNET, "num_classes": 3}).save_pretrained(tmp_path / "three")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(EXAMPLES[0].read_bytes())
+    (tmp_path / "in" / "b.png").write_bytes(b"not an image")
+    assert predict_folder_main(["--model", str(tmp_path / "three"), "--images", str(tmp_path / "in"), "--out",
+                                str(tmp_path / "out"), "--no-progress"]) == 0
+    mask = cv2.imread(str(tmp_path / "out" / "a_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.ndim == 2 and set(np.unique(mask)) <= {0, 1, 2}, "multi-class masks hold class indices"
+    (tmp_path / "in" / "a.jpg").unlink()
+    assert main([str(tmp_path / "in"), "--model", str(tmp_path / "three"), "--out", str(tmp_path / "o2")]) == 1
+    assert main([str(EXAMPLES[0]), "--model", "no-such-model", "--out", str(tmp_path / "o3")]) == 2
 
 
 def test_zip_inputs_are_flattened_and_filtered(tmp_path):
@@ -47,3 +86,40 @@ def test_zip_inputs_are_flattened_and_filtered(tmp_path):
     bad.write_text("not a zip")
     with pytest.raises(ValueError, match="zip"):
         expand_inputs([bad], tmp_path / "work")
+
+
+def test_predict_folder_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict_folder_main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--images" in capsys.readouterr().out
+
+
+def test_predict_folder_writes_masks_and_overlays(tmp_path):
+    weights = tmp_path / "weights"
+    tiny("aspp_net").save_pretrained(weights)
+    images = tmp_path / "images"
+    images.mkdir()
+    for src in EXAMPLES[:2]:
+        shutil.copy(src, images / src.name)
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert predict_folder_main(["--model", str(weights), "--images", str(images), "--out", str(out),
+                                "--no-progress"]) == 0
+    for src in EXAMPLES[:2]:
+        mask = read_mask(out / f"{src.stem}_mask.png")
+        overlay = out / f"{src.stem}_overlay.png"
+        assert overlay.is_file()
+        image = read_image(src)
+        assert mask.shape == image.shape[:2] and read_image(overlay).shape == image.shape
+    assert not (out / "broken_mask.png").exists()
+
+
+def test_predict_folder_fails_when_nothing_was_segmented(tmp_path):
+    weights = tmp_path / "weights"
+    tiny("aspp_net").save_pretrained(weights)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "broken.png").write_bytes(b"not an image")
+    assert predict_folder_main(["--model", str(weights), "--images", str(images), "--out", str(tmp_path / "o"),
+                                "--no-progress"]) == 1

@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from medseg_core.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss, build_loss
+from medseg_core.losses import DeepSupervisionLoss, DiceCELoss, DiceLoss, StructureLoss, build_loss
 
 
 def test_dice_loss_hand_values():
@@ -53,3 +55,111 @@ def test_deep_supervision_weights_and_resizing():
     assert DeepSupervisionLoss(base)(main, target).item() == pytest.approx(base(main, target).item())
     with pytest.raises(ValueError):
         DeepSupervisionLoss(base, weights=[1.0])([main, side], target)
+
+
+def _square_target(size: int = 96, lo: int = 23, hi: int = 73) -> torch.Tensor:
+    target = torch.zeros(1, size, size, dtype=torch.long)
+    target[:, lo:hi, lo:hi] = 1
+    return target
+
+
+def _confident_logits(target: torch.Tensor, scale: float = 8.0) -> torch.Tensor:
+    return (target.float() * 2 - 1)[:, None] * scale
+
+
+def test_structure_loss_prefers_the_right_answer():
+    loss = StructureLoss()
+    target = _square_target()
+    perfect = _confident_logits(target)
+    assert loss(perfect, target) < 0.01
+    assert loss(-perfect, target) > 1.5
+    assert loss(perfect, target) < loss(torch.zeros_like(perfect), target) < loss(-perfect, target)
+
+
+def test_structure_loss_weighs_edge_errors_more():
+    """The same wrong pixel costs more on the mask's edge than deep inside it (further than the window from any
+    edge, weight exactly 1) or far out in the background."""
+    loss = StructureLoss(reduction="none")
+    target = _square_target()  # rows/cols 23..72 are foreground
+    base = _confident_logits(target)
+    errors = {}
+    for where, (r, c) in {"edge": (23, 48), "inside": (48, 48), "background": (2, 2)}.items():
+        logits = base.clone()
+        logits[0, 0, r, c] *= -1
+        errors[where] = (loss(logits, target) - loss(base, target)).item()
+    w = StructureLoss().weights(target[:, None].float())[0, 0]
+    assert w[48, 48] == 1.0 and w[23, 48] > 3.0
+    assert errors["edge"] > 2 * errors["inside"] > 0
+    assert errors["edge"] > 2 * errors["background"] > 0
+
+
+def _structure_reference(logits: np.ndarray, y: np.ndarray, k: int = 31, smooth: float = 1.0) -> float:
+    """The formula, written directly: box mean with zero padding, weighted BCE, weighted IoU."""
+    pad = k // 2
+    padded = np.pad(y, pad)
+    local_mean = np.lib.stride_tricks.sliding_window_view(padded, (k, k)).sum(axis=(-1, -2)) / (k * k)
+    w = 1 + 5 * np.abs(local_mean - y)
+    p = 1 / (1 + np.exp(-logits))
+    bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    wbce = (w * bce).sum() / w.sum()
+    inter = (w * p * y).sum()
+    union = (w * (p + y)).sum() - inter
+    return wbce + 1 - (inter + smooth) / (union + smooth)
+
+
+def test_structure_loss_value_matches_the_formula():
+    rng = np.random.default_rng(0)
+    target = np.zeros((2, 40, 56), dtype=np.int64)
+    target[0, 5:25, 10:40] = 1
+    target[1, 30:38, 3:9] = 1
+    logits = rng.normal(0, 2, size=(2, 1, 40, 56))
+    values = StructureLoss(reduction="none")(torch.tensor(logits), torch.tensor(target))
+    assert values.shape == (2, 1)
+    for i in range(2):
+        expected = _structure_reference(logits[i, 0], target[i].astype(np.float64))
+        assert values[i, 0].item() == pytest.approx(expected, rel=1e-5)
+    mean = StructureLoss()(torch.tensor(logits), torch.tensor(target))
+    assert mean.item() == pytest.approx(values.mean().item())
+
+
+def test_structure_loss_softmax_is_the_formula_per_class():
+    rng = np.random.default_rng(1)
+    target = np.zeros((1, 24, 32), dtype=np.int64)
+    target[0, 4:12, 6:20] = 1
+    target[0, 14:22, 20:30] = 2
+    logits = rng.normal(0, 2, size=(1, 3, 24, 32))
+    values = StructureLoss(sigmoid=False, softmax=True, reduction="none")(torch.tensor(logits), torch.tensor(target))
+    assert values.shape == (1, 3)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    for c in range(3):
+        # The sigmoid formula on the logit log(p / (1 - p)) is the formula on p.
+        logit_c = np.log(probs[0, c] / (1 - probs[0, c]))
+        expected = _structure_reference(logit_c, (target[0] == c).astype(np.float64))
+        assert values[0, c].item() == pytest.approx(expected, rel=1e-5)
+    no_bg = StructureLoss(sigmoid=False, softmax=True, include_background=False, reduction="none")
+    torch.testing.assert_close(no_bg(torch.tensor(logits), torch.tensor(target)), values[:, 1:])
+
+
+def test_structure_loss_rejects_bad_options():
+    with pytest.raises(ValueError, match="sigmoid or softmax"):
+        StructureLoss(sigmoid=True, softmax=True)
+    with pytest.raises(ValueError, match="sigmoid or softmax"):
+        StructureLoss(sigmoid=False)
+    with pytest.raises(ValueError, match="kernel_size"):
+        StructureLoss(kernel_size=30)
+    with pytest.raises(ValueError, match="reduction"):
+        StructureLoss(reduction="max")
+    with pytest.raises(ValueError, match="two channels"):
+        StructureLoss(sigmoid=False, softmax=True)(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long))
+
+
+def test_build_loss_structure_weighs_side_outputs_equally():
+    loss = build_loss("structure", 1)
+    assert isinstance(loss, DeepSupervisionLoss) and isinstance(loss.loss, StructureLoss)
+    target = _square_target(64, 10, 40)
+    a, b = torch.randn(1, 1, 64, 64), torch.randn(1, 1, 16, 16)
+    b_full = F.interpolate(b, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(loss([a, b], target), (StructureLoss()(a, target) + StructureLoss()(b_full, target)) / 2)
+    assert build_loss("structure", 3).loss.softmax
+    with pytest.raises(ValueError, match="structure"):
+        build_loss("nope", 1)

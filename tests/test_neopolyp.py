@@ -1,20 +1,18 @@
 """3-class NeoPolyp: colour-mask decoding on the real files, the fixed validation split, the recipe, per-class
 evaluation and the post-processing table on a tiny 3-class model."""
 
-import sys
+import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_UNET
+from conftest import ROOT, TINY_UNET, run_script
 
 from medseg_core import Segmenter, create_model
 from medseg_core.data import decode_mask, read_image, read_mask, read_split
 from medseg_core.metrics import per_class_metrics
-
-sys.path.insert(0, str(ROOT / "train"))
-sys.path.insert(0, str(ROOT / "bench"))
 
 SPLITS = ROOT / "train" / "splits"
 NEOPOLYP = "bkai-igh-neopolyp"
@@ -29,7 +27,10 @@ def test_decode_neopolyp_colours_with_jpeg_noise():
 
 
 def test_neopolyp_masks_decode_as_source_md_says(data_root):
-    masks = sorted((data_root / NEOPOLYP / "masks").iterdir())
+    assert len(list((data_root / NEOPOLYP / "masks").iterdir())) == 800
+    # The first 200 (SOURCE.md lists them), whose class presence SOURCE.md states.
+    first = (data_root / NEOPOLYP / "splits" / "staged_subset_200.txt").read_text().split()
+    masks = sorted(data_root / NEOPOLYP / "masks" / f"{Path(name).stem}.png" for name in first)
     assert len(masks) == 200
     presence = {"red only": 0, "green only": 0, "both": 0, "neither": 0}
     for i, path in enumerate(masks):
@@ -41,7 +42,8 @@ def test_neopolyp_masks_decode_as_source_md_says(data_root):
             raw = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
             unmatched = (raw.max(axis=2) > 127) & (mask == 0)
             assert unmatched.mean() < 0.0045
-            assert mask.shape == read_image(data_root / NEOPOLYP / "images" / path.name).shape[:2]
+            image = next((data_root / NEOPOLYP / "images").glob(f"{path.stem}.*"))
+            assert mask.shape == read_image(image).shape[:2]
     # SOURCE.md's class presence in the included 200 images.
     assert presence == {"red only": 143, "green only": 46, "both": 11, "neither": 0}
 
@@ -61,14 +63,15 @@ def test_neopolyp_validation_split_is_every_8th_sorted_training_id(data_root):
 
 
 def test_neopolyp_recipe():
-    import train
+    from medseg_core.config import load_config
+    from medseg_core.training import build_model
 
-    cfg = train.load_config(ROOT / "train/configs/unet_lite0_neopolyp.yaml", [])
+    cfg = load_config(ROOT / "train/configs/unet_lite0_neopolyp.yaml", [])
     assert cfg["model"]["num_classes"] == 3 and cfg["model"]["input_size"] == 352
     assert cfg["data"]["mask_encoding"] == "neopolyp" and cfg["data"]["cache_max_side"] == 448
     for key in ("train_split", "val_split"):
         assert (ROOT / cfg["data"][key]).is_file()
-    model = train.build_model({**cfg, "model": {**cfg["model"], "encoder_weights": "random"}})
+    model = build_model({**cfg, "model": {**cfg["model"], "encoder_weights": "random"}})
     assert model.num_classes == 3
 
 
@@ -90,9 +93,9 @@ def two_test_images(data_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_3class, two_test_images, data_root):
-    import evaluate
+    from medseg_core.evaluation import main as evaluate
 
-    return evaluate.main(["--model", str(tiny_3class), "--data", str(data_root), "--split", str(two_test_images),
+    return evaluate(["--model", str(tiny_3class), "--data", str(data_root), "--split", str(two_test_images),
                           "--device", "cpu"])
 
 
@@ -112,21 +115,17 @@ def test_evaluate_reports_per_class_dice_for_3_class_models(evaluated, tiny_3cla
             assert row[key] == pytest.approx(expected[key])
 
 
-def test_postprocess_table_on_a_3_class_model(evaluated, tiny_3class, two_test_images, data_root, tmp_path, capsys):
-    import postprocess_table
-
-    out = postprocess_table.main(["--model", str(tiny_3class), "--data", str(data_root), "--split",
-                                  str(two_test_images), "--device", "cpu", "--json", str(tmp_path / "t.json")])
-    table = out["table"]
+def test_postprocess_table_on_a_3_class_model(evaluated, tiny_3class, two_test_images, data_root, tmp_path):
+    printed = run_script("bench/postprocess_table.py", "--model", tiny_3class, "--data", data_root, "--split",
+                         two_test_images, "--device", "cpu", "--json", tmp_path / "t.json").stdout
+    table = json.loads((tmp_path / "t.json").read_text())["table"]
     chain = ["remove_small_components", "fill_holes", "adaptive_morphology", "region_class_consistency"]
     assert list(table) == ["none", *chain, "full chain"]
     assert table["full chain"]["steps"] == chain
     for entry in table.values():
         assert set(entry["mean"]) == {"dice", "dice_1", "dice_2", "mdice"} and len(entry["per_image"]) == 2
         assert all(0.0 <= v <= 1.0 for v in entry["mean"].values())
-    printed = capsys.readouterr().out
     assert "full chain" in printed and "mdice" in printed
-    assert (tmp_path / "t.json").is_file()
     # Without post-processing the table agrees with evaluate.py ...
     for key in ("dice", "dice_1", "dice_2", "mdice"):
         assert table["none"]["mean"][key] == pytest.approx(evaluated[key])
@@ -139,21 +138,15 @@ def test_postprocess_table_on_a_3_class_model(evaluated, tiny_3class, two_test_i
 
 
 def test_postprocess_table_on_a_binary_model(tiny_weights, data_root, tmp_path):
-    import postprocess_table
-
     split = tmp_path / "two.txt"
     split.write_text("cvc-clinicdb/4\ncvc-clinicdb/5\n")
-    out = postprocess_table.main(["--model", str(tiny_weights), "--data", str(data_root), "--split", str(split),
-                                  "--device", "cpu", "--steps", "fill_holes", "remove_small_components"])
+    run_script("bench/postprocess_table.py", "--model", tiny_weights, "--data", data_root, "--split", split,
+               "--device", "cpu", "--steps", "fill_holes", "remove_small_components", "--json", tmp_path / "t.json")
+    out = json.loads((tmp_path / "t.json").read_text())
     assert list(out["table"]) == ["none", "fill_holes", "remove_small_components", "full chain"]
     assert set(out["table"]["none"]["mean"]) == {"dice"}
 
 
-def test_postprocess_table_help(capsys):
-    import postprocess_table
-
-    with pytest.raises(SystemExit) as exit_info:
-        postprocess_table.main(["--help"])
-    assert exit_info.value.code == 0 and "--refiner" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        postprocess_table.main(["--model", "x", "--split", "y", "--steps", "refine"])
+def test_postprocess_table_help():
+    assert "--refiner" in run_script("bench/postprocess_table.py", "--help").stdout
+    run_script("bench/postprocess_table.py", "--model", "x", "--split", "y", "--steps", "refine", expect=2)

@@ -1,12 +1,12 @@
 """Post-processing steps on hand-made masks, the refine step with a tiny refiner, and the refiner's data path."""
 
-import sys
+import json
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_UNET
+from conftest import ROOT, TINY_UNET, run_script
 
 from medseg_core import create_model
 from medseg_core.data import SegDataset, read_split
@@ -16,15 +16,14 @@ from medseg_core.postprocess import (
     adaptive_morphology,
     apply_postprocessing,
     fill_holes,
+    helpful_steps,
     keep_largest_component,
     refine,
     region_class_consistency,
     remove_small_components,
+    resolve_postprocess,
 )
 from medseg_core.transforms import eval_transform
-
-sys.path.insert(0, str(ROOT / "train"))
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 def square(mask: np.ndarray, y: int, x: int, side: int, value: int = 1) -> np.ndarray:
@@ -242,8 +241,6 @@ def test_segmenter_passes_the_image_to_refine(tiny_refiner, example_image):
 # ---- refiner data --------------------------------------------------------------------------------------------------
 
 def test_make_refiner_data_writes_crops_the_dataset_reads_with_4_channels(tmp_path, data_root):
-    import make_refiner_data
-
     torch.manual_seed(0)
     base = create_model("unet", **TINY_UNET)
     with torch.no_grad():
@@ -253,10 +250,9 @@ def test_make_refiner_data_writes_crops_the_dataset_reads_with_4_channels(tmp_pa
     split = tmp_path / "two.txt"
     split.write_text("cvc-clinicdb/1\ncvc-clinicdb/2\n")
     out = tmp_path / "refiner_data"
-    summary = make_refiner_data.main(["--model", str(tmp_path / "base"), "--data", str(data_root),
-                                      "--split", str(split), "--out", str(out), "--size", "48",
-                                      "--device", "cpu", "--out-split", "refiner-train"])
-    assert summary["crops"] == 4 and summary["no_region"] == 0
+    log = run_script("train/make_refiner_data.py", "--model", tmp_path / "base", "--data", data_root, "--split",
+                     split, "--out", out, "--size", "48", "--device", "cpu", "--out-split", "refiner-train").stderr
+    assert "4 crops from 2 images (0 with no predicted region)" in log
     samples = read_split(out, "refiner-train")
     assert len(samples) == 4 and all(s.prob is not None for s in samples)
     prob = cv2.imread(str(samples[0].prob), cv2.IMREAD_GRAYSCALE)
@@ -274,10 +270,8 @@ def test_make_refiner_data_writes_crops_the_dataset_reads_with_4_channels(tmp_pa
 
 
 def test_the_refiner_recipe_trains_on_those_crops(tmp_path, data_root):
-    import make_refiner_data
-
-    import train
     from medseg_core import load_model
+    from medseg_core.training import main as train_main
 
     base = create_model("unet", **TINY_UNET)
     with torch.no_grad():
@@ -287,9 +281,9 @@ def test_the_refiner_recipe_trains_on_those_crops(tmp_path, data_root):
     split = tmp_path / "one.txt"
     split.write_text("cvc-clinicdb/3\n")
     out = tmp_path / "refiner_data"
-    make_refiner_data.main(["--model", str(tmp_path / "base"), "--data", str(data_root), "--split", str(split),
-                            "--out", str(out), "--size", "32", "--device", "cpu", "--margin", "0.2", "0.3"])
-    model_dir = train.main(["--config", str(ROOT / "train/configs/refiner_polyp.yaml"), "--output-dir",
+    run_script("train/make_refiner_data.py", "--model", tmp_path / "base", "--data", data_root, "--split", split,
+               "--out", out, "--size", "32", "--device", "cpu", "--margin", "0.2", "0.3")
+    model_dir = train_main(["--config", str(ROOT / "train/configs/refiner_polyp.yaml"), "--output-dir",
                             str(tmp_path / "run"), "--max-steps", "2", "--no-progress", "--data.root", str(out),
                             "--data.train_split", "refiner-one", "--data.val_split", "refiner-one",
                             "--train.batch_size", "2", "--model.widths", "[8, 16]", "--model.input_size", "32"])
@@ -297,12 +291,8 @@ def test_the_refiner_recipe_trains_on_those_crops(tmp_path, data_root):
     assert refiner.arch == "refiner" and refiner.in_channels == 4 and refiner.num_classes == 1
 
 
-def test_make_refiner_data_help(capsys):
-    import make_refiner_data
-
-    with pytest.raises(SystemExit) as exit_info:
-        make_refiner_data.main(["--help"])
-    assert exit_info.value.code == 0 and "--crops-per-region" in capsys.readouterr().out
+def test_make_refiner_data_help():
+    assert "--crops-per-region" in run_script("train/make_refiner_data.py", "--help").stdout
 
 
 # --- the chain recorded with a model's weights -------------------------------------------------------------------
@@ -332,8 +322,10 @@ def test_recorded_chain_round_trip_and_segmenter_default(weights_with_chain, exa
     seg = Segmenter.from_pretrained(weights_with_chain, device="cpu")
     assert seg.postprocess == ("refine", "remove_small_components") and seg.refiner is not None
     assert seg(example_image).stats["postprocess"] == ["refine", "remove_small_components"]
-    raw = Segmenter.from_pretrained(weights_with_chain, device="cpu", postprocess=())
-    assert raw.postprocess == () and raw.refiner is None
+    raw = Segmenter.from_pretrained(weights_with_chain, device="cpu", postprocess="none")
+    assert raw.postprocess == () and raw.recorded_postprocess == ("refine", "remove_small_components")
+    assert raw(example_image).stats["postprocess"] == []
+    assert raw(example_image, postprocess="recorded").stats["postprocess"] == ["refine", "remove_small_components"]
     # The model itself still loads: config.json's extra keys are not constructor arguments.
     record_postprocess(weights_with_chain, ["fill_holes"])
     assert recorded_postprocess(weights_with_chain) == {"steps": ["fill_holes"], "refiner": None}
@@ -351,41 +343,54 @@ def test_recorded_chain_errors(weights_with_chain):
         recorded_postprocess(weights_with_chain)
     (weights_with_chain / "config.json").write_text(json.dumps({**config, "postprocess": ["refine"]}))
     with pytest.raises(ValueError, match="needs a refiner"):
-        Segmenter.from_pretrained(weights_with_chain, device="cpu")
+        Segmenter.from_pretrained(weights_with_chain, device="cpu")(np.zeros((32, 32, 3), np.uint8))
 
 
 def test_postprocess_table_records_the_steps_that_helped(tiny_weights, data_root, tmp_path):
     import shutil
-
-    import postprocess_table
 
     from medseg_core.hub import recorded_postprocess
 
     table = {"none": {"mean": {"dice": 0.5}}, "fill_holes": {"mean": {"dice": 0.52}},
              "remove_small_components": {"mean": {"dice": 0.5005}}, "adaptive_morphology": {"mean": {"dice": 0.4}}}
     chain = ["remove_small_components", "fill_holes", "adaptive_morphology"]
-    assert postprocess_table.helpful_steps(table, chain, 0.001) == ["fill_holes"]
-    assert postprocess_table.helpful_steps(table, chain, 0.0) == ["remove_small_components", "fill_holes"]
+    assert helpful_steps(table, chain, 0.001) == ["fill_holes"]
+    assert helpful_steps(table, chain, 0.0) == ["remove_small_components", "fill_holes"]
     folder = tmp_path / "w"
     shutil.copytree(tiny_weights, folder)
     split = tmp_path / "two.txt"
     split.write_text("cvc-clinicdb/4\ncvc-clinicdb/5\n")
-    out = postprocess_table.main(["--model", str(folder), "--data", str(data_root), "--split", str(split),
-                                  "--device", "cpu", "--record", "--min-gain", "-1"])
+    run_script("bench/postprocess_table.py", "--model", folder, "--data", data_root, "--split", split,
+               "--device", "cpu", "--record", "--min-gain", "-1", "--json", tmp_path / "table.json")
     # With a gain of at least -1 required, every step of the default chain "helps".
-    assert out["recorded"] == recorded_postprocess(folder)["steps"] == [
+    assert json.loads((tmp_path / "table.json").read_text())["recorded"] == recorded_postprocess(folder)["steps"] == [
         "remove_small_components", "fill_holes", "adaptive_morphology", "region_class_consistency"]
 
 
-def test_evaluate_applies_the_recorded_chain_only_when_asked(weights_with_chain, data_root, tmp_path):
-    import evaluate
-
+def test_evaluate_applies_the_recorded_chain_unless_told_otherwise(weights_with_chain, data_root, tmp_path):
+    from medseg_core.evaluation import main as evaluate
     from medseg_core.hub import record_postprocess
 
     record_postprocess(weights_with_chain, ["fill_holes", "remove_small_components"])
     split = tmp_path / "one.txt"
     split.write_text("cvc-clinicdb/4\n")
     common = ["--model", str(weights_with_chain), "--data", str(data_root), "--split", str(split), "--device", "cpu"]
-    assert evaluate.main(common)["postprocess"] == []
-    recorded = evaluate.main([*common, "--postprocess", "model"])["postprocess"]
-    assert recorded == ["fill_holes", "remove_small_components"]
+    assert evaluate(common)["postprocess"] == ["fill_holes", "remove_small_components"]
+    assert evaluate([*common, "--postprocess", "recorded"])["postprocess"] == ["fill_holes", "remove_small_components"]
+    assert evaluate([*common, "--postprocess", "none"])["postprocess"] == []
+    assert evaluate([*common, "--postprocess", "fill_holes"])["postprocess"] == ["fill_holes"]
+    with pytest.raises(SystemExit):
+        evaluate([*common, "--postprocess", "model"])
+
+
+def test_one_meaning_of_postprocess():
+    recorded = ("fill_holes",)
+    assert resolve_postprocess("recorded", recorded) == resolve_postprocess(None, recorded) == ("fill_holes",)
+    assert resolve_postprocess(["recorded"], recorded) == ("fill_holes",)
+    assert resolve_postprocess("none", recorded) == resolve_postprocess(["none"], recorded) == ()
+    assert resolve_postprocess(["remove_small_components"], recorded) == ("remove_small_components",)
+    assert resolve_postprocess([], recorded) == ()
+    with pytest.raises(ValueError, match="unknown post-processing step"):
+        resolve_postprocess(["recorded", "fill_holes", "open_sesame"], recorded)
+    with pytest.raises(ValueError, match="'recorded', 'none'"):
+        resolve_postprocess("model", recorded)

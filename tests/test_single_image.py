@@ -2,13 +2,12 @@
 
 import csv
 import json
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, run_script
 
 from medseg_core.data import read_image, read_mask
 from medseg_core.metrics import dice_score
@@ -24,8 +23,6 @@ from medseg_core.single_image import (
     segment_single_image,
     write_result,
 )
-
-sys.path.insert(0, str(ROOT / "bench"))
 
 
 @pytest.fixture(autouse=True)
@@ -246,27 +243,25 @@ def test_write_result_names(tmp_path):
 # ---- the evaluation's ROI rule -------------------------------------------------------------------------------------
 
 def test_roi_from_ground_truth_is_a_rough_polygon_inside_the_lesion(data_root):
-    import single_image_eval
-
     from medseg_core.data import read_split
+    from medseg_core.single_image import roi_from_ground_truth
 
     sample = read_split(data_root, "test-clinicdb")[0]
     gt = read_mask(sample.mask)
-    roi = single_image_eval.roi_from_ground_truth(gt, np.random.default_rng(0))
+    roi = roi_from_ground_truth(gt, np.random.default_rng(0))
     assert roi.any() and not (roi & (gt == 0)).any(), "inside the lesion"
     assert roi.sum() < 0.8 * (gt > 0).sum(), "rough: well short of the whole lesion"
-    assert np.array_equal(roi, single_image_eval.roi_from_ground_truth(gt, np.random.default_rng(0)))
-    assert not np.array_equal(roi, single_image_eval.roi_from_ground_truth(gt, np.random.default_rng(1)))
+    assert np.array_equal(roi, roi_from_ground_truth(gt, np.random.default_rng(0)))
+    assert not np.array_equal(roi, roi_from_ground_truth(gt, np.random.default_rng(1)))
     with pytest.raises(ValueError, match="no lesion"):
-        single_image_eval.roi_from_ground_truth(np.zeros((10, 10), np.uint8), np.random.default_rng(0))
-    picked = single_image_eval.pick_samples(str(data_root), ["test-kvasir", "test-clinicdb"], 5)
-    assert [s.id.split("/")[0] for s in picked] == ["kvasir-seg"] * 3 + ["cvc-clinicdb"] * 2
-    assert single_image_eval.summarise([0.2, 0.9, 0.5, 0.8])["median"] == pytest.approx(0.65)
+        roi_from_ground_truth(np.zeros((10, 10), np.uint8), np.random.default_rng(0))
 
 
-def test_single_image_eval_help(capsys):
-    import single_image_eval
-
-    with pytest.raises(SystemExit) as exit_info:
-        single_image_eval.main(["--help"])
-    assert exit_info.value.code == 0 and "--baseline" in capsys.readouterr().out
+def test_single_image_eval_runs_on_two_images(data_root, tmp_path):
+    assert "--baseline" in run_script("bench/single_image_eval.py", "--help").stdout
+    run_script("bench/single_image_eval.py", "--data", data_root, "--n", "2", "--steps", "3", "--max-side", "96",
+               "--json", tmp_path / "si.json")
+    saved = json.loads((tmp_path / "si.json").read_text())
+    rows = saved["rows"] if "rows" in saved else saved["per_image"]
+    assert [r["id"].split("/")[0] for r in rows] == ["kvasir-seg", "cvc-clinicdb"], "spread over the two splits"
+    assert all(0.0 <= r["dice"] <= 1.0 for r in rows)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from medseg_core.data import read_image, read_mask, read_split  # noqa: E402
-from medseg_core.inference import Segmenter  # noqa: E402
+from medseg_core.data import read_image, read_mask, read_split, write_png
+from medseg_core.inference import Segmenter
 
 log = logging.getLogger("medseg.make_refiner_data")
 
@@ -85,17 +82,10 @@ def region_crops(image: np.ndarray, lesion_prob: np.ndarray, target: np.ndarray,
     return out
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), array):
-        raise OSError(f"could not write {path}")
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device, postprocess=())  # raw probabilities
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device, postprocess="none")  # raw probabilities
     samples = read_split(args.data, args.split)[: args.limit]
     out_root = Path(args.out)
     folders = {k: out_root / args.name / k for k in ("images", "masks", "probs")}
@@ -114,9 +104,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stem = s.id.replace("/", "__")
         for k, (img, prob, tgt) in enumerate(crops):
             crop_id = f"{stem}_c{k}"
-            _write_png(folders["images"] / f"{crop_id}.png", img)
-            _write_png(folders["masks"] / f"{crop_id}.png", tgt)
-            _write_png(folders["probs"] / f"{crop_id}.png", prob)
+            write_png(folders["images"] / f"{crop_id}.png", img)
+            write_png(folders["masks"] / f"{crop_id}.png", tgt)
+            write_png(folders["probs"] / f"{crop_id}.png", prob)
             ids.append(f"{args.name}/{crop_id}")
     split_name = args.out_split or f"refiner-{Path(args.split).stem}"
     (out_root / "splits").mkdir(parents=True, exist_ok=True)

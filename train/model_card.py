@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from medseg_core.hub import write_model_card  # noqa: E402
+from medseg_core.hub import write_model_card
+from medseg_core.training import data_text, recipe_text
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -32,17 +30,8 @@ def main(argv: list[str] | None = None) -> Path:
     recipe = "See the training summary."
     data = "Unknown."
     if args.summary:
-        s = json.loads(Path(args.summary).read_text())
-        c, t = s["config"], s["config"]["train"]
-        data = (f"Trained on split `{c['data']['train_split']}`, model selected on `{c['data']['val_split']}` "
-                f"(split files in `{c['data']['root']}/splits`); mask encoding `{c['data']['mask_encoding']}`.")
-        recipe = (
-            f"{t['epochs']} epochs, batch {t['batch_size']}, AdamW lr {t['lr']} (weight decay {t['weight_decay']}, "
-            f"{t['warmup_epochs']} warm-up epochs, cosine decay), loss `{t['loss']}`, augmentation strength "
-            f"{t['augment']}, input {config['input_size']} px, precision `{t['precision']}`, channels-last "
-            f"{t['channels_last']}. Device: {s['device']}. Best validation Dice {s['best_val_dice']:.4f} at epoch "
-            f"{s['best_epoch']} (at input resolution)."
-        )
+        summary = json.loads(Path(args.summary).read_text())
+        data, recipe = data_text(summary["config"]), recipe_text(summary["config"], summary)
     metrics = {}
     for path in args.eval:
         result = json.loads(Path(path).read_text())

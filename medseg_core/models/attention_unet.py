@@ -10,14 +10,46 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .base import ModelInfo, SegModel
 from .encoders import create_encoder, encoder_normalization, wants_imagenet
-from .layers import AttentionGate
 from .registry import register_model
 from .unet import UNetDecoderBlock
 
-__all__ = ["AttentionUNet"]
+__all__ = ["AttentionGate", "AttentionUNet"]
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate (Attention U-Net, Oktay et al. 2018) on a skip connection.
+
+    The skip ``x`` is projected and pooled to the gating signal's grid, added to the projected gate ``g``,
+    passed through ReLU, a 1x1 conv to one channel and a sigmoid; the coefficients are resampled to the skip's
+    size and scale it.
+
+    Args:
+        skip_ch: channels of the skip ``x``; gate_ch: channels of the coarser gating signal ``g``.
+        inter_ch: width of the joint space.
+
+    Shapes: x (N, skip_ch, H, W), g (N, gate_ch, h, w) -> gated x (N, skip_ch, H, W), alpha (N, 1, H, W) in [0, 1].
+    """
+
+    def __init__(self, skip_ch: int, gate_ch: int, inter_ch: int | None = None) -> None:
+        super().__init__()
+        inter_ch = inter_ch or max(1, skip_ch // 2)
+        self.theta_x = nn.Conv2d(skip_ch, inter_ch, 1, bias=False)
+        self.phi_g = nn.Conv2d(gate_ch, inter_ch, 1, bias=True)
+        self.psi = nn.Sequential(nn.Conv2d(inter_ch, 1, 1, bias=True), nn.BatchNorm2d(1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        theta = self.theta_x(x)
+        if theta.shape[-2:] != g.shape[-2:]:
+            # Grid attention as in the paper: coefficients are computed on the coarse grid of the gating signal.
+            theta = F.adaptive_avg_pool2d(theta, g.shape[-2:])
+        alpha = self.psi(F.relu(theta + self.phi_g(g)))
+        if alpha.shape[-2:] != x.shape[-2:]:
+            alpha = F.interpolate(alpha, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return x * alpha, alpha
 
 
 @register_model("attention_unet")

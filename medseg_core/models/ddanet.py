@@ -15,14 +15,73 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ModelInfo, SegModel
-from .layers import ResidualBlock
+from .layers import ConvBNAct, get_act, get_norm
 from .registry import register_model
 
-__all__ = ["DDANet"]
+__all__ = ["DDANet", "ResidualBlock", "SEBlock"]
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # ITU-R BT.601 luma weights: the usual definition of "grey" for an RGB image.
 _LUMA = (0.299, 0.587, 0.114)
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): global average pool, bottleneck MLP, sigmoid channel weights.
+
+    Shapes: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc(x)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 ConvBN layers with an identity (or 1x1 projection) shortcut, then the activation and, optionally,
+    squeeze-and-excitation (as in DDANet's encoder and decoder blocks).
+
+    Args:
+        in_ch, out_ch: channels; stride: of the first conv and of the projection.
+        se_reduction: SE bottleneck ratio, or None for no SE.
+
+    Shapes: (N, in_ch, H, W) -> (N, out_ch, H / stride, W / stride).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int = 1,
+        se_reduction: int | None = None,
+        norm_layer: str | type[nn.Module] = "batchnorm",
+        act_layer: str | type[nn.Module] = "relu",
+    ) -> None:
+        super().__init__()
+        norm = get_norm(norm_layer)
+        self.body = nn.Sequential(
+            ConvBNAct(in_ch, out_ch, 3, stride=stride, norm_layer=norm_layer, act_layer=act_layer),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+            norm(out_ch),
+        )
+        self.shortcut = (
+            nn.Identity() if in_ch == out_ch and stride == 1
+            else nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), norm(out_ch))
+        )
+        self.act = get_act(act_layer)()
+        self.se = SEBlock(out_ch, se_reduction) if se_reduction else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.se(self.act(self.body(x) + self.shortcut(x)))
 
 
 class _DecoderBlock(nn.Module):

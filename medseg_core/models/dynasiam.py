@@ -7,7 +7,7 @@ this model, reads them stacked on the channel axis, ``(N, 3*V, H, W)``:
   learns its own low-level filters (sharpened texture and equalised colour call for different ones).
 * **Shared encoder**: the remaining, deep stages, one set of weights run on all views (the views are stacked on
   the batch axis, so it is one pass of a batch V times larger).
-* **Dynamic Feature Interaction** (``layers.DynamicFeatureInteraction``) at every scale: fuses the V views'
+* **Dynamic Feature Interaction** (:class:`DynamicFeatureInteraction`) at every scale: fuses the V views'
   features with weights predicted from the features themselves (``dfi=False``: plain averaging, the ablation).
 * **Fusion decoder**: a U-Net decoder over the fused multi-scale features.
 
@@ -33,11 +33,10 @@ from timm.models.efficientnet import EfficientNetFeatures
 from ..enhance import VIEWS
 from .base import ModelInfo, SegModel
 from .encoders import create_encoder, encoder_normalization, wants_imagenet
-from .layers import DynamicFeatureInteraction
 from .registry import register_model
 from .unet import UNetDecoderBlock
 
-__all__ = ["DynaSiam", "split_encoder_stages"]
+__all__ = ["DynaSiam", "DynamicFeatureInteraction", "split_encoder_stages"]
 
 
 def _ordered_modules(encoder: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[str]]:
@@ -66,6 +65,54 @@ def split_encoder_stages(encoder: nn.Module) -> list[nn.Sequential]:
     if len(stages) != len(outputs):
         raise ValueError(f"could not find the feature outputs {outputs} of {type(encoder).__name__}")
     return stages
+
+
+class DynamicFeatureInteraction(nn.Module):
+    """Dynamic Feature Interaction (DFI, DynaSiam): fuse V views' feature maps with input-dependent weights.
+
+    Each view gets a weight per channel (from the global-average-pooled features of *all* views, through a small
+    MLP, so one view's weight depends on what the others show) plus a weight per pixel (a 1x1 conv on all views'
+    features); the two logits add up and a softmax over the views turns them into convex weights. The last layer
+    of both gates starts at zero, so an untrained block averages the views, which is also the ``dfi=False``
+    ablation; training then learns where to trust which view.
+
+    Args:
+        channels: C, channels of every view's features.
+        num_views: V.
+        reduction: hidden width of the channel gate is ``max(8, V * C // reduction)``.
+        spatial: also predict per-pixel weights.
+    """
+
+    def __init__(self, channels: int, num_views: int, reduction: int = 4, spatial: bool = True) -> None:
+        super().__init__()
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        self.channels, self.num_views = int(channels), int(num_views)
+        width = self.channels * self.num_views
+        hidden = max(8, width // max(1, reduction))
+        self.channel_gate = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
+        self.spatial_gate = nn.Conv2d(width, self.num_views, 1) if spatial else None
+        nn.init.zeros_(self.channel_gate[-1].weight)
+        nn.init.zeros_(self.channel_gate[-1].bias)
+        if self.spatial_gate is not None:
+            nn.init.zeros_(self.spatial_gate.weight)
+            nn.init.zeros_(self.spatial_gate.bias)
+
+    def view_weights(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats (N, V, C, h, w) -> weights (N, V, C, h, w) (or (N, V, C, 1, 1) without the spatial gate),
+        non-negative and summing to 1 over V."""
+        n, v, c, h, w = feats.shape
+        if (v, c) != (self.num_views, self.channels):
+            raise ValueError(f"expected {self.num_views} views of {self.channels} channels, got {v} of {c}")
+        pooled = feats.mean(dim=(3, 4)).reshape(n, v * c)
+        logits = self.channel_gate(pooled).view(n, v, c, 1, 1)
+        if self.spatial_gate is not None:
+            logits = logits + self.spatial_gate(feats.reshape(n, v * c, h, w)).unsqueeze(2)
+        return logits.softmax(dim=1)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats (N, V, C, h, w) -> fused (N, C, h, w)."""
+        return (self.view_weights(feats) * feats).sum(dim=1)
 
 
 @register_model("dynasiam")

@@ -10,14 +10,73 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 
 from .base import ModelInfo, SegModel
-from .layers import ConvAttention, WideFocus
 from .registry import register_model
 
-__all__ = ["FCT", "FCTDecoderBlock", "FCTEncoderBlock", "FCTransformer"]
+__all__ = ["FCT", "ConvAttention", "FCTDecoderBlock", "FCTEncoderBlock", "FCTransformer", "WideFocus"]
 
 
 def _conv_relu(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class ConvAttention(nn.Module):
+    """Multi-head self-attention whose Q/K/V come from depthwise-convolutional projections (CvT; FCT's
+    convolutional attention): depthwise kxk conv -> ReLU -> LayerNorm, then the per-token linear maps.
+
+    ``kv_stride`` > 1 squeezes keys and values (CvT) to cut the cost on large maps; FCT uses 1. Attention runs
+    through ``scaled_dot_product_attention``, which avoids the (HW x HW) matrix where a fused kernel exists.
+
+    Shapes: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(
+        self, channels: int, num_heads: int = 1, kernel_size: int = 3, kv_stride: int = 1, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"ConvAttention: {channels} channels do not split into {num_heads} heads")
+        self.num_heads = num_heads
+        self.dropout = dropout
+
+        def projection(stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(channels, channels, kernel_size, stride, kernel_size // 2, groups=channels),
+                nn.ReLU(inplace=True),
+                LayerNorm2d(channels),
+            )
+
+        self.proj_q, self.proj_k, self.proj_v = projection(1), projection(kv_stride), projection(kv_stride)
+        self.to_q, self.to_k, self.to_v = (nn.Conv2d(channels, channels, 1) for _ in range(3))
+        self.out = nn.Conv2d(channels, channels, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = t.shape
+        return t.reshape(n, self.num_heads, c // self.num_heads, h * w).transpose(-1, -2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q = self._heads(self.to_q(self.proj_q(x)))
+        k = self._heads(self.to_k(self.proj_k(x)))
+        v = self._heads(self.to_v(self.proj_v(x)))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.drop(self.out(y.transpose(-1, -2).reshape(n, c, h, w)))
+
+
+class WideFocus(nn.Module):
+    """FCT's Wide-Focus: parallel 3x3 convs at several dilations (GELU, dropout), summed, then a 3x3 conv;
+    the transformer MLP replaced by a multi-receptive-field conv. Shapes: (N, in_ch, H, W) -> (N, out_ch, H, W)."""
+
+    def __init__(self, in_ch: int, out_ch: int, dilations: Sequence[int] = (1, 2, 3), dropout: float = 0.1) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=d, dilation=d), nn.GELU(), nn.Dropout(dropout))
+            for d in dilations
+        )
+        self.fuse = nn.Sequential(nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.GELU(), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.stack([b(x) for b in self.branches]).sum(0))
 
 
 class FCTransformer(nn.Module):

@@ -10,14 +10,87 @@ import torch.nn.functional as F
 
 from .base import ModelInfo, SegModel
 from .encoders import create_encoder, encoder_normalization, wants_imagenet
-from .layers import RFB, ConvBNAct, ReverseAttention, pick_stages
+from .layers import ConvBNAct, pick_stages
 from .registry import register_model
 
-__all__ = ["PartialDecoder", "PraNet"]
+__all__ = ["RFB", "PartialDecoder", "PraNet", "ReverseAttention", "reverse_attention_weights"]
 
 
 def _up(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def _conv_bn(in_ch: int, out_ch: int, kernel: int | tuple[int, int], dilation: int = 1) -> nn.Sequential:
+    """Conv (no bias) + BatchNorm, 'same' padding, for the non-square kernels of RFB."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, (kh, kw), padding=padding, dilation=dilation, bias=False), nn.BatchNorm2d(out_ch)
+    )
+
+
+class RFB(nn.Module):
+    """Receptive field block as modified in PraNet (after Liu et al., ECCV 2018): a 1x1 branch and three branches
+    of 1x1 -> 1xk -> kx1 -> 3x3 dilated k (k = 3, 5, 7), concatenated, fused by a 3x3 conv, plus a 1x1 shortcut.
+
+    As in PraNet's released model, the convs inside the branches are conv + BN without an activation; the ReLU
+    comes after the shortcut sum.
+
+    Shapes: (N, in_ch, H, W) -> (N, out_ch, H, W).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int = 32) -> None:
+        super().__init__()
+        branches = [_conv_bn(in_ch, out_ch, 1)]
+        for k in (3, 5, 7):
+            branches.append(
+                nn.Sequential(
+                    _conv_bn(in_ch, out_ch, 1),
+                    _conv_bn(out_ch, out_ch, (1, k)),
+                    _conv_bn(out_ch, out_ch, (k, 1)),
+                    _conv_bn(out_ch, out_ch, 3, dilation=k),
+                )
+            )
+        self.branches = nn.ModuleList(branches)
+        self.fuse = _conv_bn(4 * out_ch, out_ch, 3)
+        self.shortcut = _conv_bn(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fuse(torch.cat([b(x) for b in self.branches], dim=1)) + self.shortcut(x))
+
+
+def reverse_attention_weights(logits: torch.Tensor) -> torch.Tensor:
+    """Where a coarse prediction does *not* see lesion: 1 - sigmoid for one channel; for softmax logits the
+    background probability (1 - P(any lesion class)). Shapes: (N, C, H, W) -> (N, 1, H, W) in [0, 1]."""
+    if logits.shape[1] == 1:
+        return 1.0 - torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1)[:, :1]
+
+
+class ReverseAttention(nn.Module):
+    """Reverse attention (PraNet, Fan et al. 2020): features are weighted by the complement of the coarser
+    prediction, so the branch learns the missed parts and boundaries; its output is a residual on that prediction.
+
+    Args:
+        in_ch: channels of the encoder feature; mid_ch: width of the conv stack.
+        num_classes: channels of the prediction refined.
+        depth: convs at width ``mid_ch`` after the 1x1 reduction; kernel_size: their kernel.
+
+    Shapes: feat (N, in_ch, H, W), coarse (N, num_classes, h, w) -> refined logits (N, num_classes, H, W).
+    """
+
+    def __init__(self, in_ch: int, mid_ch: int, num_classes: int = 1, depth: int = 2, kernel_size: int = 3) -> None:
+        super().__init__()
+        layers = [ConvBNAct(in_ch, mid_ch, 1)]
+        layers += [ConvBNAct(mid_ch, mid_ch, kernel_size) for _ in range(depth)]
+        self.body = nn.Sequential(*layers)
+        # PraNet ends its 3x3 branches with a 3x3 conv and its 5x5 branch with a 1x1.
+        head_k = 3 if kernel_size == 3 else 1
+        self.head = nn.Conv2d(mid_ch, num_classes, head_k, padding=head_k // 2)
+
+    def forward(self, feat: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        coarse = F.interpolate(coarse, size=feat.shape[-2:], mode="bilinear", align_corners=False)
+        return coarse + self.head(self.body(feat * reverse_attention_weights(coarse)))
 
 
 class PartialDecoder(nn.Module):

@@ -1,24 +1,17 @@
 """DynaSiam: every view matters, DFI fuses with input-dependent convex weights, the encoder split is exact, and the
-model runs through Segmenter and train/train.py with its views built for it."""
-
-import sys
+model runs through Segmenter with its views built for it."""
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 
-from medseg_core import Segmenter, load_model
+from medseg_core import Segmenter
 from medseg_core.enhance import VIEWS, stack_views
 from medseg_core.models import get_model_class, get_model_info
-from medseg_core.models.dynasiam import DynaSiam, split_encoder_stages
+from medseg_core.models.dynasiam import DynamicFeatureInteraction, DynaSiam, split_encoder_stages
 from medseg_core.models.encoders import create_encoder
-from medseg_core.models.layers import DynamicFeatureInteraction
 from medseg_core.transforms import TDCViews, eval_transform, train_transform
-
-sys.path.insert(0, str(ROOT / "train"))
-import train as train_cli  # noqa: E402
 
 TINY = {"encoder": "tf_efficientnet_lite0", "encoder_weights": "random", "decoder_channels": [16, 16, 16, 16, 8],
         "input_size": 64, "dfi_reduction": 16}
@@ -169,16 +162,3 @@ def test_segmenter_builds_the_views_and_returns_a_full_size_mask(example_image, 
     again = Segmenter.from_pretrained(tmp_path, device="cpu")
     assert again.model.views == VIEWS
     assert np.allclose(again.predict_probs(example_image)[0], seg.predict_probs(example_image)[0], atol=1e-6)
-
-
-def test_two_training_steps_with_the_recipe(data_root, tmp_path, example_image):
-    model_dir = train_cli.main([
-        "--config", str(ROOT / "train" / "configs" / "dynasiam_polyp.yaml"), "--output-dir", str(tmp_path),
-        "--max-steps", "2", "--no-progress", "--data.root", str(data_root), "--data.cache_max_side", "96",
-        "--train.max_train_samples", "4", "--train.max_val_samples", "2", "--train.batch_size", "2",
-        "--train.num_workers", "0", "--model.input_size", "64", "--model.decoder_channels", "[16, 16, 16, 16, 8]",
-        "--model.dfi_reduction", "16",
-    ])
-    model = load_model(model_dir)
-    assert isinstance(model, DynaSiam) and model.views == VIEWS and model.input_size == 64
-    assert Segmenter(model, device="cpu")(example_image).mask.shape == example_image.shape[:2]

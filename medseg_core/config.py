@@ -1,0 +1,133 @@
+"""Training recipes: YAML files with ``model``, ``data`` and ``train`` sections, overridden by ``--section.key value``.
+
+Keys are strict: a key that no section knows (``--train.epoch 2``) is an error that names the close matches,
+never silently ignored. ``model`` keys are checked against the architecture's constructor.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .models import get_model_class
+
+__all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULES", "RecipeError", "load_config", "validate_config"]
+
+#: Optimisers and learning-rate schedules a recipe can name (``train.optimizer`` / ``train.schedule``).
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "exponential", "constant")
+
+DEFAULTS: dict[str, Any] = {
+    "name": "model",
+    "model": {"arch": "unet", "num_classes": 1},
+    "data": {
+        "root": "../shared/data",
+        "train_split": "polyp-train",
+        "val_split": "polyp-val",
+        "mask_encoding": "binary",
+        "cache_max_side": None,
+    },
+    "train": {
+        "epochs": 10,
+        "batch_size": 8,
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "momentum": 0.9,
+        # cosine: linear warm-up for warmup_epochs, then cosine decay to 0 over the run;
+        # exponential: lr * gamma every step_epochs epochs (seed 004's ExponentialLR); constant: lr throughout.
+        "schedule": "cosine",
+        "warmup_epochs": 0.5,
+        "gamma": 0.6,
+        "step_epochs": 5,
+        "loss": "dice_ce",
+        "augment": 1.0,
+        "num_workers": 0,
+        "precision": "auto",
+        "channels_last": True,
+        "max_train_samples": None,
+        "max_val_samples": None,
+    },
+}
+
+
+class RecipeError(ValueError):
+    """A recipe or override that names an unknown key or holds an impossible value; the message says which."""
+
+
+def _unknown(key: str, known: Sequence[str], where: str) -> RecipeError:
+    close = difflib.get_close_matches(key, list(known), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return RecipeError(f"unknown recipe key {where}{key!r}{hint}")
+
+
+def _merge(cfg: dict[str, Any], updates: Mapping[str, Any]) -> None:
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+
+
+def _apply_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> None:
+    if len(overrides) % 2:
+        raise RecipeError(f"overrides come in pairs --section.key value; got {list(overrides)}")
+    for flag, raw in zip(overrides[::2], overrides[1::2]):
+        if not flag.startswith("--"):
+            raise RecipeError(f"unexpected argument {flag!r}: overrides look like --train.epochs 2")
+        *sections, leaf = flag[2:].replace("-", "_").split(".")
+        node = cfg
+        for s in sections:
+            node = node.setdefault(s, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"{flag}: {s!r} is a value, not a section")
+        node[leaf] = yaml.safe_load(raw)
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Raise :class:`RecipeError` for unknown keys (with close matches) and unknown optimiser or schedule names."""
+    for key in cfg:
+        if key not in DEFAULTS and not key.startswith("_"):
+            raise _unknown(key, list(DEFAULTS), "")
+    for section in ("data", "train"):
+        for key in cfg[section]:
+            if key not in DEFAULTS[section]:
+                raise _unknown(key, list(DEFAULTS[section]), f"{section}.")
+    model = cfg["model"]
+    try:
+        cls = get_model_class(model.get("arch", ""))
+    except ValueError as err:
+        raise RecipeError(f"model.arch: {err}") from err
+    accepted = set(cls._hub_mixin_init_parameters) | {"arch"}
+    for key in model:
+        if key not in accepted:
+            raise _unknown(key, sorted(accepted - {"self"}), f"model.{model['arch']}.")
+    t = cfg["train"]
+    if t["optimizer"] not in OPTIMIZERS:
+        raise RecipeError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}; got {t['optimizer']!r}")
+    if t["schedule"] not in SCHEDULES:
+        raise RecipeError(f"train.schedule must be one of {', '.join(SCHEDULES)}; got {t['schedule']!r}")
+    for key in ("epochs", "batch_size"):
+        if not isinstance(t[key], int) or t[key] < 1:
+            raise RecipeError(f"train.{key} must be a positive integer; got {t[key]!r}")
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The recipe: :data:`DEFAULTS`, updated by the YAML file, updated by ``--section.key value`` overrides.
+
+    Raises:
+        RecipeError: an unknown key anywhere (with the close matches), a malformed override, a bad option value.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    recipe = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(recipe, Mapping):
+        raise RecipeError(f"{path} is not a recipe: expected sections model, data, train")
+    _merge(cfg, recipe)
+    _apply_overrides(cfg, overrides)
+    validate_config(cfg)
+    return cfg

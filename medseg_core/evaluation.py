@@ -1,0 +1,145 @@
+"""Measure a model on a split or on any folder of images and masks, through the same Segmenter as the app.
+
+    medseg-evaluate --model unet_lite0.polyp --data ../shared/data --split test-kvasir --json out.json
+    medseg-evaluate --model runs/x/model --images DIR --masks DIR --csv per_image.csv
+    accelerate launch --num_processes 4 train/evaluate.py ...   (each process takes a share of the images)
+
+Metrics are per image at the original resolution, then averaged: Dice, IoU, accuracy, precision, recall, HD95
+(pixels); with more than two classes, per-class Dice/IoU too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from .cli import add_postprocess_argument, postprocess_from_args, setup_logging
+from .data import Sample, pairs_from_folders, read_image, read_mask, read_split
+from .inference import Segmenter
+from .metrics import (
+    BINARY_METRICS,
+    class_pixel_counts,
+    mean_metrics,
+    segmentation_metrics,
+    split_class_dice,
+    threshold_sweep_dice,
+)
+
+__all__ = ["evaluate_samples", "format_table", "main"]
+
+log = logging.getLogger("medseg.evaluate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="medseg-evaluate",
+                                description="Evaluate a segmentation model on a split or a folder of image/mask pairs.")
+    p.add_argument("--model", required=True, help="weights folder, a name under weights/, or a Hub repo id")
+    p.add_argument("--data", default="../shared/data", help="dataset root holding splits/ (with --split)")
+    p.add_argument("--split", help="split name (e.g. test-kvasir) or path to a split .txt file")
+    p.add_argument("--images", help="folder of images (instead of --split)")
+    p.add_argument("--masks", help="folder of masks matching --images by file name")
+    p.add_argument("--mask-encoding", choices=["binary", "neopolyp"], default=None,
+                   help="how masks encode classes (default: neopolyp for 3-class models, else binary)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    add_postprocess_argument(p)
+    p.add_argument("--pranet-mean-dice", action="store_true",
+                   help="also report the PraNet-protocol Dice averaged over thresholds 0..255 (labelled as such)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--json", help="write mean and per-image metrics to this JSON file")
+    p.add_argument("--csv", help="write per-image metrics to this CSV file")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: this process's accelerator device)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="inference precision")
+    args = p.parse_args(argv)
+    if bool(args.split) == bool(args.images):
+        p.error("give either --split or --images/--masks")
+    if args.images and not args.masks:
+        p.error("--images needs --masks")
+    args.postprocess = postprocess_from_args(p, args.postprocess)
+    return args
+
+
+def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], mask_encoding: str, tta: bool = False,
+                     postprocess: Any = None, pranet: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """Per-image metric rows for the given samples (``postprocess``: None keeps the segmenter's default)."""
+    rows = []
+    for s in tqdm(samples, desc="evaluate", disable=not progress):
+        image = read_image(s.image)
+        target = read_mask(s.mask, mask_encoding)
+        result = segmenter(image, tta=tta, postprocess=postprocess)
+        row: dict[str, Any] = {"id": s.id}
+        row.update(segmentation_metrics(result.mask, target, segmenter.num_classes))
+        if segmenter.num_classes > 2:  # pixel counts for the split-level class Dice
+            row.update(class_pixel_counts(result.mask, target, segmenter.num_classes))
+        if pranet:
+            row["pranet_mean_dice"] = threshold_sweep_dice(result.confidence, target)
+        row["ms"] = result.stats["inference_ms"]
+        rows.append(row)
+    return rows
+
+
+def format_table(title: str, means: dict[str, float], n: int) -> str:
+    keys = [k for k in (*BINARY_METRICS, "mdice", "miou", "class_dice", "pranet_mean_dice") if k in means]
+    keys += sorted(k for k in means if k.startswith(("dice_", "iou_", "class_dice_")))
+    widths = [max(10, len(k)) + 2 for k in keys]
+    head = f"{'split':<24}{'n':>5}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths))
+    line = f"{title:<24}{n:>5}" + "".join(f"{means[k]:>{w}.4f}" for k, w in zip(keys, widths))
+    return f"{head}\n{line}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    setup_logging()
+    state = PartialState()
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device), precision=args.precision,
+                                          postprocess=args.postprocess)
+    log.info("post-processing: %s", " ".join(segmenter.postprocess) or "none")
+    encoding = args.mask_encoding or ("neopolyp" if segmenter.num_classes == 3 else "binary")
+    samples = read_split(args.data, args.split) if args.split else pairs_from_folders(args.images, args.masks)
+    samples = samples[: args.limit]
+    started = time.time()
+    with state.split_between_processes(samples) as shard:
+        rows = evaluate_samples(segmenter, shard, encoding, args.tta, None, args.pranet_mean_dice,
+                                progress=state.is_local_main_process)
+    rows = gather_object(rows)
+    if not state.is_main_process:
+        return {}
+    means = mean_metrics([{k: v for k, v in r.items() if k not in ("id", "ms") and not k.startswith("n_")}
+                          for r in rows])
+    means.update(split_class_dice(rows))
+    title = Path(args.split).stem if args.split else Path(args.images).name
+    result: dict[str, Any] = {
+        "model": str(args.model),
+        "split": title,
+        "n": len(rows),
+        **means,
+        "ms_per_image": sum(r["ms"] for r in rows) / max(1, len(rows)),
+        "seconds": time.time() - started,
+        "tta": args.tta,
+        "inference_precision": args.precision,
+        "postprocess": list(segmenter.postprocess),
+        "per_image": rows,
+    }
+    print(format_table(title, means, len(rows)))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""Training in the shape of the Accelerate examples: ``get_dataloaders``, ``train_one_epoch``, ``evaluate``, ``main``.
+
+    medseg-train --config train/configs/unet_lite0_polyp.yaml [--train.epochs 2 ...]
+    accelerate launch train/train.py --config ...       (the same loop, on several processes or GPUs)
+
+Hyperparameters live in the YAML recipe (:mod:`medseg_core.config`); infrastructure in flags. The best model by
+validation score is written to ``<output-dir>/model`` (``from_pretrained`` loads it); ``save_state`` checkpoints go
+to ``<output-dir>/checkpoints`` and ``--resume`` continues from one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .config import RecipeError, load_config
+from .data import SegDataset, read_split
+from .hub import push_model, write_model_card
+from .losses import build_loss
+from .metrics import split_class_dice
+from .models import SegModel, create_model
+from .transforms import eval_transform, train_transform
+
+__all__ = [
+    "Progress",
+    "build_model",
+    "build_optimizer",
+    "build_scheduler",
+    "evaluate",
+    "get_dataloaders",
+    "main",
+    "recipe_text",
+    "resolve_resume_path",
+    "train_one_epoch",
+    "warmup_cosine",
+]
+
+log = logging.getLogger("medseg.train")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(
+        prog="medseg-train",
+        description="Train a medseg model from a YAML recipe. Any recipe value can be overridden with "
+        "--section.key value (e.g. --train.epochs 2 --model.encoder tf_efficientnet_lite2); unknown keys are errors.",
+    )
+    p.add_argument("--config", required=True, help="YAML recipe, e.g. train/configs/unet_lite0_polyp.yaml")
+    p.add_argument("--output-dir", default=None, help="where the run writes (default runs/<recipe name>)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder written by an earlier run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke tests)")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the best model to this Hub repo")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return p.parse_known_args(argv)
+
+
+def build_model(cfg: dict[str, Any]) -> SegModel:
+    """The recipe's model: ``model.arch`` from the registry, built with the other ``model`` keys."""
+    model_cfg = dict(cfg["model"])
+    return create_model(model_cfg.pop("arch"), **model_cfg)
+
+
+def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegModel) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders; the seam tests can swap."""
+    data, train = cfg["data"], cfg["train"]
+    train_samples = read_split(data["root"], data["train_split"])[: train["max_train_samples"]]
+    val_samples = read_split(data["root"], data["val_split"])[: train["max_val_samples"]]
+    size, mean, std = model.input_size, model.mean, model.std
+    views = getattr(model, "views", None)  # multi-view models (DynaSiam) read stacked TDC-Enhance views
+    with accelerator.main_process_first():
+        show = accelerator.is_local_main_process and not cfg["_no_progress"]
+        train_ds = SegDataset(train_samples, train_transform(size, mean, std, train["augment"], views),
+                              data["mask_encoding"], data["cache_max_side"], progress=show)
+        val_ds = SegDataset(val_samples, eval_transform(size, mean, std, views), data["mask_encoding"],
+                            data["cache_max_side"], progress=show)
+    loader_kw = {"num_workers": train["num_workers"], "persistent_workers": train["num_workers"] > 0}
+    train_dl = DataLoader(train_ds, batch_size=train["batch_size"], shuffle=True, drop_last=len(train_ds) >
+                          train["batch_size"], **loader_kw)
+    val_dl = DataLoader(val_ds, batch_size=train["batch_size"], shuffle=False, **loader_kw)
+    return train_dl, val_dl
+
+
+def build_optimizer(params: Any, train: dict[str, Any]) -> torch.optim.Optimizer:
+    """``train.optimizer``: ``adamw`` (decoupled weight decay), ``adam`` (L2 weight decay, as seed 004) or ``sgd``
+    (Nesterov momentum ``train.momentum``)."""
+    name, lr, wd = train["optimizer"], train["lr"], train["weight_decay"]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=train["momentum"], nesterov=True)
+    raise RecipeError(f"unknown optimizer {name!r}")
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR factor: linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: dict[str, Any], steps_per_epoch: int,
+                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """``train.schedule``, stepped once per optimiser step: ``cosine`` (warm-up ``warmup_epochs``), ``exponential``
+    (factor ``gamma`` every ``step_epochs`` epochs) or ``constant``."""
+    name = train["schedule"]
+    if name == "cosine":
+        warmup = max(1, round(train["warmup_epochs"] * steps_per_epoch))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup))
+    if name == "exponential":
+        every = max(1, round(train["step_epochs"] * steps_per_epoch))
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=train["gamma"])
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    raise RecipeError(f"unknown schedule {name!r}")
+
+
+class Progress:
+    """Epoch and best score, saved with every checkpoint so ``--resume`` continues where a run stopped."""
+
+    def __init__(self) -> None:
+        self.epoch, self.step, self.best_dice, self.best_epoch = 0, 0, -1.0, -1
+
+    def state_dict(self) -> dict[str, float]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        for k, v in state.items():
+            setattr(self, k, type(getattr(self, k))(v))
+
+
+def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg, max_steps) -> float:
+    """One pass over the training loader; returns the mean loss."""
+    model.train()
+    total, count, started = 0.0, 0, time.time()
+    quiet = cfg["_no_progress"] and accelerator.is_local_main_process  # logs its pace instead of a progress bar
+    bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}", disable=not accelerator.is_local_main_process
+               or cfg["_no_progress"], leave=False)
+    for batch in bar:
+        images = batch["image"]
+        if cfg["train"]["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            outputs = model(images)
+        loss = loss_fn(outputs, batch["mask"])
+        aux = accelerator.unwrap_model(model).auxiliary_loss()
+        if aux is not None:
+            loss = loss + aux
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        progress.step += 1
+        total, count = total + loss.item(), count + 1
+        bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if progress.step % 10 == 0:
+            accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
+        if quiet and count % 25 == 0:
+            log.info("epoch %d: step %d/%d, loss %.4f, %.2f s/step", progress.epoch + 1, count, len(loader),
+                     total / count, (time.time() - started) / count)
+        if max_steps is not None and progress.step >= max_steps:
+            break
+    return total / max(1, count)
+
+
+def _image_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per image (N, 2 + 2 * (num_classes - 1)): lesion Dice and IoU (1.0 when both are empty), then for each
+    foreground class its intersection and total pixel counts (summed over the split by ``split_class_dice``)."""
+    p, t = pred > 0, target > 0
+    inter = (p & t).flatten(1).sum(1).double()
+    total = p.flatten(1).sum(1).double() + t.flatten(1).sum(1).double()
+    empty = total == 0
+    dice = torch.where(empty, torch.ones_like(inter), 2 * inter / total.clamp(min=1))
+    iou = torch.where(empty, torch.ones_like(inter), inter / (total - inter).clamp(min=1))
+    columns = [dice, iou]
+    for c in range(1, num_classes if num_classes > 2 else 0):
+        columns += [((pred == c) & (target == c)).flatten(1).sum(1).double(),
+                    ((pred == c).flatten(1).sum(1) + (target == c).flatten(1).sum(1)).double()]
+    return torch.stack(columns, dim=1)
+
+
+@torch.inference_mode()
+def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
+    """Per-image Dice and IoU at the model's input size, gathered over processes, then averaged.
+
+    ``dice``/``iou`` are the lesion region's (any foreground class). Multi-class models add the split-level
+    ``class_dice`` (:func:`medseg_core.metrics.split_class_dice`), their selection ``score``; binary models are
+    selected on ``dice``.
+    """
+    model.eval()
+    rows = []
+    for batch in tqdm(loader, desc="validate", disable=not accelerator.is_local_main_process or cfg["_no_progress"],
+                      leave=False):
+        images = batch["image"]
+        if cfg["train"]["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            logits = model(images).float()
+        pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+        rows.append(accelerator.gather_for_metrics(_image_scores(pred, batch["mask"], max(2, logits.shape[1]))).cpu())
+    table = torch.cat(rows)
+    out = {"dice": table[:, 0].mean().item(), "iou": table[:, 1].mean().item()}
+    classes = range(1, (table.shape[1] - 2) // 2 + 1)
+    counts = [{k: v for c in classes for k, v in ((f"n_inter_{c}", r[2 * c].item()),
+                                                  (f"n_total_{c}", r[2 * c + 1].item()))} for r in table]
+    out.update(split_class_dice(counts))
+    out["score"] = out.get("class_dice", out["dice"])
+    return out
+
+
+def resolve_resume_path(resume: str | None, output_dir: Path) -> Path | None:
+    """``latest`` -> the newest checkpoint of this run; a path -> that path; None -> no resume."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        ckpts = sorted((output_dir / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
+        if not ckpts:
+            raise SystemExit(f"--resume latest: no checkpoint in {output_dir / 'checkpoints'}")
+        return ckpts[-1]
+    path = Path(resume)
+    if not path.is_dir():
+        raise SystemExit(f"--resume: no checkpoint folder {path}")
+    return path
+
+
+def _flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, dict):
+            out.update(_flat_hparams(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+_OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD (Nesterov momentum)"}
+
+
+def recipe_text(cfg: dict[str, Any], summary: dict[str, Any] | None = None) -> str:
+    """The model card's description of a recipe (and, given ``train_summary.json``'s content, of the run)."""
+    t = cfg["train"]
+    schedule = {
+        "cosine": f"{t.get('warmup_epochs', 0)} warm-up epochs, cosine decay",
+        "exponential": f"lr x {t.get('gamma')} every {t.get('step_epochs')} epochs",
+        "constant": "constant lr",
+    }[t.get("schedule", "cosine")]
+    text = (
+        f"{t['epochs']} epochs, batch {t['batch_size']}, {_OPTIMIZER_NAMES[t.get('optimizer', 'adamw')]} lr {t['lr']} "
+        f"(weight decay {t['weight_decay']}, {schedule}), loss `{t['loss']}`, augmentation strength {t['augment']}, "
+        f"input {cfg['model'].get('input_size', 'default')} px, precision `{t['precision']}`, channels-last "
+        f"{t['channels_last']}."
+    )
+    if summary:
+        text += (f" Trained on {summary['device']} in {summary['seconds'] / 60:.0f} minutes; best validation score "
+                 f"{summary['best_val_dice']:.4f} at epoch {summary['best_epoch']} (at input resolution).")
+    return text
+
+
+def data_text(cfg: dict[str, Any]) -> str:
+    """The model card's description of the data a recipe trains on."""
+    d = cfg["data"]
+    return (f"Trained on split `{d['train_split']}`, model selected on `{d['val_split']}` (split files in "
+            f"`{d['root']}/splits`); mask encoding `{d['mask_encoding']}`.")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Train from a recipe; returns the folder of the best model."""
+    args, overrides = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, overrides)
+    except RecipeError as err:
+        raise SystemExit(f"medseg-train: {err}") from err
+    cfg["_no_progress"] = args.no_progress
+    output_dir = Path(args.output_dir or Path("runs") / cfg["name"])
+    t = cfg["train"]
+    # bf16 autocast is fast on GPUs and on CPUs with bf16 units (AVX512-BF16/AMX), and harmless elsewhere.
+    precision = "bf16" if t["precision"] == "auto" else t["precision"]
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=True,
+                                            total_limit=2),
+    )
+    set_seed(args.seed)
+    model = build_model(cfg)
+    if t["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    train_dl, val_dl = get_dataloaders(accelerator, cfg, model)
+    optimizer = build_optimizer(model.parameters(), t)
+    steps_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes)
+    total_steps = t["epochs"] * steps_per_epoch
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    scheduler = build_scheduler(optimizer, t, steps_per_epoch, total_steps)
+    loss_fn = build_loss(t["loss"], model.num_classes)
+    model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress)
+    resume = resolve_resume_path(args.resume, output_dir)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        accelerator.project_configuration.iteration = int(resume.name.split("_")[-1]) + 1
+        log.info("resumed from %s at epoch %d (best score %.4f)", resume, progress.epoch, progress.best_dice)
+    accelerator.init_trackers(cfg["name"].replace("/", "_"), config=_flat_hparams(cfg))
+    model_dir = output_dir / "model"
+    started = time.time()
+    while progress.epoch < t["epochs"] and (args.max_steps is None or progress.step < args.max_steps):
+        train_loss = train_one_epoch(accelerator, model, train_dl, loss_fn, optimizer, scheduler, progress, cfg,
+                                     args.max_steps)
+        val = evaluate(accelerator, model, val_dl, cfg)
+        progress.epoch += 1
+        accelerator.log({**{f"val/{k}": v for k, v in val.items()}, "train/epoch_loss": train_loss},
+                        step=progress.step)
+        log.info("epoch %d/%d: train loss %.4f, val %s", progress.epoch, t["epochs"], train_loss,
+                 ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+        if val["score"] > progress.best_dice:
+            progress.best_dice, progress.best_epoch = val["score"], progress.epoch
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(model).save_pretrained(model_dir)
+        accelerator.save_state()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _finish(accelerator.unwrap_model(model), cfg, args, output_dir, model_dir, progress, time.time() - started,
+                accelerator)
+    accelerator.end_training()
+    return model_dir
+
+
+def _finish(saved: SegModel, cfg: dict[str, Any], args: argparse.Namespace, output_dir: Path, model_dir: Path,
+            progress: Progress, seconds: float, accelerator: Accelerator) -> None:
+    """Write the training summary and the model card; push to the Hub when asked."""
+    device = "GPU" if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    summary = {"best_val_dice": progress.best_dice, "best_epoch": progress.best_epoch, "epochs": progress.epoch,
+               "steps": progress.step, "seconds": seconds, "device": device,
+               "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
+    (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    write_model_card(model_dir, name=cfg["name"], config=saved.config, data=data_text(cfg),
+                     recipe=f"`{args.config}`: " + recipe_text(cfg, summary))
+    log.info("best model (epoch %d, val score %.4f) in %s", progress.best_epoch, progress.best_dice, model_dir)
+    if args.push_to_hub:
+        try:
+            log.info("pushed to %s", push_model(model_dir, args.push_to_hub))
+        except Exception as err:  # noqa: BLE001 - the weights are saved; say why the upload failed
+            log.error("could not push to the Hub (%s: %s); the weights are in %s", type(err).__name__, err, model_dir)
+            accelerator.end_training()
+            raise SystemExit(1) from err

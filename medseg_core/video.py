@@ -1,0 +1,460 @@
+"""Endoscopy video through the same ``Segmenter``: decode (PyAV), segment, write an H.264 MP4 with the overlay and a
+CSV of per-frame statistics.
+
+    summary = segment_video(Segmenter.from_pretrained("unet_lite0.polyp"), "clip.mp4", "out.mp4", "frames.csv")
+    chart = plot_lesion_area(summary.rows)          # RGB image: lesion area (% of frame) over time
+
+    python -m medseg_core.video clip.mp4 --out out.mp4 --csv frames.csv --model unet_lite0.polyp
+
+Decoding runs in a thread ahead of the network (a bounded queue), so reading frame n+1 overlaps segmenting frame n;
+frames go through the network ``batch_size`` at a time. ``smoothing`` is an exponential moving average of the
+network's probabilities over frames (0 = off): it steadies the mask between frames at the cost of some lag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .inference import Segmenter, make_overlay
+from .postprocess import apply_postprocessing
+
+__all__ = [
+    "MAX_SECONDS",
+    "MAX_SIDE",
+    "FrameRow",
+    "VideoInputError",
+    "VideoSummary",
+    "encode_video",
+    "main",
+    "plot_lesion_area",
+    "segment_video",
+    "write_rows_csv",
+]
+
+log = logging.getLogger(__name__)
+
+#: Longest clip accepted, in seconds (an examination's highlight, not a whole recording).
+MAX_SECONDS = 600.0
+#: Longest frame side accepted, in pixels: 4K UHD passes, 8K is refused.
+MAX_SIDE = 3840
+#: Per-frame CSV columns, in order.
+CSV_FIELDS = ("frame", "time_s", "lesion_percent", "lesion_count", "mean_confidence")
+
+ProgressFn = Callable[[int, int | None], None]
+
+
+class VideoInputError(ValueError):
+    """A clip we cannot segment (not a video, damaged, empty, too large or too long); the message says why."""
+
+
+@dataclass
+class FrameRow:
+    """Statistics of one output frame."""
+
+    frame: int
+    time_s: float
+    lesion_percent: float
+    lesion_count: int
+    mean_confidence: float | None
+
+
+@dataclass
+class VideoSummary:
+    """What :func:`segment_video` did.
+
+    Attributes:
+        frames: frames segmented and written.
+        fps_in: the clip's frame rate; ``fps_out`` the output's (the same: every frame is kept).
+        duration_s: the clip's duration (frames / fps_in).
+        processing_fps: frames segmented per second of wall time, decoding and encoding included.
+        seconds: wall time of the whole run.
+        width, height: frame size (the output is the same, trimmed to even sides for yuv420p).
+        rows: one :class:`FrameRow` (as a dict) per frame, with the ``CSV_FIELDS`` keys.
+    """
+
+    in_path: str
+    out_path: str
+    csv_path: str | None
+    frames: int
+    fps_in: float
+    fps_out: float
+    duration_s: float
+    processing_fps: float
+    seconds: float
+    width: int
+    height: int
+    smoothing: float
+    batch_size: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _ClipInfo:
+    width: int
+    height: int
+    rate: Fraction
+    frames: int | None  # from the container; None when it does not say
+    duration_s: float | None
+
+
+def probe_video(path: str | os.PathLike, max_seconds: float = MAX_SECONDS, max_side: int = MAX_SIDE) -> _ClipInfo:
+    """Open a clip's header and check it: a readable video stream, at most ``max_side`` pixels a side and
+    ``max_seconds`` long. Raises :class:`VideoInputError` with a one-line reason."""
+    import av
+
+    name = os.path.basename(os.fspath(path))
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise VideoInputError(f"{name} is empty: upload an MP4, MOV, AVI, MKV or WebM clip")
+    try:
+        with av.open(os.fspath(path)) as container:
+            if not container.streams.video:
+                raise VideoInputError(f"{name} contains no video frames (no video stream; is it an audio file?)")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            duration = None
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / av.time_base
+            frames = stream.frames or None
+    except VideoInputError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
+        raise VideoInputError(f"{name} is not a video we can read, or it is damaged or truncated ({err})") from err
+    if not width or not height:
+        raise VideoInputError(f"{name} has a video stream without a frame size; the file looks damaged")
+    if max(width, height) > max_side:
+        raise VideoInputError(f"{name} is {width}x{height}; the largest frame side accepted is {max_side} pixels. "
+                              "Downscale the clip (e.g. to 1080p) and try again.")
+    if duration is not None and duration > max_seconds:
+        raise VideoInputError(f"{name} lasts {duration / 60:.1f} min; the limit is {max_seconds / 60:.0f} min. "
+                              "Cut the part to examine and try again.")
+    return _ClipInfo(width, height, Fraction(rate), frames, duration)
+
+
+def _decode(path: str, out: queue.Queue, stop: threading.Event, max_frames: int | None) -> None:
+    """Decoder thread: puts ``(index, time_s, rgb)`` items, then ``None``; an exception is put as the item."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # FFmpeg's own frame/slice threads
+            for i, frame in enumerate(container.decode(stream)):
+                if stop.is_set() or (max_frames is not None and i >= max_frames):
+                    break
+                t = float(frame.time) if frame.time is not None else float("nan")
+                out.put((i, t, frame.to_ndarray(format="rgb24")))
+        out.put(None)
+    except Exception as err:  # handed to the consumer, which raises it in its own thread
+        out.put(err)
+
+
+def _frames(path: str, max_seconds: float, rate: Fraction, depth: int) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Frames decoded ahead in a thread, in order; a decoding error is raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    max_frames = int(max_seconds * rate) + 1
+    thread = threading.Thread(target=_decode, args=(path, q, stop, max_frames), name="video-decode", daemon=True)
+    thread.start()
+    done = 0
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, Exception):
+                name = os.path.basename(path)
+                raise VideoInputError(f"{name} could not be decoded after {done} frames; the file looks damaged or "
+                                      f"truncated ({item})") from item
+            done += 1
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a decoder waiting on a full queue
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+class _Encoder:
+    """H.264 ``yuv420p`` MP4 writer (plays in Chromium), fed from a thread so encoding overlaps the network."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, rate: Fraction, depth: int = 8,
+                 crf: int = 23, preset: str = "veryfast") -> None:
+        import av
+
+        self.width, self.height = width - width % 2, height - height % 2  # 4:2:0 chroma needs even sides
+        # faststart: the index at the front, so a browser starts playing before the whole file has arrived.
+        self._container = av.open(os.fspath(path), "w", options={"movflags": "+faststart"})
+        self._stream = self._container.add_stream("h264", rate=rate)
+        self._stream.width, self._stream.height = self.width, self.height
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(crf), "preset": preset}
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="video-encode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import av
+
+        while (rgb := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: self.height, : self.width]),
+                                                   format="rgb24")
+                self._container.mux(self._stream.encode(frame))
+            except Exception as err:  # re-raised by close() in the caller's thread
+                self._error = err
+
+    def write(self, rgb: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(rgb)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            if self._error is None:
+                self._container.mux(self._stream.encode(None))  # flush the encoder's delayed frames
+        finally:
+            self._container.close()
+        if self._error is not None:
+            raise self._error
+
+
+def encode_video(frames: Sequence[np.ndarray] | Iterator[np.ndarray], path: str | os.PathLike,
+                 fps: float | Fraction = 25.0, crf: int = 23) -> Path:
+    """Write RGB ``uint8`` frames (H, W, 3), all the same size, to an H.264 ``yuv420p`` MP4."""
+    rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
+    encoder: _Encoder | None = None
+    for rgb in frames:
+        if encoder is None:
+            encoder = _Encoder(path, rgb.shape[1], rgb.shape[0], rate, crf=crf)
+        encoder.write(rgb)
+    if encoder is None:
+        raise ValueError("no frames to write")
+    encoder.close()
+    return Path(path)
+
+
+def _frame_row(segmenter: Segmenter, index: int, time_s: float, mask: np.ndarray, confidence: np.ndarray) -> FrameRow:
+    stats = segmenter.statistics(mask, confidence, 0.0, False, ())
+    return FrameRow(index, round(time_s, 4), stats["lesion_percent"], stats["lesion_count"], stats["mean_confidence"])
+
+
+def segment_video(
+    segmenter: Segmenter,
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    csv_path: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 1,
+    smoothing: float = 0.0,
+    max_seconds: float = MAX_SECONDS,
+    max_side: int = MAX_SIDE,
+    progress: ProgressFn | None = None,
+) -> VideoSummary:
+    """Segment every frame of a clip and write the overlay video (and the per-frame CSV).
+
+    Args:
+        segmenter: the same ``Segmenter`` images use; its default post-processing applies to every frame.
+        in_path: any clip FFmpeg reads (MP4, MOV, AVI, MKV, WebM).
+        out_path: the H.264 ``yuv420p`` MP4 to write (same size and frame rate as the input).
+        csv_path: where to write one row per frame (``CSV_FIELDS``); None for none.
+        batch_size: frames per network call (1 gives byte-identical frames to segmenting each image alone;
+            larger batches differ by float rounding only).
+        smoothing: weight of the previous frames in an exponential moving average of the probabilities,
+            in [0, 1): ``p_t = smoothing * p_{t-1} + (1 - smoothing) * network_t``; 0 turns it off.
+        max_seconds: longer clips are refused; max_side: clips with a larger frame side are refused.
+        progress: called as ``progress(frames_done, total_frames_or_None)`` after each batch.
+
+    Returns:
+        A :class:`VideoSummary`. Raises :class:`VideoInputError` for clips that cannot be segmented, before
+        anything is written.
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    in_path, name = os.fspath(in_path), os.path.basename(os.fspath(in_path))
+    info = probe_video(in_path, max_seconds=max_seconds, max_side=max_side)
+    started = time.perf_counter()
+    frames = _frames(in_path, max_seconds, info.rate, depth=2 * batch_size + 2)
+    first = next(frames, None)
+    if first is None:
+        raise VideoInputError(f"{name} contains no video frames")
+    steps = segmenter.postprocess
+    refiner = segmenter.refiner if "refine" in steps else None
+    encoder = _Encoder(out_path, info.width, info.height, info.rate, depth=2 * batch_size + 2)
+    rows: list[FrameRow] = []
+    ema: np.ndarray | None = None
+    try:
+        for item in _batches(frames, first, batch_size):
+            probs_small = segmenter.network_probs([rgb for _, _, rgb in item])
+            for (index, t, rgb), p in zip(item, probs_small):
+                if smoothing > 0:
+                    ema = p if ema is None else smoothing * ema + (1.0 - smoothing) * p
+                    p = ema
+                probs = segmenter.probs_at(p, rgb.shape[0], rgb.shape[1])
+                mask = segmenter.mask_from_probs(probs)
+                if steps:
+                    mask = apply_postprocessing(mask, steps, probs, image=rgb, refiner=refiner)
+                confidence = (1.0 - probs[0]).astype(np.float32)
+                encoder.write(make_overlay(rgb, mask))
+                time_s = t if t == t else index / float(info.rate)
+                rows.append(_frame_row(segmenter, index, time_s, mask, confidence))
+            if progress is not None:
+                progress(len(rows), info.frames)
+        # The container's own frame count (a small margin for edit lists): fewer decoded frames means a cut file.
+        if info.frames is not None and len(rows) + 2 < min(info.frames, int(max_seconds * info.rate)):
+            raise VideoInputError(f"{name} ends after {len(rows)} of its {info.frames} frames; the file looks "
+                                  "truncated")
+    except BaseException as err:
+        with contextlib.suppress(Exception):
+            encoder.close()
+        if isinstance(err, VideoInputError):
+            Path(out_path).unlink(missing_ok=True)  # a damaged clip leaves no half-written output behind
+        raise
+    finally:
+        frames.close()
+    encoder.close()
+    seconds = time.perf_counter() - started
+    fps = float(info.rate)
+    summary = VideoSummary(
+        in_path=in_path, out_path=os.fspath(out_path), csv_path=os.fspath(csv_path) if csv_path else None,
+        frames=len(rows), fps_in=fps, fps_out=fps, duration_s=len(rows) / fps, processing_fps=len(rows) / seconds,
+        seconds=seconds, width=info.width, height=info.height, smoothing=smoothing, batch_size=batch_size,
+        rows=[asdict(r) for r in rows],
+    )
+    if csv_path:
+        write_rows_csv(summary.rows, csv_path)
+    log.info("%s: %d frames at %.2f fps in %.1f s (%.1f frames/s)", name, summary.frames, fps, seconds,
+             summary.processing_fps)
+    return summary
+
+
+def _batches(frames: Iterator[tuple[int, float, np.ndarray]], first: tuple[int, float, np.ndarray],
+             size: int) -> Iterator[list[tuple[int, float, np.ndarray]]]:
+    """Groups of ``size`` frames (the last may be shorter), starting with ``first``."""
+    batch = [first]
+    for item in frames:
+        if len(batch) == size:
+            yield batch
+            batch = []
+        batch.append(item)
+    yield batch
+
+
+def write_rows_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Per-frame rows -> CSV with the ``CSV_FIELDS`` columns (empty ``mean_confidence`` when no lesion)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def plot_lesion_area(rows: Sequence[dict[str, Any]], width: int = 800, height: int = 260) -> np.ndarray:
+    """An RGB ``uint8`` chart (height, width, 3) of lesion area (% of the frame) over time (s), drawn with cv2.
+
+    ``rows`` are :attr:`VideoSummary.rows` (keys ``time_s`` and ``lesion_percent``); an empty list gives an
+    empty chart with its axes.
+    """
+    img = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 56, 16, 16, 36
+    x0, x1, y0, y1 = left, width - right, top, height - bottom
+    times = np.array([float(r["time_s"]) for r in rows], np.float64)
+    area = np.array([float(r["lesion_percent"]) for r in rows], np.float64)
+    t_max = float(times.max()) if len(times) and times.max() > 0 else 1.0
+    a_max = max(5.0, float(np.ceil(area.max() / 5) * 5)) if len(area) else 5.0
+    grey, dark, font = (200, 200, 200), (60, 60, 60), cv2.FONT_HERSHEY_SIMPLEX
+    for k in range(5):  # horizontal grid lines and their labels
+        y = round(y1 - (y1 - y0) * k / 4)
+        cv2.line(img, (x0, y), (x1, y), grey, 1)
+        cv2.putText(img, f"{a_max * k / 4:g}%", (4, y + 4), font, 0.4, dark, 1, cv2.LINE_AA)
+    for k in range(5):
+        x = round(x0 + (x1 - x0) * k / 4)
+        cv2.putText(img, f"{t_max * k / 4:.1f}s", (x - 14, height - 14), font, 0.4, dark, 1, cv2.LINE_AA)
+    cv2.rectangle(img, (x0, y0), (x1, y1), dark, 1)
+    if len(rows):
+        xs = x0 + (x1 - x0) * times / t_max
+        ys = y1 - (y1 - y0) * area / a_max
+        points = np.round(np.stack([xs, ys], axis=1)).astype(np.int32)
+        cv2.polylines(img, [points], False, (220, 40, 40), 2, cv2.LINE_AA)
+    cv2.putText(img, "lesion area over time", (x0 + 6, y0 + 14), font, 0.45, dark, 1, cv2.LINE_AA)
+    return img
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m medseg_core.video", description=(
+        "Segment every frame of an endoscopy clip: writes an H.264 MP4 with the lesions outlined and a CSV of "
+        "per-frame lesion area, count and confidence."))
+    p.add_argument("input", help="the clip (MP4, MOV, AVI, MKV, WebM)")
+    p.add_argument("--out", required=True, help="output MP4")
+    p.add_argument("--csv", help="per-frame statistics CSV")
+    p.add_argument("--plot", help="also write the lesion-area chart to this PNG")
+    p.add_argument("--model", default="unet_lite0.polyp", help="weights folder, weights/ name or Hub repo id")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto", help="network engine")
+    p.add_argument("--postprocess", nargs="*", default=None,
+                   help="'recorded' (default: the chain in the weights' config), 'none', or step names")
+    p.add_argument("--batch-size", type=int, default=1, help="frames per network call")
+    p.add_argument("--smoothing", type=float, default=0.0, help="EMA weight of previous frames' probabilities, [0, 1)")
+    p.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="refuse longer clips")
+    p.add_argument("--max-side", type=int, default=MAX_SIDE, help="refuse clips with a larger frame side (pixels)")
+    p.add_argument("--device", default=None, help="cpu or cuda")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: 0 on success, 2 for a clip that cannot be segmented."""
+    from tqdm.auto import tqdm
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    kwargs: dict[str, Any] = {"backend": args.backend}
+    if args.postprocess is not None:
+        kwargs["postprocess"] = args.postprocess
+    segmenter = Segmenter.from_pretrained(args.model, device=args.device, **kwargs)
+    bar = tqdm(desc="segment", unit="frame")
+
+    def progress(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        summary = segment_video(segmenter, args.input, args.out, args.csv, batch_size=args.batch_size,
+                                smoothing=args.smoothing, max_seconds=args.max_seconds, max_side=args.max_side,
+                                progress=progress)
+    except VideoInputError as err:
+        log.error("%s", err)
+        return 2
+    finally:
+        bar.close()
+    if args.plot:
+        cv2.imwrite(args.plot, cv2.cvtColor(plot_lesion_area(summary.rows), cv2.COLOR_RGB2BGR))
+    log.info("wrote %s (%d frames, %.1f frames/s)%s", summary.out_path, summary.frames, summary.processing_fps,
+             f" and {summary.csv_path}" if summary.csv_path else "")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Training (medseg_core.training, the loop train/train.py and medseg-train run) on a few real images, tiny inputs,
+a couple of steps; recipes (medseg_core.config): strict keys, optimisers, schedules."""
+
+import json
+
+import pytest
+import torch
+from conftest import ROOT
+
+from medseg_core import Segmenter, load_model, training
+from medseg_core.config import DEFAULTS, RecipeError, load_config
+from medseg_core.enhance import VIEWS
+from medseg_core.models.dynasiam import DynaSiam
+
+CONFIG = str(ROOT / "train" / "configs" / "unet_lite0_polyp.yaml")
+PRANET_CONFIG = ROOT / "train" / "configs" / "pranet_polyp.yaml"
+
+
+def tiny_args(data_root, out, *extra, max_steps=2):
+    return [
+        "--config", CONFIG, "--output-dir", str(out), "--max-steps", str(max_steps), "--no-progress",
+        "--data.root", str(data_root), "--data.cache_max_side", "96",
+        "--train.max_train_samples", "4", "--train.max_val_samples", "2", "--train.batch_size", "2",
+        "--model.input_size", "64", "--model.decoder_channels", "[16, 16, 16, 16, 8]",
+        "--model.encoder_weights", "random", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    model_dir = training.main(tiny_args(data_root, out))
+    return out, model_dir
+
+
+def test_train_writes_a_loadable_model_card_and_checkpoint(trained):
+    out, model_dir = trained
+    model = load_model(model_dir)
+    assert model.input_size == 64 and model.num_classes == 1
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    card = (model_dir / "README.md").read_text()
+    assert "polyp-train" in card and "polyp-val" in card
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and 0.0 <= summary["best_val_dice"] <= 1.0
+    assert list((out / "checkpoints").glob("checkpoint_*"))
+    assert list(out.rglob("events.out.tfevents.*")), "TensorBoard tracker wrote nothing"
+
+
+def test_resume_continues_from_the_checkpoint(trained, data_root):
+    out, _ = trained
+    training.main(tiny_args(data_root, out, "--resume", "latest", max_steps=4))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["epochs"] == 2
+
+
+def test_overrides_and_bad_arguments(tmp_path):
+    cfg = load_config(CONFIG, ["--train.epochs", "3", "--model.encoder", "tf_efficientnet_lite2"])
+    assert cfg["train"]["epochs"] == 3 and cfg["model"]["encoder"] == "tf_efficientnet_lite2"
+    assert cfg["data"]["train_split"] == "polyp-train"
+    with pytest.raises(RecipeError, match="pairs"):
+        load_config(CONFIG, ["--train.epochs"])
+    with pytest.raises(SystemExit):
+        training.resolve_resume_path("latest", tmp_path)
+
+
+@pytest.mark.parametrize(("override", "hint"), [
+    (["--train.epoch", "2"], "did you mean epochs"),
+    (["--data.train-split", "x", "--data.val_splt", "y"], "did you mean val_split"),
+    (["--model.encodr", "tf_efficientnet_lite2"], "did you mean encoder"),
+    (["--trian.epochs", "2"], "did you mean train"),
+    (["--train.optimizer", "adagrad"], "adamw, adam, sgd"),
+    (["--train.schedule", "poly"], "cosine, exponential, constant"),
+    (["--train.epochs", "0"], "positive integer"),
+    (["--model.arch", "unett"], "did you mean unet"),
+])
+def test_unknown_recipe_keys_and_values_are_errors_with_a_hint(override, hint):
+    with pytest.raises(RecipeError, match=hint):
+        load_config(CONFIG, override)
+
+
+def test_every_shipped_recipe_loads():
+    for recipe in sorted((ROOT / "train" / "configs").glob("*.yaml")):
+        cfg = load_config(recipe)
+        assert cfg["model"]["arch"] and cfg["train"]["optimizer"] in ("adamw", "adam", "sgd"), recipe.name
+
+
+def test_a_typo_stops_train_with_the_hint(data_root, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="did you mean epochs"):
+        training.main(tiny_args(data_root, tmp_path, "--train.epoch", "2"))
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [
+    # 10 steps per epoch, 4 epochs: warm-up over 5 steps then cosine; x0.5 every 2 epochs; flat
+    ({"schedule": "cosine", "warmup_epochs": 0.5}, [0.2, 1.0, 0.5, 0.0]),
+    ({"schedule": "exponential", "gamma": 0.5, "step_epochs": 2}, [1.0, 1.0, 0.5, 0.25]),
+    ({"schedule": "constant"}, [1.0, 1.0, 1.0, 1.0]),
+])
+def test_schedules(schedule, expected):
+    param = torch.nn.Parameter(torch.zeros(1))
+    train = {**DEFAULTS["train"], **schedule, "optimizer": "sgd", "lr": 1.0}
+    optimizer = training.build_optimizer([param], train)
+    scheduler = training.build_scheduler(optimizer, train, steps_per_epoch=10, total_steps=40)
+    lrs = []
+    for _ in range(41):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [lrs[i] for i in (0, 4, 22, 40)] == pytest.approx(expected, abs=0.06)
+
+
+@pytest.mark.parametrize(("name", "cls"), [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam),
+                                           ("sgd", torch.optim.SGD)])
+def test_optimizers(name, cls):
+    optimizer = training.build_optimizer([torch.nn.Parameter(torch.zeros(1))],
+                                         {**DEFAULTS["train"], "optimizer": name, "weight_decay": 1e-4})
+    assert type(optimizer) is cls and optimizer.param_groups[0]["weight_decay"] == 1e-4
+
+
+def test_push_to_hub_offline_fails_clearly_but_keeps_the_weights(data_root, tmp_path, caplog):
+    with pytest.raises(SystemExit):
+        training.main(tiny_args(data_root, tmp_path, "--push-to-hub", "medseg/test-offline"))
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert "could not push to the Hub" in caplog.text
+
+
+# ---- the architectures' own recipes ----------------------------------------------------------------------------
+
+
+def test_aspp_net_recipe_builds_a_two_class_model():
+    cfg = load_config(ROOT / "train" / "configs" / "aspp_net_polyp.yaml")
+    model = training.build_model(cfg)
+    assert model.arch == "aspp_net" and model.num_classes == 2 and cfg["train"]["loss"] == "ce"
+    assert model.input_size == 256
+
+
+def test_pranet_recipe_trains_with_the_structure_loss(data_root, tmp_path):
+    """The real train.py on the PraNet recipe (tiny: Lite0 encoder, 64 px, two steps, four real images)."""
+    out = tmp_path / "run"
+    model_dir = training.main([
+        "--config", str(PRANET_CONFIG), "--output-dir", str(out), "--max-steps", "2", "--no-progress",
+        "--data.root", str(data_root), "--data.cache_max_side", "96",
+        "--train.max_train_samples", "4", "--train.max_val_samples", "2", "--train.batch_size", "2",
+        "--model.input_size", "64", "--model.encoder", "tf_efficientnet_lite0", "--model.rfb_channels", "8",
+        "--model.ra_channels", "[16, 8, 8]",
+    ])
+    model = load_model(model_dir)
+    assert model.arch == "pranet" and model.config["encoder_weights"] == "imagenet"
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    cfg = load_config(PRANET_CONFIG)
+    assert cfg["train"]["loss"] == "structure" and cfg["model"]["encoder"] == "res2net50_26w_4s"
+
+
+def test_dynasiam_recipe_trains_two_steps(data_root, tmp_path, example_image):
+    model_dir = training.main([
+        "--config", str(ROOT / "train" / "configs" / "dynasiam_polyp.yaml"), "--output-dir", str(tmp_path),
+        "--max-steps", "2", "--no-progress", "--data.root", str(data_root), "--data.cache_max_side", "96",
+        "--train.max_train_samples", "4", "--train.max_val_samples", "2", "--train.batch_size", "2",
+        "--train.num_workers", "0", "--model.input_size", "64", "--model.decoder_channels", "[16, 16, 16, 16, 8]",
+        "--model.dfi_reduction", "16",
+    ])
+    model = load_model(model_dir)
+    assert isinstance(model, DynaSiam) and model.views == VIEWS and model.input_size == 64
+    assert Segmenter(model, device="cpu")(example_image).mask.shape == example_image.shape[:2]
