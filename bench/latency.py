@@ -1,28 +1,33 @@
-"""CPU inference time of a segmentation model, per image, batch 1.
+"""CPU inference time per image (batch 1) of every engine, in one run.
 
-    python bench/latency.py                                  # the shipped default, 256 and 352 px
-    python bench/latency.py --model runs/x/model --sizes 352 --threads 2
-    python bench/latency.py --peer                           # also the smp U-Net peer (needs segmentation-models-pytorch)
+    python bench/latency.py                                   # the shipped default at 352 px, all engines
+    python bench/latency.py --onnx-dir /tmp/unet_onnx --peer  # a folder with model.onnx / model.int8.onnx; smp peer
+    python bench/latency.py --json docs/results/latency_unet_lite0.polyp.json
 
-Prints the median over repeated runs of (a) the model's forward pass on a size x size input and (b) the whole
-``Segmenter`` path on a size x size image (resize, normalise, forward, probabilities back to the image size, mask,
-overlay, statistics) — what a user waits for.
+Rows: eager fp32, eager bf16 (autocast), ONNX Runtime fp32 and int8 (when the files exist; export them with
+``python -m medseg_core.export``), and the smp U-Net peer (``--peer``, forward only). Columns: the median time of
+(a) the network's forward pass on one normalised input at the model's size, and (b) the whole ``Segmenter`` path on
+a ``--image-size`` RGB image (resize, normalise, network, probabilities back to the image size, mask, overlay,
+statistics; no post-processing) — what a user waits for.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from medseg_core import Segmenter, load_model  # noqa: E402
+from medseg_core import Segmenter, load_model, resolve_weights
+from medseg_core.backends import onnxruntime_available
+from medseg_core.data import read_split
+from medseg_core.io import read_image
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
@@ -36,44 +41,89 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def test_image(size: int, data: str) -> np.ndarray:
+    """A real polyp image resized to size x size (random pixels when the data set is not there)."""
+    import cv2
+
+    try:
+        return cv2.resize(read_image(read_split(data, "test-kvasir")[0].image), (size, size),
+                          interpolation=cv2.INTER_AREA)
+    except FileNotFoundError:
+        return np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description="Median CPU inference time per image (batch 1).")
+    p = argparse.ArgumentParser(description="Median CPU inference time per image (batch 1), every engine.")
     p.add_argument("--model", default="unet_lite0.polyp", help="weights folder, weights/ name or Hub repo id")
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 352], help="square input sizes to time")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--onnx-dir", help="folder holding model.onnx / model.int8.onnx (default: the weights folder)")
+    p.add_argument("--image-size", type=int, default=352, help="side of the square test image for the whole path")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime")
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="Segmenter precision")
+    p.add_argument("--engines", nargs="+", default=["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"],
+                   choices=["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"])
     p.add_argument("--peer", action="store_true",
                    help="also time segmentation_models_pytorch's U-Net on tu-tf_efficientnet_lite0 (the issue's peer)")
+    p.add_argument("--data", default="../shared/data", help="dataset root (a real test image)")
+    p.add_argument("--json", help="write the rows to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)
+    folder = resolve_weights(args.model)
+    onnx_dir = Path(args.onnx_dir) if args.onnx_dir else folder
+    model = load_model(folder)
+    image = test_image(args.image_size, args.data)
+    x = np.ascontiguousarray(np.random.default_rng(0).standard_normal(
+        (1, model.in_channels, model.input_size, model.input_size), dtype=np.float32))
     rows = []
-    rng = np.random.default_rng(0)
-    for size in args.sizes:
-        # The Segmenter runs the model at its configured input size, channels-last; time it on an image of this size.
-        seg = Segmenter(model, device="cpu", precision=args.precision)
-        x = torch.randn(1, model.in_channels, size, size).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16"):
-            forward = median_ms(lambda: seg.model(x), args.repeats)
-        image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    for engine in args.engines:
+        backend, precision = engine.split("-")
+        kwargs: dict = {"precision": "bf16" if precision == "bf16" else "fp32", "backend": "torch"}
+        if backend == "onnx":
+            path = onnx_dir / ("model.int8.onnx" if precision == "int8" else "model.onnx")
+            if not path.is_file() or not onnxruntime_available():
+                print(f"skipping {engine}: no {path} (export it with python -m medseg_core.export)")
+                continue
+            kwargs.update(backend="onnxruntime", onnx_path=path)
+        seg = Segmenter(load_model(folder), device="cpu", postprocess="none", **kwargs)
+        forward = median_ms(lambda: seg.backend(x), args.repeats)
         full = median_ms(lambda: seg(image), args.repeats)
-        rows.append({"model": f"{args.model} ({args.precision})", "size": size, "forward_ms": forward, "segmenter_ms": full,
-                     "model_input": model.input_size})
-        if args.peer:
+        rows.append({"engine": engine, "forward_ms": round(forward, 2), "segmenter_ms": round(full, 2),
+                     "model_input": model.input_size, "image_size": args.image_size})
+    smp = None
+    if args.peer:
+        try:
             import segmentation_models_pytorch as smp
-
-            peer = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, classes=1).eval()
-            with torch.inference_mode():
-                rows.append({"model": "smp Unet tu-tf_efficientnet_lite0 (peer)", "size": size,
-                             "forward_ms": median_ms(lambda: peer(x.contiguous()), args.repeats), "segmenter_ms": float("nan"),
-                             "model_input": size})
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} runs, batch 1")
-    print(f"{'model':<44}{'size':>6}{'forward ms':>12}{'segmenter ms':>14}")
+        except ImportError:
+            print("skipping the smp peer: segmentation-models-pytorch is not installed")
+    if smp is not None:
+        peer = smp.Unet("tu-tf_efficientnet_lite0", encoder_weights=None, classes=1).eval()
+        xt = torch.from_numpy(x)
+        with torch.inference_mode():
+            rows.append({"engine": "smp Unet tu-tf_efficientnet_lite0 (peer, eager fp32)",
+                         "forward_ms": round(median_ms(lambda: peer(xt), args.repeats), 2), "segmenter_ms": None,
+                         "model_input": model.input_size, "image_size": None})
+    cpu = platform.processor() or platform.machine()
+    print(f"{args.model}: torch {torch.__version__}, onnxruntime {_ort_version()}, {args.threads} threads, "
+          f"{os.cpu_count()} CPUs ({cpu}), median of {args.repeats} runs, batch 1, network input "
+          f"{model.input_size} px, whole path on a {args.image_size} px image")
+    print(f"{'engine':<56}{'forward ms':>12}{'segmenter ms':>14}")
     for r in rows:
-        seg_ms = f"{r['segmenter_ms']:.1f}" if r["segmenter_ms"] == r["segmenter_ms"] else "—"
-        print(f"{r['model']:<44}{r['size']:>6}{r['forward_ms']:>12.1f}{seg_ms:>14}")
+        seg_ms = f"{r['segmenter_ms']:.1f}" if r["segmenter_ms"] is not None else "—"
+        print(f"{r['engine']:<56}{r['forward_ms']:>12.1f}{seg_ms:>14}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"model": args.model, "threads": args.threads, "repeats": args.repeats,
+                                               "torch": torch.__version__, "onnxruntime": _ort_version(),
+                                               "rows": rows}, indent=2) + "\n")
     return rows
+
+
+def _ort_version() -> str | None:
+    try:
+        import onnxruntime
+
+        return onnxruntime.__version__
+    except ImportError:
+        return None
 
 
 if __name__ == "__main__":

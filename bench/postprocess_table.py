@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from medseg_core.data import Sample, read_image, read_mask, read_split
+from medseg_core.data import Sample, read_sample_mask, read_split
 from medseg_core.hub import load_model, record_postprocess, resolve_weights
 from medseg_core.inference import Segmenter
+from medseg_core.io import read_image
+from medseg_core.labels import MASK_ENCODINGS, LabelSchema
 from medseg_core.metrics import dice_score, per_class_metrics
 from medseg_core.models import SegModel
 from medseg_core.postprocess import POSTPROCESSING_STEPS, apply_postprocessing, helpful_steps
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"the chain, in order, from {', '.join(sorted(POSTPROCESSING_STEPS))} "
                    f"(default: {' '.join(DEFAULT_CHAIN)}; 'refine' only with --refiner)")
     p.add_argument("--refiner", default=None, help="weights of a 'refiner' model for the refine step")
-    p.add_argument("--mask-encoding", choices=["binary", "neopolyp"], default=None,
+    p.add_argument("--mask-encoding", choices=MASK_ENCODINGS, default=None,
                    help="how masks encode classes (default: neopolyp for 3-class models, else binary)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
@@ -72,28 +74,28 @@ def variants(chain: Sequence[str]) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def image_scores(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[str, float]:
+def image_scores(pred: np.ndarray, target: np.ndarray, schema: LabelSchema) -> dict[str, float]:
     """Lesion Dice, plus per-class Dice and their mean for multi-class masks (as ``evaluate.py`` names them)."""
     scores = {"dice": dice_score(pred > 0, target > 0)}
-    if num_classes > 2:
-        scores.update({k: v for k, v in per_class_metrics(pred, target, num_classes).items()
+    if schema.task == "multiclass":
+        scores.update({k: v for k, v in per_class_metrics(pred, target, class_names=schema.foreground).items()
                        if k.startswith("dice_") or k == "mdice"})
     return scores
 
 
-def postprocess_table(segmenter: Segmenter, samples: Sequence[Sample], mask_encoding: str,
+def postprocess_table(segmenter: Segmenter, samples: Sequence[Sample], mask_encoding: str | None,
                       chains: dict[str, tuple[str, ...]], refiner: SegModel | None = None, tta: bool = False,
                       progress: bool = True) -> dict[str, dict[str, Any]]:
     """Mean scores of every variant over the samples, with the per-image rows: ``{variant: {"mean", "per_image"}}``."""
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in chains}
     for s in tqdm(samples, desc="post-processing table", disable=not progress):
         image = read_image(s.image)
-        target = read_mask(s.mask, mask_encoding)
+        target = read_sample_mask(s, segmenter.schema, image.shape[:2], mask_encoding)
         probs, _ = segmenter.predict_probs(image, tta=tta)
         raw = segmenter.mask_from_probs(probs)
         for name, steps in chains.items():
             pred = apply_postprocessing(raw, steps, probs, image=image, refiner=refiner)
-            rows[name].append({"id": s.id, **image_scores(pred, target, segmenter.num_classes)})
+            rows[name].append({"id": s.id, **image_scores(pred, target, segmenter.schema)})
     table = {}
     for name, per_image in rows.items():
         keys = [k for k in per_image[0] if k != "id"]
@@ -123,9 +125,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     segmenter = Segmenter.from_pretrained(args.model, device=args.device, postprocess="none")  # raw probabilities
     refiner = load_model(args.refiner).to(segmenter.device).eval() if args.refiner else None
     chain = args.steps or [s for s in DEFAULT_CHAIN if s != "refine" or refiner is not None]
-    encoding = args.mask_encoding or ("neopolyp" if segmenter.num_classes == 3 else "binary")
+    if segmenter.schema.multilabel:
+        raise SystemExit("the post-processing table is for binary and multi-class models")
     samples = read_split(args.data, args.split)[: args.limit]
-    table = postprocess_table(segmenter, samples, encoding, variants(chain), refiner, args.tta)
+    table = postprocess_table(segmenter, samples, args.mask_encoding, variants(chain), refiner, args.tta)
     print(f"{args.model} on {args.split} ({len(samples)} images{', TTA' if args.tta else ''})")
     print(format_table(table))
     result = {"model": str(args.model), "split": args.split, "n": len(samples), "tta": args.tta,

@@ -25,8 +25,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from medseg_core.data import Sample, read_image, read_mask, read_split
+from medseg_core.data import Sample, read_split
 from medseg_core.inference import Segmenter
+from medseg_core.io import read_image, read_mask
 from medseg_core.metrics import dice_score
 from medseg_core.single_image import SingleImageConfig, roi_from_ground_truth, segment_single_image, write_result
 

@@ -19,7 +19,7 @@ _EXPORTS = {
     "resolve_weights": "hub",
     "SegResult": "inference",
     "Segmenter": "inference",
-    "to_rgb_uint8": "inference",
+    "to_rgb_uint8": "io",
     "create_model": "models",
     "get_model_info": "models",
     "is_model": "models",
@@ -49,7 +49,8 @@ __all__ = [
 if TYPE_CHECKING:
     from .enhance import tdc_views
     from .hub import WeightsNotFoundError, list_local_weights, load_model, resolve_weights
-    from .inference import Segmenter, SegResult, to_rgb_uint8
+    from .inference import Segmenter, SegResult
+    from .io import to_rgb_uint8
     from .models import create_model, get_model_info, is_model, list_models
     from .postprocess import apply_postprocessing, resolve_postprocess
 

@@ -2,11 +2,12 @@
 
     medseg-segment IMAGE_OR_FOLDER_OR_ZIP [...] --out DIR [--model unet_lite0.polyp] [--tta] [--postprocess none]
 
-For every image ``<stem>.<ext>`` it writes ``<stem>_mask.png`` (0/255 for binary models, class indices for
-multi-class ones; :func:`medseg_core.visualize.mask_for_file`) and ``<stem>_overlay.png`` (the image with the
-lesions tinted and outlined), and one ``statistics.csv`` row. The app's Batch tab, this command and
-``python -m medseg_core.predict_folder`` all call :func:`segment_files`, so the same input and options give
-byte-identical files from every door. One bad file never stops a batch: its row says what was wrong.
+For every image ``<stem>.<ext>`` it writes what :func:`medseg_core.io.write_mask` writes (``<stem>_mask.png``: 0/255
+for binary models, class indices for multi-class ones, one ``<stem>_<class>.png`` per class for multi-label ones; and
+``<stem>_colour.png``, the classes in their colours), ``<stem>_overlay.png`` (the image with the lesions tinted and
+outlined), and one ``statistics.csv`` row (with each class's area for multi-class and multi-label models). The
+app's Batch tab, this command and ``python -m medseg_core.predict_folder`` all call :func:`segment_files`, so the
+same input and options give byte-identical files from every door. One bad file never stops a batch: its row says what was wrong.
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .cli import add_postprocess_argument, postprocess_from_args, setup_logging
-from .data import IMAGE_EXTENSIONS, write_png
 from .inference import ImageInputError, Segmenter, load_image_file
+from .io import IMAGE_EXTENSIONS, write_mask, write_png
 from .postprocess import PostprocessSpec
-from .visualize import mask_for_file
+from .safety import ExtractionBudget, RejectedInput, ZipLimits, extract_zip
 
 __all__ = ["BATCH_COLUMNS", "MAX_ZIP_FILES", "expand_inputs", "main", "segment_files", "write_results_zip"]
 
 log = logging.getLogger(__name__)
 
 MAX_ZIP_FILES = 1000
-MAX_ZIP_BYTES = 2_000_000_000
+MAX_ZIP_BYTES = 1_000_000_000
 #: statistics.csv columns. Timings are left out so that a run's files depend on its inputs and options only.
 BATCH_COLUMNS = ("file", "status", "width", "height", "lesion_pixels", "lesion_percent", "lesion_count",
                  "mean_confidence", "mask", "overlay", "error")
@@ -47,48 +48,34 @@ def _images_in(folder: Path) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
 
 
-def _extract_zip(path: Path, target: Path) -> list[Path]:
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as err:
-        raise ValueError(f"{path.name} is not a readable zip archive") from err
-    out = []
-    with archive:
-        members = [m for m in archive.infolist()
-                   if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_EXTENSIONS
-                   and not Path(m.filename).name.startswith(".")]
-        if len(members) > MAX_ZIP_FILES:
-            raise ValueError(f"{path.name} holds {len(members)} images; the limit is {MAX_ZIP_FILES}")
-        if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
-            raise ValueError(f"{path.name} unpacks to more than {MAX_ZIP_BYTES // 1_000_000} MB")
-        target.mkdir(parents=True, exist_ok=True)
-        used: set[str] = set()
-        for m in members:
-            name = Path(m.filename).name
-            stem, suffix = Path(name).stem, Path(name).suffix
-            n = 1
-            while name in used:  # same base name in two archive folders
-                name, n = f"{stem}_{n}{suffix}", n + 1
-            used.add(name)
-            (target / name).write_bytes(archive.read(m))
-            out.append(target / name)
-    return out
+def _extract_zip(path: Path, target: Path, limits: ZipLimits, budget: ExtractionBudget | None,
+                 used: int) -> tuple[list[Path | RejectedInput], int]:
+    return extract_zip(path, target, limits, tuple(IMAGE_EXTENSIONS), budget=budget, used=used)
 
 
-def expand_inputs(paths: Iterable[str | os.PathLike], workdir: str | os.PathLike) -> list[Path]:
+def expand_inputs(paths: Iterable[str | os.PathLike], workdir: str | os.PathLike,
+                  budget: ExtractionBudget | None = None,
+                  limits: ZipLimits | None = None) -> list[Path | RejectedInput]:
     """Image paths from a mix of image files, folders (their images, not recursive) and zip archives.
 
-    Zip members are extracted to ``workdir/<zip stem>``, flattened to their base names (no path from the archive
-    reaches the file system); only image extensions are taken, and archives above ``MAX_ZIP_FILES`` images or
-    ``MAX_ZIP_BYTES`` are refused with ``ValueError``. Other files are passed on (their rows will say what is wrong).
+    Zip members are streamed to ``workdir/<zip stem>`` (private folders), flattened to their base names (no path
+    from the archive reaches the file system); only image extensions are taken. Caps (:class:`ZipLimits`, default
+    ``MAX_ZIP_FILES`` members, 256 MB per member, ``MAX_ZIP_BYTES`` per call, 200:1 compression): a member over its
+    cap or failing its CRC comes back as a :class:`~medseg_core.safety.RejectedInput` (its row says why); more
+    members, more bytes in all, or more than the server's ``budget`` raise ``ValueError``. Other files are passed on
+    (their rows will say what is wrong).
     """
-    out: list[Path] = []
+    limits = limits or ZipLimits(max_members=MAX_ZIP_FILES, max_total_bytes=MAX_ZIP_BYTES)
+    out: list[Path | RejectedInput] = []
+    used = 0
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             out += _images_in(path)
         elif path.suffix.lower() == ".zip":
-            out += _extract_zip(path, Path(workdir) / path.stem)
+            members, size = _extract_zip(path, Path(workdir) / path.stem, limits, budget, used)
+            out += members
+            used += size
         else:
             out.append(path)
     return out
@@ -111,11 +98,14 @@ def segment_files(
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     seen: set[str] = set()
+    class_columns = segmenter.schema.task != "binary"  # per-class areas, named by the schema
     for raw in (progress or (lambda x: x))(list(paths)):
         path = Path(raw)
         row: dict[str, Any] = dict.fromkeys(BATCH_COLUMNS, "")
         row["file"] = path.name
         try:
+            if isinstance(raw, RejectedInput):
+                raise ImageInputError(raw.reason)
             image = load_image_file(path)
             result = segmenter(image, tta=tta, postprocess=postprocess)
         except ImageInputError as err:
@@ -126,17 +116,20 @@ def segment_files(
         while stem in seen:
             stem += "_"
         seen.add(stem)
-        mask_name, overlay_name = f"{stem}_mask.png", f"{stem}_overlay.png"
-        write_png(out / mask_name, mask_for_file(result.mask, segmenter.num_classes))
-        write_png(out / overlay_name, result.overlay)
+        written = write_mask(out, stem, result.mask, segmenter.schema)
+        mask_name = " ".join(p.name for k, p in written.items() if k != "colour")
+        overlay_name = write_png(out / f"{stem}_overlay.png", result.overlay).name
         s = result.stats
         row.update(status="ok", width=s["image_size"][0], height=s["image_size"][1], lesion_pixels=s["lesion_pixels"],
                    lesion_percent=s["lesion_percent"], lesion_count=s["lesion_count"],
                    mean_confidence=s["mean_confidence"] if s["mean_confidence"] is not None else "",
-                   mask=mask_name, overlay=overlay_name, inference_ms=s["inference_ms"])
+                   mask=mask_name, overlay=overlay_name, inference_ms=s["inference_ms"],
+                   **{f"percent_{name}": c["percent"] for name, c in s["classes"].items() if class_columns})
         rows.append(row)
     with open(out / "statistics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(BATCH_COLUMNS), extrasaction="ignore")
+        columns = [*BATCH_COLUMNS[:-1], *(f"percent_{n}" for n in segmenter.schema.foreground if class_columns),
+                   BATCH_COLUMNS[-1]]
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="")
         writer.writeheader()
         writer.writerows(rows)
     return rows

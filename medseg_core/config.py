@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
+from .labels import LabelSchema, schema_from_config
 from .models import get_model_class
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULES", "RecipeError", "load_config", "validate_config"]
+__all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULES", "RecipeError", "load_config", "recipe_schema", "validate_config"]
 
 #: Optimisers and learning-rate schedules a recipe can name (``train.optimizer`` / ``train.schedule``).
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -25,6 +26,9 @@ SCHEDULES = ("cosine", "exponential", "constant")
 DEFAULTS: dict[str, Any] = {
     "name": "model",
     "model": {"arch": "unet", "num_classes": 1},
+    # What the classes are (medseg_core.labels): written into the weights' config.json. Unset: binary
+    # (background, lesion) for one or two outputs, else classes named "class 1", ...
+    "labels": {"task": None, "class_names": None, "colours": None},
     "data": {
         "root": "../shared/data",
         "train_split": "polyp-train",
@@ -94,7 +98,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in cfg:
         if key not in DEFAULTS and not key.startswith("_"):
             raise _unknown(key, list(DEFAULTS), "")
-    for section in ("data", "train"):
+    for section in ("labels", "data", "train"):
         for key in cfg[section]:
             if key not in DEFAULTS[section]:
                 raise _unknown(key, list(DEFAULTS[section]), f"{section}.")
@@ -115,7 +119,29 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise RecipeError(f"train.{key} must be a positive integer; got {t[key]!r}")
+    recipe_schema(cfg)
 
+
+def recipe_schema(cfg: Mapping[str, Any]) -> LabelSchema:
+    """The label schema a recipe trains: its ``labels`` section with ``data.mask_encoding``, checked against
+    ``model.num_classes``; raises :class:`RecipeError` when they do not fit."""
+    labels, n = cfg["labels"], cfg["model"].get("num_classes", 1)
+    encoding = cfg["data"]["mask_encoding"]
+    try:
+        if labels.get("task"):
+            schema = LabelSchema(labels["task"], tuple(labels.get("class_names") or ()),
+                                 tuple(tuple(c) for c in labels.get("colours") or ()), encoding)
+        else:
+            base = schema_from_config({"num_classes": n})
+            schema = LabelSchema(base.task, base.class_names, base.colours, encoding)
+    except ValueError as err:
+        raise RecipeError(f"labels: {err}") from err
+    if not schema.outputs_ok(n):
+        raise RecipeError(f"labels: a {schema.task} schema with {len(schema.class_names)} classes does not fit "
+                          f"model.num_classes {n}")
+    if schema.mask_encoding == "palette" and not labels.get("colours"):
+        raise RecipeError("labels.colours: palette masks need the colour of every class")
+    return schema
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The recipe: :data:`DEFAULTS`, updated by the YAML file, updated by ``--section.key value`` overrides.

@@ -6,13 +6,13 @@ so the conversion happens once, here, at the edge.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -20,26 +20,28 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .io import IMAGE_EXTENSIONS, read_image, read_mask, rle_rows, rle_stack
+from .labels import LabelSchema
+
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "Sample",
     "SegDataset",
-    "decode_mask",
+    "group_split",
     "pairs_from_folders",
-    "read_image",
-    "read_mask",
+    "read_sample_mask",
     "read_split",
 ]
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-MaskEncoding = Literal["binary", "neopolyp"]
 
 
 @dataclass(frozen=True)
 class Sample:
     """One image and its mask on disk; ``id`` is ``<dataset folder>/<file stem>`` as in the split files.
+
+    ``mask`` is one file, several (``per_class_files``: ``<stem>_<class>.png`` for each class present) or the
+    dataset's ``masks.csv`` (``rle_csv``, rows keyed by the file stem).
 
     ``prob`` is an optional coarse lesion-probability map (8-bit grey, 0..255) read as an extra input channel,
     e.g. the training crops of the refiner (``train/make_refiner_data.py``).
@@ -47,63 +49,8 @@ class Sample:
 
     id: str
     image: Path
-    mask: Path | None
+    mask: Path | tuple[Path, ...] | None
     prob: Path | None = None
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as ``uint8`` RGB (H, W, 3). Raises ``ValueError`` when the file is not a readable image."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise ValueError(f"cannot read {path} as an image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write a grey (H, W) or RGB (H, W, 3) ``uint8`` image as PNG (any path, non-ASCII included); returns the path.
-
-    The one PNG writer of the package: masks, overlays, views and crops all go through it.
-    """
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    ok, buf = cv2.imencode(".png", bgr)
-    if not ok:
-        raise OSError(f"could not encode {path} as PNG")
-    buf.tofile(str(path))
-    return Path(path)
-
-
-def decode_mask(mask: np.ndarray, encoding: MaskEncoding = "binary") -> np.ndarray:
-    """A mask image (grey or RGB, possibly JPEG-noisy) -> ``uint8`` class indices.
-
-    ``binary``: any channel above 127 is lesion (1). ``neopolyp``: BKAI-IGH colours, red (R>127, G<128, B<128)
-    is neoplastic (1), green (G>127, R<128, B<128) is non-neoplastic (2), everything else background.
-    """
-    if encoding == "binary":
-        grey = mask if mask.ndim == 2 else mask.max(axis=2)
-        return (grey > 127).astype(np.uint8)
-    if encoding == "neopolyp":
-        if mask.ndim != 3:
-            raise ValueError("NeoPolyp masks are RGB colour images")
-        r, g, b = (mask[..., i] for i in range(3))
-        out = np.zeros(mask.shape[:2], np.uint8)
-        out[(r > 127) & (g < 128) & (b < 128)] = 1
-        out[(g > 127) & (r < 128) & (b < 128)] = 2
-        return out
-    raise ValueError(f"unknown mask encoding {encoding!r}")
-
-
-def read_mask(path: str | os.PathLike, encoding: MaskEncoding = "binary") -> np.ndarray:
-    """A mask file as ``uint8`` class indices (H, W)."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if mask is None:
-        raise ValueError(f"cannot read {path} as a mask")
-    if mask.ndim == 3:
-        mask = cv2.cvtColor(mask[..., :3], cv2.COLOR_BGR2RGB)
-    if mask.dtype != np.uint8:  # 16-bit masks: keep the 0..255 scale the thresholds expect
-        mask = (mask.astype(np.float64) / np.iinfo(mask.dtype).max * 255).astype(np.uint8)
-    return decode_mask(mask, encoding)
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
@@ -112,9 +59,19 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
 
 
-def _find_mask(masks: dict[str, Path], stem: str) -> Path | None:
-    # Most datasets name the mask like the image; PolypGen adds "_mask".
-    return masks.get(stem) or masks.get(f"{stem}_mask")
+def _find_mask(masks: dict[str, Path], stem: str) -> Path | tuple[Path, ...] | None:
+    # Most datasets name the mask like the image; PolypGen adds "_mask"; EDD2020 has <stem>_<class> per class.
+    found = masks.get(stem) or masks.get(f"{stem}_mask")
+    if found is None:
+        per_class = tuple(p for k, p in masks.items() if k.startswith(f"{stem}_"))
+        found = per_class or None
+    return found
+
+
+def _mask_index(folder: Path) -> dict[str, Path] | Path:
+    """A dataset folder's masks: ``masks/`` files by stem, or its run-length CSV ``masks.csv``."""
+    csv_file = folder / "masks.csv"
+    return csv_file if csv_file.is_file() and not (folder / "masks").is_dir() else _files_by_stem(folder / "masks")
 
 
 def read_split(data_root: str | os.PathLike, split: str) -> list[Sample]:
@@ -130,18 +87,18 @@ def read_split(data_root: str | os.PathLike, split: str) -> list[Sample]:
         known = sorted(p.stem for p in (root / "splits").glob("*.txt")) if (root / "splits").is_dir() else []
         raise FileNotFoundError(f"no split file {split_file}; known splits: {', '.join(known) or 'none'}")
     lines = [ln.strip() for ln in split_file.read_text().splitlines() if ln.strip()]
-    index: dict[str, tuple[dict[str, Path], dict[str, Path], dict[str, Path] | None]] = {}
+    index: dict[str, tuple[dict[str, Path], dict[str, Path] | Path, dict[str, Path] | None]] = {}
     samples = []
     for line in lines:
         folder, stem = line.split("/", 1)
         if folder not in index:
             probs_dir = root / folder / "probs"
-            index[folder] = (_files_by_stem(root / folder / "images"), _files_by_stem(root / folder / "masks"),
+            index[folder] = (_files_by_stem(root / folder / "images"), _mask_index(root / folder),
                              _files_by_stem(probs_dir) if probs_dir.is_dir() else None)
         images, masks, probs = index[folder]
         if stem not in images:
             raise FileNotFoundError(f"split {split_file.name} names {line}, but there is no such image")
-        mask = _find_mask(masks, stem)
+        mask = masks if isinstance(masks, Path) else _find_mask(masks, stem)
         if mask is None:
             raise FileNotFoundError(f"split {split_file.name} names {line}, but it has no mask")
         if probs is not None and stem not in probs:
@@ -170,6 +127,77 @@ def pairs_from_folders(images_dir: str | os.PathLike, masks_dir: str | os.PathLi
     return samples
 
 
+def group_split(ids: Sequence[str], groups: Sequence[str] | Callable[[str], str], fractions: Sequence[float],
+                seed: int = 0) -> list[list[str]]:
+    """Split ids into parts of about ``fractions`` of the groups (patients, video sequences, centres), never putting
+    two ids of one group in different parts, so no patient is in both training and test.
+
+    Args:
+        ids: the image ids, e.g. ``uwmgi/case101_day20_slice_0078``.
+        groups: the group of each id, or a function of the id (e.g. :func:`medseg_core.io.slice_group` on the stem).
+        fractions: e.g. ``(0.7, 0.1, 0.2)``; normalised. Groups are shuffled with ``seed`` and dealt out greedily to
+            the part furthest below its share of ids, largest groups first.
+
+    Returns:
+        One sorted list of ids per fraction.
+    """
+    group_of = [groups(i) for i in ids] if callable(groups) else list(groups)
+    if len(group_of) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(group_of)} groups")
+    total = float(sum(fractions))
+    if not fractions or total <= 0 or min(fractions) < 0:
+        raise ValueError(f"fractions must be non-negative and sum to more than 0; got {list(fractions)}")
+    members: dict[str, list[str]] = {}
+    for i, g in zip(ids, group_of):
+        members.setdefault(g, []).append(i)
+    order = sorted(members)
+    np.random.default_rng(seed).shuffle(order)
+    order.sort(key=lambda g: -len(members[g]))  # stable: shuffled within equal sizes
+    targets = [f / total * len(ids) for f in fractions]
+    parts: list[list[str]] = [[] for _ in fractions]
+    for g in order:
+        k = max(range(len(parts)), key=lambda j: targets[j] - len(parts[j]))
+        parts[k].extend(members[g])
+    return [sorted(p) for p in parts]
+
+
+@functools.lru_cache(maxsize=8)
+def _rle_rows(csv_file: Path, mtime: float) -> dict[str, list[tuple[str, str]]]:
+    return rle_rows(csv_file)
+
+
+def read_sample_mask(sample: Sample, schema: LabelSchema | None, shape: tuple[int, int],
+                     encoding: str | None = None) -> np.ndarray:
+    """A sample's ground truth in the schema's layout: class indices (H, W) for binary and multi-class schemas,
+    a 0/1 stack (K, H, W) of the foreground classes for multi-label ones. ``shape`` (the image's) sizes the
+    classes without a file; ``encoding`` overrides the schema's ``mask_encoding``."""
+    encoding = encoding or (schema.mask_encoding if schema is not None else "binary")
+    if sample.mask is None:
+        raise ValueError(f"{sample.id} has no mask")
+    if encoding in ("rle_csv", "per_class_files"):
+        if schema is None:
+            raise ValueError(f"{encoding} masks need the label schema (which classes, in which order)")
+        if encoding == "rle_csv":
+            csv_file = Path(sample.mask)
+            rows = _rle_rows(csv_file, csv_file.stat().st_mtime).get(sample.image.stem, [])
+            stack = rle_stack(rows, shape, schema.foreground)
+        else:
+            files = sample.mask if isinstance(sample.mask, tuple) else (sample.mask,)
+            stack = read_mask(files, "per_class_files", schema, shape=shape)
+    else:
+        index = read_mask(sample.mask, encoding, schema)
+        if schema is None or not schema.multilabel:
+            return index
+        stack = np.stack([index == k + 1 for k in range(len(schema.foreground))]).astype(np.uint8)
+    if schema.multilabel:
+        return stack
+    # A multi-class schema stored per class: one owner per pixel, the higher class index wins.
+    index = np.zeros(shape, np.uint8)
+    for k, plane in enumerate(stack):
+        index[plane > 0] = k + 1
+    return index
+
+
 def _fit_within(img: np.ndarray, max_side: int, interpolation: int) -> np.ndarray:
     h, w = img.shape[:2]
     scale = max_side / max(h, w)
@@ -184,28 +212,41 @@ class SegDataset(Dataset):
     Args:
         samples: from :func:`read_split` or :func:`pairs_from_folders`.
         transform: an albumentations pipeline ending in ``ToTensorV2`` (see ``medseg_core.transforms``).
-        mask_encoding: how mask files encode classes.
+        mask_encoding: how mask files encode classes (``medseg_core.io``); ``schema.mask_encoding`` when a schema is
+            given.
+        schema: the label schema (needed for ``palette``, ``per_class_files`` and ``rle_csv`` masks and for
+            multi-label tasks).
         cache_max_side: decode every pair once, shrunk so its longer side is at most this, and keep it in memory.
             Decoding full-size endoscopy JPEGs every epoch costs more than the model on a CPU.
         progress: show a progress bar while caching.
 
-    Items are dicts: ``image`` float (3, H, W), ``mask`` long (H, W), ``id`` str. Samples with a ``prob`` map get a
-    fourth image channel: the probability in [0, 1], moved with the geometric augmentations, never normalised.
+    Items are dicts: ``image`` float (3, H, W), ``mask`` long (H, W) class indices, or (K, H, W) 0/1 for a
+    multi-label schema, ``id`` str. Samples with a ``prob`` map get a fourth image channel: the probability in
+    [0, 1], moved with the geometric augmentations, never normalised.
+
+    Multi-label masks travel through the augmentation as one bit per class of a single integer mask, so every
+    geometric transform moves all classes alike and nearest-neighbour interpolation keeps them exact.
     """
 
     def __init__(
         self,
         samples: Sequence[Sample],
         transform: Callable | None = None,
-        mask_encoding: MaskEncoding = "binary",
+        mask_encoding: str = "binary",
         cache_max_side: int | None = None,
         progress: bool = True,
+        schema: LabelSchema | None = None,
     ) -> None:
         if not samples:
             raise ValueError("the dataset is empty")
         self.samples = list(samples)
         self.transform = transform
-        self.mask_encoding = mask_encoding
+        self.schema = schema
+        self.mask_encoding = schema.mask_encoding if schema is not None else mask_encoding
+        if schema is not None and schema.multilabel and len(schema.class_names) > 15:
+            raise ValueError("multi-label training supports at most 15 classes")
+        if self.mask_encoding in ("per_class_files", "rle_csv") and schema is None:
+            raise ValueError(f"{self.mask_encoding} masks need the label schema (which classes, in which order)")
         self.cache_max_side = cache_max_side
         self._cache: list[tuple[np.ndarray, ...]] | None = None
         if cache_max_side is not None:
@@ -219,7 +260,8 @@ class SegDataset(Dataset):
         s = self.samples[i]
         if s.mask is None:
             raise ValueError(f"{s.id} has no mask")
-        image, mask = read_image(s.image), read_mask(s.mask, self.mask_encoding)
+        image = read_image(s.image)
+        mask = self._read_mask(s, image.shape[:2])
         if image.shape[:2] != mask.shape[:2]:
             raise ValueError(f"{s.id}: image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
         prob = None
@@ -233,6 +275,14 @@ class SegDataset(Dataset):
             if prob is not None:
                 prob = cv2.resize(prob, image.shape[1::-1], interpolation=cv2.INTER_AREA)
         return (image, mask) if prob is None else (image, mask, prob)
+
+    def _read_mask(self, s: Sample, shape: tuple[int, int]) -> np.ndarray:
+        """Class indices (H, W); for multi-label schemas the classes packed as bits (bit k = class k), uint16."""
+        mask = read_sample_mask(s, self.schema, shape, self.mask_encoding)
+        if mask.ndim == 3:
+            return (mask.astype(np.uint16) << np.arange(len(mask), dtype=np.uint16)[:, None, None]).sum(
+                0).astype(np.uint16)
+        return mask
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -249,45 +299,17 @@ class SegDataset(Dataset):
             prob = [torch.from_numpy(p) for p in prob]
         if prob:
             image = torch.cat([image, torch.as_tensor(prob[0]).float()[None] / 255.0])
-        return {"image": image, "mask": torch.as_tensor(mask).long(), "id": self.samples[i].id}
+        mask = torch.as_tensor(np.asarray(mask).astype(np.int64))
+        if self.schema is not None and self.schema.multilabel:  # unpack the class bits: (K, H, W) 0/1
+            bits = torch.arange(len(self.schema.class_names))
+            mask = (mask[None] >> bits[:, None, None]) & 1
+        return {"image": image, "mask": mask.long(), "id": self.samples[i].id}
 
 
 # UW-Madison GI tract MRI (Kaggle 2022): RLE masks of three organs in a CSV.
 
 #: The competition's organ classes, in mask-index order (1, 2, 3); 0 is background.
 UWMADISON_CLASSES: tuple[str, ...] = ("large_bowel", "small_bowel", "stomach")
-
-
-def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """A Kaggle run-length encoding -> binary ``uint8`` mask (H, W).
-
-    ``rle`` is ``"start length start length ..."`` with 1-based starts over the pixels numbered row-major (left to
-    right, then top to bottom), as the UW-Madison GI tract competition encodes its masks. An empty string means an
-    empty mask. Raises ``ValueError`` for an odd number of values, non-positive starts or lengths, or runs that
-    leave the image.
-    """
-    h, w = (int(s) for s in shape)
-    flat = np.zeros(h * w, np.uint8)
-    values = rle.split() if isinstance(rle, str) else []
-    if len(values) % 2:
-        raise ValueError(f"an RLE needs start/length pairs, got {len(values)} numbers")
-    try:
-        pairs = np.asarray(values, dtype=np.int64).reshape(-1, 2)
-    except ValueError as err:
-        raise ValueError(f"an RLE holds integers only: {rle[:60]!r}") from err
-    for start, length in pairs:
-        if start < 1 or length < 1 or start - 1 + length > h * w:
-            raise ValueError(f"run ({start}, {length}) does not fit a {h}x{w} image")
-        flat[start - 1 : start - 1 + length] = 1
-    return flat.reshape(h, w)
-
-
-def rle_encode(mask: np.ndarray) -> str:
-    """Binary mask (H, W) -> the Kaggle run-length encoding :func:`rle_decode` reads (row-major, 1-based)."""
-    flat = np.concatenate([[0], (np.asarray(mask).reshape(-1) > 0).astype(np.int8), [0]])
-    edges = np.flatnonzero(np.diff(flat)) + 1  # 1-based positions where a run starts or ends
-    starts, ends = edges[0::2], edges[1::2]
-    return " ".join(f"{s} {e - s}" for s, e in zip(starts, ends))
 
 
 def uwmadison_slice_info(path: str | os.PathLike) -> tuple[str, tuple[int, int]]:
@@ -325,34 +347,15 @@ def read_uwmadison_csv(
     the higher class index wins (stomach over small bowel over large bowel). Keep per-organ masks from
     :func:`rle_decode` where a multi-label target is wanted.
     """
-    import csv  # only this reader needs it
+    from .io import read_rle_csv
 
-    index = {name: k + 1 for k, name in enumerate(classes)}
-    masks: dict[str, np.ndarray] = {}
-    overlaps = 0
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"id", "class", "segmentation"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{csv_path} lacks the column(s) {', '.join(sorted(missing))}")
-        rows = list(reader)
-    for row in rows:  # the ids in the CSV's order
-        sid, organ = row["id"], row["class"]
-        if organ not in index:
-            raise ValueError(f"{csv_path}: unknown class {organ!r} for {sid}; expected one of {', '.join(classes)}")
-        if sid not in masks:
-            if isinstance(shapes, dict) and sid not in shapes:
-                raise ValueError(f"no (height, width) given for {sid}")
-            masks[sid] = np.zeros(shapes[sid] if isinstance(shapes, dict) else shapes, np.uint8)
-    for row in sorted(rows, key=lambda r: index[r["class"]]):  # paint in class order, so the higher index wins
-        sid, organ, rle = row["id"], row["class"], (row["segmentation"] or "").strip()
-        if rle:
-            region = rle_decode(rle, masks[sid].shape).astype(bool)
-            overlaps += int((masks[sid][region] > 0).sum())
-            masks[sid][region] = index[organ]
-    if overlaps:
-        log.debug("%s: %d pixels carry more than one organ; the higher class index was kept", csv_path, overlaps)
+    masks = {}
+    for sid, stack in read_rle_csv(csv_path, shapes, classes).items():
+        index = np.zeros(stack.shape[1:], np.uint8)
+        for k, plane in enumerate(stack):  # paint in class order, so the higher index wins
+            index[plane > 0] = k + 1
+        masks[sid] = index
     return masks
 
 
-__all__ += ["UWMADISON_CLASSES", "read_uwmadison_csv", "rle_decode", "rle_encode", "uwmadison_slice_info"]
+__all__ += ["UWMADISON_CLASSES", "read_uwmadison_csv", "uwmadison_slice_info"]

@@ -281,7 +281,7 @@ def write_enriched(
     """
     from tqdm.auto import tqdm
 
-    from .data import read_image, write_png
+    from .io import read_image, write_png
 
     views = _check_views(views)
     out = Path(out_dir)
@@ -356,7 +356,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args = _parse_args(argv)
-    from .data import pairs_from_folders, read_image, read_split, write_png
+    from .data import pairs_from_folders, read_split
+    from .io import read_image, write_png
 
     if args.figure is not None:
         args.figure.parent.mkdir(parents=True, exist_ok=True)

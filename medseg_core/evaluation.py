@@ -19,13 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .cli import add_postprocess_argument, postprocess_from_args, setup_logging
-from .data import Sample, pairs_from_folders, read_image, read_mask, read_split
+from .data import Sample, pairs_from_folders, read_sample_mask, read_split
 from .inference import Segmenter
+from .io import decode_mask, read_image
+from .labels import MASK_ENCODINGS, LabelSchema
 from .metrics import (
     BINARY_METRICS,
     class_pixel_counts,
@@ -35,7 +38,7 @@ from .metrics import (
     threshold_sweep_dice,
 )
 
-__all__ = ["evaluate_samples", "format_table", "main"]
+__all__ = ["evaluate_samples", "format_table", "main", "scores_against_mask_image"]
 
 log = logging.getLogger("medseg.evaluate")
 
@@ -48,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", help="split name (e.g. test-kvasir) or path to a split .txt file")
     p.add_argument("--images", help="folder of images (instead of --split)")
     p.add_argument("--masks", help="folder of masks matching --images by file name")
-    p.add_argument("--mask-encoding", choices=["binary", "neopolyp"], default=None,
-                   help="how masks encode classes (default: neopolyp for 3-class models, else binary)")
+    p.add_argument("--mask-encoding", choices=MASK_ENCODINGS, default=None,
+                   help="how the masks store classes (default: the mask_encoding of the weights' label schema)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     add_postprocess_argument(p)
     p.add_argument("--pranet-mean-dice", action="store_true",
@@ -59,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--csv", help="write per-image metrics to this CSV file")
     p.add_argument("--device", default=None, help="cpu or cuda (default: this process's accelerator device)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="inference precision")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="network engine (auto: onnxruntime when the weights folder has model.onnx)")
     args = p.parse_args(argv)
     if bool(args.split) == bool(args.images):
         p.error("give either --split or --images/--masks")
@@ -68,32 +73,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], mask_encoding: str, tta: bool = False,
-                     postprocess: Any = None, pranet: bool = False, progress: bool = True) -> list[dict[str, Any]]:
-    """Per-image metric rows for the given samples (``postprocess``: None keeps the segmenter's default)."""
+def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], mask_encoding: str | None = None,
+                     tta: bool = False, postprocess: Any = None, pranet: bool = False,
+                     progress: bool = True) -> list[dict[str, Any]]:
+    """Per-image metric rows for the given samples: the lesion metrics (any class against background) and, for
+    multi-class and multi-label schemas, ``dice_<class>``/``iou_<class>`` and the pixel counts behind the
+    split-level ``class_dice_<class>``. ``mask_encoding`` overrides the schema's; ``postprocess``: None keeps
+    the segmenter's default."""
+    schema: LabelSchema = segmenter.schema
+    per_class = {} if schema.task == "binary" else {"class_names": schema.foreground, "multilabel": schema.multilabel}
     rows = []
     for s in tqdm(samples, desc="evaluate", disable=not progress):
         image = read_image(s.image)
-        target = read_mask(s.mask, mask_encoding)
+        target = read_sample_mask(s, schema, image.shape[:2], mask_encoding)
         result = segmenter(image, tta=tta, postprocess=postprocess)
         row: dict[str, Any] = {"id": s.id}
-        row.update(segmentation_metrics(result.mask, target, segmenter.num_classes))
-        if segmenter.num_classes > 2:  # pixel counts for the split-level class Dice
-            row.update(class_pixel_counts(result.mask, target, segmenter.num_classes))
+        if per_class:
+            row.update(segmentation_metrics(result.mask, target, **per_class))
+            row.update(class_pixel_counts(result.mask, target, **per_class))
+        else:
+            row.update(segmentation_metrics(result.mask, target))
         if pranet:
-            row["pranet_mean_dice"] = threshold_sweep_dice(result.confidence, target)
+            lesion = target.any(axis=0) if schema.multilabel else target
+            row["pranet_mean_dice"] = threshold_sweep_dice(result.confidence, lesion)
         row["ms"] = result.stats["inference_ms"]
         rows.append(row)
     return rows
 
 
+def scores_against_mask_image(mask: np.ndarray, truth: np.ndarray, schema: LabelSchema) -> dict[str, float]:
+    """Metrics of a predicted mask against one ground-truth mask image (as a user uploads it, RGB): decoded with
+    the schema's encoding (``indexed`` for multi-class schemas stored otherwise); for a multi-label schema, whose
+    overlapping classes one image cannot hold, the lesion metrics (any class against background) only."""
+    if schema.multilabel:
+        return segmentation_metrics(mask.any(axis=0).astype(np.uint8), decode_mask(truth, "binary"))
+    if schema.task == "binary":
+        return segmentation_metrics(mask, decode_mask(truth, "binary"))
+    encoding = schema.mask_encoding if schema.mask_encoding in ("indexed", "palette") else "indexed"
+    return segmentation_metrics(mask, decode_mask(truth, encoding, schema), class_names=schema.foreground)
+
+
 def format_table(title: str, means: dict[str, float], n: int) -> str:
+    """The means as a one-row table, then (for multi-class and multi-label models) one row per class: per-image
+    Dice and IoU and the split-level Dice."""
     keys = [k for k in (*BINARY_METRICS, "mdice", "miou", "class_dice", "pranet_mean_dice") if k in means]
-    keys += sorted(k for k in means if k.startswith(("dice_", "iou_", "class_dice_")))
     widths = [max(10, len(k)) + 2 for k in keys]
     head = f"{'split':<24}{'n':>5}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths))
     line = f"{title:<24}{n:>5}" + "".join(f"{means[k]:>{w}.4f}" for k, w in zip(keys, widths))
-    return f"{head}\n{line}"
+    classes = [k[len("class_dice_"):] for k in means if k.startswith("class_dice_")]
+    if not classes:
+        return f"{head}\n{line}"
+    rows = [f"{'class':<24}{'dice':>12}{'iou':>12}{'split dice':>12}"]
+    rows += [f"{c:<24}{means.get(f'dice_{c}', float('nan')):>12.4f}{means.get(f'iou_{c}', float('nan')):>12.4f}"
+             f"{means[f'class_dice_{c}']:>12.4f}" for c in classes]
+    return "\n".join([head, line, "", *rows])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -101,14 +134,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     state = PartialState()
     segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device), precision=args.precision,
+                                          backend=args.backend,
                                           postprocess=args.postprocess)
     log.info("post-processing: %s", " ".join(segmenter.postprocess) or "none")
-    encoding = args.mask_encoding or ("neopolyp" if segmenter.num_classes == 3 else "binary")
     samples = read_split(args.data, args.split) if args.split else pairs_from_folders(args.images, args.masks)
     samples = samples[: args.limit]
     started = time.time()
     with state.split_between_processes(samples) as shard:
-        rows = evaluate_samples(segmenter, shard, encoding, args.tta, None, args.pranet_mean_dice,
+        rows = evaluate_samples(segmenter, shard, args.mask_encoding, args.tta, None, args.pranet_mean_dice,
                                 progress=state.is_local_main_process)
     rows = gather_object(rows)
     if not state.is_main_process:
@@ -126,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": time.time() - started,
         "tta": args.tta,
         "inference_precision": args.precision,
+        "backend": segmenter.backend.name,
         "postprocess": list(segmenter.postprocess),
+        "labels": segmenter.schema.to_config(),
         "per_image": rows,
     }
     print(format_table(title, means, len(rows)))

@@ -27,9 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import ONNX_FILENAME
-from .data import read_image, read_mask, read_split
+from .data import read_split
 from .hub import load_model, resolve_weights
 from .inference import Segmenter
+from .io import read_image, read_mask
 from .metrics import dice_score
 from .models import SegModel
 

@@ -10,24 +10,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from .models import SegModel, get_model_class
 from .postprocess import POSTPROCESSING_STEPS
+from .safety import UnsafeWeightsError, helper_folder, validate_model_config
 
 __all__ = [
+    "MAX_DOWNLOAD_BYTES",
     "WEIGHTS_DIR",
+    "UnsafeWeightsError",
     "WeightsNotFoundError",
     "list_local_weights",
     "load_model",
+    "parse_hub_spec",
     "push_model",
     "record_postprocess",
     "recorded_postprocess",
+    "resolve_hub_weights",
     "resolve_weights",
     "write_model_card",
 ]
@@ -49,6 +55,11 @@ def _default_weights_dir() -> Path:
 WEIGHTS_DIR = _default_weights_dir()
 #: What a weights folder holds, also one level down (a helper model such as the refiner the config names).
 _WEIGHT_FILES = ["config.json", "model.safetensors", "README.md", "*/config.json", "*/model.safetensors", "*/README.md"]
+#: The files a download takes from a Hub repo (plus the helper sub-folder's config and weights): nothing else.
+_DOWNLOAD_FILES = ("config.json", "model.safetensors", "README.md", "model.onnx")
+#: Most bytes one model download may hold (``MEDSEG_MAX_DOWNLOAD_MB`` overrides).
+MAX_DOWNLOAD_BYTES = int(float(os.environ.get("MEDSEG_MAX_DOWNLOAD_MB", "1024")) * 1_000_000)
+_HUB_SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w.-]{1,64}))?$")
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -77,47 +88,119 @@ def list_local_weights(weights_dir: str | os.PathLike | None = None) -> list[str
     return sorted(p.name for p in root.iterdir() if p.is_dir() and _is_weights_dir(p) and _segments_images(p))
 
 
-def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """A local folder holding ``config.json`` + ``model.safetensors`` for a folder, a ``weights/`` name or a repo id.
+def parse_hub_spec(spec: str) -> tuple[str, str | None]:
+    """``"owner/name"`` or ``"owner/name@revision"`` -> (repo id, revision or None); ``ValueError`` otherwise."""
+    match = _HUB_SPEC.match(spec.strip())
+    if not match or ".." in spec:
+        raise ValueError(f"{spec!r} is not a Hub repo id of the form owner/name[@revision]")
+    return match.group("repo"), match.group("rev")
 
-    A repo id (``owner/name``) is downloaded through ``huggingface_hub`` (only the json, safetensors and card
-    files), or taken from the local cache when the Hub is unreachable or ``HF_HUB_OFFLINE=1``.
-    """
+
+def _read_config(folder: Path, source: str) -> dict[str, Any]:
+    """``config.json`` of a weights folder, parsed and validated (:func:`medseg_core.safety.validate_model_config`)."""
+    path = folder / "config.json"
+    if path.stat().st_size > 1_000_000:
+        raise UnsafeWeightsError(f"{source}: config.json is larger than 1 MB")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UnsafeWeightsError(f"{source}: config.json is not valid JSON ({err})") from err
+    return validate_model_config(config, source)
+
+
+def _download_patterns(helper: str | None) -> list[str]:
+    files = list(_DOWNLOAD_FILES)
+    if helper:
+        files += [f"{helper}/config.json", f"{helper}/model.safetensors"]
+    return files
+
+
+def _check_remote_size(repo_id: str, revision: str | None, patterns: list[str], cache_dir: Any) -> None:
+    """Refuse a repo whose wanted files exceed :data:`MAX_DOWNLOAD_BYTES`, from the Hub's file metadata."""
+    info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    size = sum(s.size or 0 for s in info.siblings or [] if s.rfilename in patterns)
+    if size > MAX_DOWNLOAD_BYTES:
+        raise UnsafeWeightsError(f"{repo_id}: the weights are {size / 1e6:.0f} MB; the limit is "
+                                 f"{MAX_DOWNLOAD_BYTES / 1e6:.0f} MB")
+
+
+def _check_local_size(folder: Path, patterns: list[str], source: str) -> None:
+    size = sum((folder / p).stat().st_size for p in patterns if (folder / p).is_file())
+    if size > MAX_DOWNLOAD_BYTES:
+        raise UnsafeWeightsError(f"{source}: the weights are {size / 1e6:.0f} MB; the limit is "
+                                 f"{MAX_DOWNLOAD_BYTES / 1e6:.0f} MB")
+
+
+def _fetch(repo_id: str, revision: str | None, cache_dir: Any, local_only: bool) -> Path:
+    """config.json first (validated), then only the files a weights folder needs, within the size cap."""
+    config_path = hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache_dir,
+                                  local_files_only=local_only)
+    source = repo_id if revision is None else f"{repo_id}@{revision}"
+    config = _read_config(Path(config_path).parent, source)
+    patterns = _download_patterns(helper_folder(config, source))
+    if not local_only:
+        _check_remote_size(repo_id, revision, patterns, cache_dir)
+    folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir,
+                                    local_files_only=local_only))
+    _check_local_size(folder, patterns, source)
+    if not _is_weights_dir(folder):
+        raise WeightsNotFoundError(f"{source} holds no model.safetensors")
+    return folder
+
+
+def resolve_hub_weights(spec: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cached folder of a Hub model ``owner/name[@revision]``: downloaded (config.json validated first, only
+    :data:`_DOWNLOAD_FILES` and the helper sub-folder, at most :data:`MAX_DOWNLOAD_BYTES`), or the cached copy
+    when the Hub is unreachable or ``HF_HUB_OFFLINE=1``. Never a local path."""
+    try:
+        repo_id, revision = parse_hub_spec(spec)
+    except ValueError as err:
+        raise WeightsNotFoundError(str(err)) from err
+    try:
+        return _fetch(repo_id, revision, cache_dir, local_only=False)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        if isinstance(err, WeightsNotFoundError):
+            raise
+        online_error = err
+    try:
+        # Offline or unreachable: fall back to what is already cached.
+        local = _fetch(repo_id, revision, cache_dir, local_only=True)
+        log.warning("the Hub is unreachable (%s); using the cached copy of %s", online_error, spec)
+        return local
+    except (LocalEntryNotFoundError, OSError) as err:
+        if isinstance(err, WeightsNotFoundError):
+            raise
+        raise WeightsNotFoundError(
+            f"cannot download {spec} from the Hugging Face Hub ({type(online_error).__name__}) and it is not in "
+            "the local cache. Connect to the internet once, or copy the weights folder into weights/."
+        ) from err
+
+
+def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local folder holding ``config.json`` + ``model.safetensors`` for a folder, a ``weights/`` name or a repo id
+    (``owner/name[@revision]``, see :func:`resolve_hub_weights`). Its ``config.json`` is validated before it is
+    returned (:class:`UnsafeWeightsError` names the bad field)."""
     path = Path(name_or_path)
     if _is_weights_dir(path):
+        _read_config(path, str(name_or_path))
         return path
-    if _is_weights_dir(WEIGHTS_DIR / str(name_or_path)):
+    if _is_weights_dir(WEIGHTS_DIR / str(name_or_path)) and ".." not in Path(str(name_or_path)).parts:
+        _read_config(WEIGHTS_DIR / str(name_or_path), str(name_or_path))
         return WEIGHTS_DIR / str(name_or_path)
     repo_id = str(name_or_path)
-    if path.exists() or repo_id.count("/") != 1:
+    if path.exists() or not _HUB_SPEC.match(repo_id):
         known = ", ".join(list_local_weights()) or "none"
         raise WeightsNotFoundError(
             f"{repo_id!r} is neither a folder with config.json and model.safetensors, nor a name in "
             f"{WEIGHTS_DIR} (available: {known}), nor a Hub repo id of the form owner/name"
         )
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=_WEIGHT_FILES, cache_dir=cache_dir))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-        online_error = err
-    try:
-        # Offline or unreachable: fall back to what is already cached.
-        local = Path(snapshot_download(repo_id, allow_patterns=_WEIGHT_FILES, cache_dir=cache_dir,
-                                       local_files_only=True))
-        log.warning("the Hub is unreachable (%s); using the cached copy of %s", online_error, repo_id)
-        return local
-    except (LocalEntryNotFoundError, OSError) as err:
-        raise WeightsNotFoundError(
-            f"cannot download {repo_id} from the Hugging Face Hub ({type(online_error).__name__}) and it is not in "
-            "the local cache. Connect to the internet once, or copy the weights folder into weights/."
-        ) from err
+    return resolve_hub_weights(repo_id, cache_dir=cache_dir)
 
 
 def load_model(name_or_path: str | os.PathLike, map_location: str = "cpu", cache_dir: str | None = None) -> SegModel:
     """Rebuild any saved model from its folder, ``weights/`` name or Hub repo id, in eval mode."""
     folder = resolve_weights(name_or_path, cache_dir=cache_dir)
-    config = json.loads((folder / "config.json").read_text())
-    if "arch" not in config:
-        raise ValueError(f"{folder / 'config.json'} does not say which architecture it is (no 'arch' key)")
+    config = _read_config(folder, str(name_or_path))
     return get_model_class(config["arch"]).from_pretrained(folder, map_location=map_location)
 
 
@@ -125,8 +208,9 @@ def recorded_postprocess(folder: str | os.PathLike) -> dict[str, Any]:
     """The post-processing recorded in a weights folder's ``config.json``: ``{"steps": [...], "refiner": ...}``.
 
     ``steps`` are names from ``medseg_core.postprocess`` (empty when none is recorded); ``refiner`` is where the
-    ``refine`` step's model lives, resolved here: a folder relative to the weights folder, else a ``weights/``
-    name or a Hub repo id as written (None when not recorded).
+    ``refine`` step's model lives, resolved here: a sub-folder of the weights folder, else a ``weights/`` name as
+    written (None when not recorded). Absolute paths, ``..`` and repo ids are refused (:class:`UnsafeWeightsError`):
+    a helper model never comes from outside its weights folder.
     """
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
@@ -135,7 +219,7 @@ def recorded_postprocess(folder: str | os.PathLike) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{folder / 'config.json'} records unknown post-processing steps {unknown}; known: "
                          f"{', '.join(sorted(POSTPROCESSING_STEPS))}")
-    refiner = config.get("refiner")
+    refiner = helper_folder(config, folder.name)
     if refiner and _is_weights_dir(folder / refiner):
         refiner = str(folder / refiner)
     return {"steps": steps, "refiner": refiner}
@@ -163,12 +247,21 @@ def record_postprocess(folder: str | os.PathLike, steps: Sequence[str], refiner:
 
 def _metrics_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
     keys = ["dice", "iou", "accuracy", "precision", "recall", "hd95"]
-    extra = ("class_dice", "class_dice_1", "class_dice_2", "class_dice_3", "mdice")
-    keys += [k for k in extra if any(k in m for m in metrics.values())]
+    extra = sorted({k for m in metrics.values() for k in m if k.startswith("class_dice")})
+    keys += extra + [k for k in ("mdice",) if any(k in m for m in metrics.values())]
     rows = ["| split | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for split, m in metrics.items():
         rows.append(f"| {split} | " + " | ".join(f"{m[k]:.4f}" if k in m else "—" for k in keys) + " |")
     return "\n".join(rows)
+
+
+def _labels_text(config: Mapping[str, Any]) -> str:
+    from .labels import schema_from_config
+
+    schema = schema_from_config(config)
+    recorded = "" if config.get("task") else " (the default for weights without a recorded schema)"
+    return (f"`{schema.task}`, classes {', '.join(f'`{n}`' for n in schema.class_names)}, masks stored as "
+            f"`{schema.mask_encoding}`{recorded}")
 
 
 def write_model_card(
@@ -196,6 +289,7 @@ tags: [medical-imaging, image-segmentation, endoscopy, polyp]
 Architecture `{config['arch']}` ({cls.info.paper}), encoder `{config.get('encoder', '—')}`
 (initialised from `{config.get('encoder_weights')}`), {config['num_classes']} output channel(s),
 input {config['input_size']}×{config['input_size']}, normalisation mean {config['mean']} std {config['std']}.
+Labels: {_labels_text(config)}.
 
 Load it with `medseg_core.load_model("{name}")` or `medseg_core.Segmenter.from_pretrained(...)`.
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -21,6 +22,8 @@ import torch
 from .backends import ONNX_FILENAME, BackendName, create_backend
 from .enhance import stack_views
 from .hub import load_model, recorded_postprocess, resolve_weights
+from .io import to_rgb_uint8
+from .labels import LabelSchema, schema_from_config
 from .models import SegModel
 from .postprocess import PostprocessSpec, apply_postprocessing, resolve_postprocess
 
@@ -32,15 +35,12 @@ __all__ = [
     "Segmenter",
     "load_image_file",
     "make_overlay",
-    "to_rgb_uint8",
 ]
 
 log = logging.getLogger(__name__)
 
 #: RGB colour of each class in overlays (index 0, background, is never drawn).
 CLASS_COLOURS: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (255, 48, 48), (40, 220, 80), (60, 120, 255))
-DEFAULT_CLASS_NAMES = {1: ("background", "lesion"), 2: ("background", "lesion"),
-                       3: ("background", "neoplastic", "non-neoplastic")}
 
 
 #: Largest image (width x height) accepted from users: 40 megapixels, well above any endoscope's frame.
@@ -85,62 +85,46 @@ def load_image_file(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS)
 
 
 def _pil_to_array(im: PIL.Image.Image) -> np.ndarray:
+    """A Pillow image as an array :func:`medseg_core.io.to_rgb_uint8` takes: 16-bit, 32-bit and float modes keep
+    their values (it windows them to 8 bits, as training does); transparency stays as an alpha channel."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(im, dtype=np.uint16)
     if im.mode == "I":
-        # 32-bit integer images (often 16-bit PNGs opened by Pillow): scale by the actual maximum.
-        a = np.asarray(im, dtype=np.int64).clip(0)
-        return (a * (255.0 / max(1, a.max()))).astype(np.uint8)
+        return np.asarray(im, dtype=np.int64)
     if im.mode == "F":
-        a = np.nan_to_num(np.asarray(im, dtype=np.float32))
-        lo, hi = float(a.min()), float(a.max())
-        return ((a - lo) / (hi - lo if hi > lo else 1.0) * 255).astype(np.uint8)
+        return np.asarray(im, dtype=np.float32)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        # Transparent areas become black, as the background of an endoscopy frame usually is.
-        rgba = im.convert("RGBA")
-        background = PIL.Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return np.asarray(PIL.Image.alpha_composite(background, rgba).convert("RGB"))
+        return np.asarray(im.convert("RGBA"))
     return np.asarray(im.convert("RGB"))
 
 
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Any common image array -> ``uint8`` RGB (H, W, 3).
+def make_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4,
+                 colours: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """The image with each lesion class tinted in its colour and outlined.
 
-    Accepts grey (H, W) or (H, W, 1), RGB, RGBA (alpha dropped), 16-bit (scaled to 8-bit), float in [0, 1] and bool.
-    Raises ``ValueError`` for anything else (wrong rank, wrong channel count, empty).
+    ``mask``: class indices (H, W), ``colours[c]`` for class ``c`` (index 0, background, is never drawn); or a 0/1
+    stack (K, H, W) of overlapping classes, ``colours[k]`` for class ``k``: each drawn as an outline only (thicker,
+    with a light tint), so that every class stays visible where they overlap.
     """
-    image = np.asarray(image)
-    if image.size == 0:
-        raise ValueError("the image is empty")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"expected a grey, RGB or RGBA image, got an array of shape {image.shape}")
-    image = image[..., :3]
-    if image.dtype == np.uint8:
-        return np.ascontiguousarray(image)
-    if image.dtype == bool:
-        return image.astype(np.uint8) * 255
-    if np.issubdtype(image.dtype, np.integer):
-        # 16-bit (or wider) images: scale the dtype's range to 0..255 rather than clipping.
-        return (image.astype(np.float64) / np.iinfo(image.dtype).max * 255).round().astype(np.uint8)
-    if np.issubdtype(image.dtype, np.floating):
-        scale = 255.0 if np.nanmax(image) <= 1.0 else 1.0
-        return np.clip(np.nan_to_num(image) * scale, 0, 255).round().astype(np.uint8)
-    raise ValueError(f"unsupported image dtype {image.dtype}")
-
-
-def make_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """The image with each lesion class tinted in its colour and outlined."""
     out = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 300))
+    if mask.ndim == 3:
+        palette = colours or CLASS_COLOURS[1:]
+        for k, plane in enumerate(mask):
+            region = plane > 0
+            if not region.any():
+                continue
+            colour = np.array(palette[k % len(palette)], np.float32)
+            out[region] = (out[region] * (1 - alpha / 3) + colour * alpha / 3).astype(np.uint8)
+            contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(out, contours, -1, tuple(int(v) for v in colour), 2 * thickness)
+        return out
+    palette = colours or CLASS_COLOURS
     for c in range(1, int(mask.max()) + 1):
         region = mask == c
         if not region.any():
             continue
-        colour = np.array(CLASS_COLOURS[c % len(CLASS_COLOURS)], np.float32)
+        colour = np.array(palette[c % len(palette)], np.float32)
         out[region] = (out[region] * (1 - alpha) + colour * alpha).astype(np.uint8)
         contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, tuple(int(v) for v in colour), thickness)
@@ -152,9 +136,12 @@ class SegResult:
     """What a segmentation returns, all at the input image's resolution (H, W).
 
     Attributes:
-        mask: ``uint8`` class indices (H, W); 0 is background.
-        probs: ``float32`` class probabilities (C, H, W); C = 2 (background, lesion) for binary models.
-        confidence: ``float32`` lesion probability (H, W): 1 - P(background).
+        mask: ``uint8`` class indices (H, W), 0 the background; for multi-label models a 0/1 stack (K, H, W), one
+            plane per class of the schema (classes may overlap).
+        probs: ``float32`` class probabilities (C, H, W); C = 2 (background, lesion) for binary models; for
+            multi-label models one sigmoid per class (K, H, W).
+        confidence: ``float32`` lesion probability (H, W): 1 - P(background), or the largest class probability
+            for multi-label models.
         overlay: ``uint8`` RGB image with the lesions tinted and outlined.
         disagreement: ``float32`` (H, W) spread of the lesion probability across TTA passes (None without TTA).
         stats: areas (pixels and % of the image) per class, lesion count, mean confidence, timing.
@@ -178,7 +165,8 @@ class Segmenter:
         postprocess: the default post-processing of every call: ``"recorded"`` (``recorded_postprocess``, the
             default), ``"none"`` or step names (see ``medseg_core.postprocess``).
         recorded_postprocess: the chain recorded with the weights (``from_pretrained`` reads it from config.json).
-        class_names: one name per class, background first.
+        schema: the label schema (task, class names, colours); by default the one in the model's config (see
+            ``medseg_core.labels.schema_from_config``).
         name: how reports name the model (the weights name or repo id); the architecture name by default.
         refiner: a ``refiner`` model for the ``refine`` post-processing step, or a callable returning one (loaded
             on first use); None when that step is not used.
@@ -196,7 +184,7 @@ class Segmenter:
         threshold: float = 0.5,
         postprocess: PostprocessSpec = "recorded",
         recorded_postprocess: Sequence[str] = (),
-        class_names: Sequence[str] | None = None,
+        schema: LabelSchema | None = None,
         name: str | None = None,
         refiner: SegModel | Callable[[], SegModel] | None = None,
         precision: str = "fp32",
@@ -219,9 +207,11 @@ class Segmenter:
                                                         list(recorded_postprocess))
         self.postprocess = resolve_postprocess(postprocess, self.recorded_postprocess)
         self._refiner = refiner
-        n = max(2, model.num_classes)
-        self.class_names = tuple(class_names or DEFAULT_CLASS_NAMES.get(model.num_classes) or
-                                 ["background"] + [f"class {c}" for c in range(1, n)])
+        self.schema = schema or schema_from_config(model.config)
+        if not self.schema.outputs_ok(model.num_classes):
+            raise ValueError(f"the {self.schema.task} schema of {self.name} ({len(self.schema.class_names)} classes) "
+                             f"does not fit a model with {model.num_classes} outputs")
+        self.class_names = self.schema.class_names
         # Normalisation of 0..255 values, one (mean, std) per RGB channel, repeated for each stacked view.
         repeats = max(1, model.in_channels // len(model.mean))
         self._mean = np.tile(np.asarray(model.mean, np.float32) * np.float32(255), repeats)
@@ -245,6 +235,7 @@ class Segmenter:
         kwargs["recorded_postprocess"] = recorded["steps"]
         if kwargs.get("refiner") is None and recorded["refiner"]:
             kwargs["refiner"] = functools.partial(load_model, recorded["refiner"])
+        kwargs.setdefault("schema", schema_from_config(json.loads((folder / "config.json").read_text())))
         kwargs.setdefault("backend", "auto")
         kwargs.setdefault("onnx_path", folder / ONNX_FILENAME if (folder / ONNX_FILENAME).is_file() else None)
         return cls(load_model(folder), device=device, **kwargs)
@@ -260,8 +251,9 @@ class Segmenter:
 
     @property
     def num_classes(self) -> int:
-        """Classes in the output mask, background included (2 for a binary model)."""
-        return max(2, self.model.num_classes)
+        """Classes in the output mask, background included (2 for a binary model); for a multi-label model, its
+        number of classes."""
+        return len(self.schema.class_names)
 
     def _preprocess(self, image: np.ndarray) -> np.ndarray:
         """The network's input for one RGB image: ``float32`` (1, C, size, size), normalised.
@@ -295,6 +287,8 @@ class Segmenter:
         if isinstance(x, torch.Tensor):
             x = x.cpu().numpy()
         logits = torch.from_numpy(self.backend(x))
+        if self.schema.multilabel:
+            return logits.sigmoid()
         if logits.shape[1] == 1:
             fg = logits.sigmoid()
             return torch.cat([1 - fg, fg], dim=1)
@@ -316,7 +310,8 @@ class Segmenter:
         passes = [p.flip(f) if f else p for p, f in zip(passes, flips)]
         stacked = torch.cat(passes)
         probs = stacked.mean(0)
-        spread = (1 - stacked[:, 0]).std(0, unbiased=False)
+        lesion = stacked.amax(1) if self.schema.multilabel else 1 - stacked[:, 0]
+        spread = lesion.std(0, unbiased=False)
         dis = cv2.resize(spread.numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
         return _resize_channels(probs.numpy(), w, h), dis
 
@@ -333,7 +328,10 @@ class Segmenter:
         return _resize_channels(probs, width, height)
 
     def mask_from_probs(self, probs: np.ndarray) -> np.ndarray:
-        """Class indices from probabilities: threshold the lesion probability (binary) or argmax (multi-class)."""
+        """Class indices from probabilities: threshold the lesion probability (binary) or argmax (multi-class);
+        for multi-label models each class's probability thresholded, a 0/1 stack (K, H, W)."""
+        if self.schema.multilabel:
+            return (probs > self.threshold).astype(np.uint8)
         if probs.shape[0] == 2:
             return (probs[1] > self.threshold).astype(np.uint8)
         return probs.argmax(0).astype(np.uint8)
@@ -350,32 +348,41 @@ class Segmenter:
         if steps:
             if "refine" in steps and self.refiner is None:
                 raise ValueError(f"the 'refine' step needs a refiner, and the weights of {self.name} name none")
-            mask = apply_postprocessing(mask, steps, probs, image=image, refiner=self.refiner)
-        confidence = (1.0 - probs[0]).astype(np.float32)
+            mask = self._postprocess(mask, steps, probs, image)
+        confidence = (probs.max(0) if self.schema.multilabel else 1.0 - probs[0]).astype(np.float32)
         elapsed_ms = (time.perf_counter() - start) * 1000
+        colours = self.schema.foreground_colours if self.schema.multilabel else self.schema.colours
         return SegResult(
             mask=mask,
             probs=probs,
             confidence=confidence,
-            overlay=make_overlay(image, mask),
+            overlay=make_overlay(image, mask, colours=colours),
             stats=self.statistics(mask, confidence, elapsed_ms, tta, steps),
             disagreement=disagreement,
         )
 
+    def _postprocess(self, mask: np.ndarray, steps: Sequence[str], probs: np.ndarray, image: np.ndarray) -> np.ndarray:
+        if not self.schema.multilabel:
+            return apply_postprocessing(mask, steps, probs, image=image, refiner=self.refiner)
+        # Overlapping classes: each class's plane is post-processed as a binary mask of its own.
+        return np.stack([apply_postprocessing(plane, steps, np.stack([1 - p, p]), image=image, refiner=self.refiner)
+                         for plane, p in zip(mask, probs)])
+
     def statistics(self, mask: np.ndarray, confidence: np.ndarray, elapsed_ms: float, tta: bool,
                    steps: Sequence[str]) -> dict[str, Any]:
-        """Per-class area (pixels and %), lesion count (8-connected regions), mean confidence inside lesions."""
-        total = mask.size
-        lesion = mask > 0
+        """Per-class area (pixels and %), lesion count (8-connected regions of any class), mean confidence inside
+        lesions."""
+        planes = mask if self.schema.multilabel else [mask == c for c in range(1, len(self.class_names))]
+        lesion = mask.any(axis=0) if self.schema.multilabel else mask > 0
+        total = lesion.size
         count = cv2.connectedComponents(lesion.astype(np.uint8), connectivity=8)[0] - 1
-        classes = {
-            name: {"pixels": int((mask == c).sum()), "percent": round(100.0 * float((mask == c).sum()) / total, 3)}
-            for c, name in enumerate(self.class_names) if c > 0
-        }
+        classes = {name: {"pixels": int(plane.sum()), "percent": round(100.0 * float(plane.sum()) / total, 3)}
+                   for name, plane in zip(self.schema.foreground, planes)}
         return {
             "model": self.name,
             "arch": self.model.arch,
-            "image_size": [int(mask.shape[1]), int(mask.shape[0])],
+            "image_size": [int(lesion.shape[1]), int(lesion.shape[0])],
+            "task": self.schema.task,
             "lesion_pixels": int(lesion.sum()),
             "lesion_percent": round(100.0 * float(lesion.sum()) / total, 3),
             "lesion_count": int(count),

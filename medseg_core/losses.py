@@ -1,8 +1,9 @@
 """Losses in MONAI's vocabulary: ``sigmoid`` / ``softmax``, ``include_background``, ``smooth_nr`` / ``smooth_dr``,
 ``reduction``.
 
-Binary models have one output channel (sigmoid); multi-class models have ``C`` channels (softmax). Targets are
-integer class maps ``(N, H, W)``.
+Binary models have one output channel (sigmoid); multi-class models have ``C`` channels (softmax); multi-label
+models have ``K`` channels, one sigmoid each. Targets are integer class maps ``(N, H, W)``, or 0/1 stacks
+``(N, K, H, W)`` for multi-label models.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ Reduction = Literal["mean", "sum", "none"]
 
 
 def _one_hot(target: torch.Tensor, num_channels: int) -> torch.Tensor:
-    """(N, H, W) class indices -> (N, C, H, W) float; one channel means the binary foreground map."""
+    """(N, H, W) class indices -> (N, C, H, W) float; one channel means the binary foreground map. A multi-label
+    target (N, K, H, W) is already one map per channel."""
+    if target.ndim == 4:
+        if target.shape[1] != num_channels:
+            raise ValueError(f"a multi-label target has {target.shape[1]} classes, the logits {num_channels}")
+        return target.float()
     if num_channels == 1:
         return (target > 0).unsqueeze(1).float()
     return F.one_hot(target.long(), num_channels).permute(0, 3, 1, 2).float()
@@ -78,7 +84,8 @@ class DiceLoss(nn.Module):
 
 
 class DiceCELoss(nn.Module):
-    """Cross-entropy (BCE for one channel, CE for several) plus soft Dice, weighted."""
+    """Cross-entropy (BCE for one channel, CE for several) plus soft Dice, weighted. With ``multilabel``, BCE and
+    Dice per channel (each class its own sigmoid; targets (N, K, H, W))."""
 
     def __init__(
         self,
@@ -86,16 +93,23 @@ class DiceCELoss(nn.Module):
         lambda_dice: float = 1.0,
         lambda_ce: float = 1.0,
         include_background: bool = False,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError("DiceCELoss: num_classes must be >= 1")
-        self.binary = num_classes == 1
-        self.dice = DiceLoss(sigmoid=self.binary, softmax=not self.binary, include_background=include_background)
+        self.binary = num_classes == 1 or multilabel
+        self.multilabel = multilabel
+        self.dice = DiceLoss(sigmoid=self.binary, softmax=not self.binary,
+                             include_background=include_background or multilabel)
         self.lambda_dice, self.lambda_ce = lambda_dice, lambda_ce
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.binary:
+        if self.multilabel:
+            if target.ndim != 4:
+                raise ValueError("a multi-label loss needs (N, K, H, W) targets")
+            ce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        elif self.binary:
             ce = F.binary_cross_entropy_with_logits(logits[:, 0].float(), (target > 0).float())
         else:
             ce = F.cross_entropy(logits.float(), target.long())
@@ -127,14 +141,17 @@ class DeepSupervisionLoss(nn.Module):
         return total / sum(weights[: len(outputs)])
 
 
-def build_loss(name: str, num_classes: int, deep_supervision_weights: Sequence[float] | None = None) -> nn.Module:
-    """The training loss named in a recipe, wrapped for deep supervision."""
+def build_loss(name: str, num_classes: int, deep_supervision_weights: Sequence[float] | None = None,
+               multilabel: bool = False) -> nn.Module:
+    """The training loss named in a recipe, wrapped for deep supervision. ``multilabel``: BCE + Dice per class."""
     if name == "dice_ce":
-        base: nn.Module = DiceCELoss(num_classes=num_classes)
+        base: nn.Module = DiceCELoss(num_classes=num_classes, multilabel=multilabel)
     elif name == "ce":
-        base = DiceCELoss(num_classes=num_classes, lambda_dice=0.0)
+        base = DiceCELoss(num_classes=num_classes, lambda_dice=0.0, multilabel=multilabel)
     elif name == "dice":
-        base = DiceCELoss(num_classes=num_classes, lambda_ce=0.0)
+        base = DiceCELoss(num_classes=num_classes, lambda_ce=0.0, multilabel=multilabel)
+    elif name == "structure" and multilabel:
+        raise ValueError("the structure loss is for binary and multi-class models; use dice_ce for multi-label")
     elif name == "structure":
         base = StructureLoss(sigmoid=num_classes == 1, softmax=num_classes > 1, include_background=False)
         # PraNet sums the loss of every side output with the same weight (8 entries: more than any model has).

@@ -98,47 +98,71 @@ def binary_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     }
 
 
-def per_class_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Dice and IoU of every foreground class ``1..num_classes-1`` and their means (``mdice``, ``miou``)."""
+def _planes(mask: np.ndarray, count: int, multilabel: bool) -> list[np.ndarray]:
+    """Boolean maps of foreground classes: ``mask == c`` for class indices (H, W), ``mask[k]`` for 0/1 stacks."""
+    return [mask[k] > 0 for k in range(count)] if multilabel else [mask == c for c in range(1, count + 1)]
+
+
+def _names(num_classes: int | None, class_names: Sequence[str] | None) -> list[str]:
+    if class_names is not None:
+        return list(class_names)
+    if num_classes is None:
+        raise ValueError("give num_classes or class_names")
+    return [str(c) for c in range(1, num_classes)]
+
+
+def per_class_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int | None = None,
+                      class_names: Sequence[str] | None = None, multilabel: bool = False) -> dict[str, float]:
+    """Dice and IoU of every foreground class and their means (``mdice``, ``miou``).
+
+    Keys are ``dice_<name>`` / ``iou_<name>`` with the foreground ``class_names`` (``dice_1``, ``dice_2`` ... by
+    index when none are given). ``pred``/``target`` hold class indices (H, W), or 0/1 stacks (K, H, W) when
+    ``multilabel``. A class absent from both counts 1.0 in an image (the module's empty-case rule).
+    """
+    names = _names(num_classes, class_names)
     out: dict[str, float] = {}
-    for c in range(1, num_classes):
-        out[f"dice_{c}"] = dice_score(pred == c, target == c)
-        out[f"iou_{c}"] = iou_score(pred == c, target == c)
-    fg = range(1, num_classes)
-    out["mdice"] = float(np.mean([out[f"dice_{c}"] for c in fg]))
-    out["miou"] = float(np.mean([out[f"iou_{c}"] for c in fg]))
+    for name, p, t in zip(names, _planes(pred, len(names), multilabel), _planes(target, len(names), multilabel)):
+        out[f"dice_{name}"] = dice_score(p, t)
+        out[f"iou_{name}"] = iou_score(p, t)
+    out["mdice"] = float(np.mean([out[f"dice_{n}"] for n in names]))
+    out["miou"] = float(np.mean([out[f"iou_{n}"] for n in names]))
     return out
 
 
-def segmentation_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int = 2) -> dict[str, float]:
-    """All metrics of one image: the binary lesion metrics, plus per-class ones when ``num_classes > 2``."""
-    out = binary_metrics(pred, target)
-    if num_classes > 2:
-        out.update(per_class_metrics(pred, target, num_classes))
+def segmentation_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int = 2,
+                         class_names: Sequence[str] | None = None, multilabel: bool = False) -> dict[str, float]:
+    """All metrics of one image: the binary lesion metrics (any class against background), plus per-class ones
+    for multi-class (``num_classes > 2`` or more than one foreground name) and multi-label masks."""
+    lesion_p, lesion_t = (pred.any(axis=0), target.any(axis=0)) if multilabel else (pred, target)
+    out = binary_metrics(lesion_p, lesion_t)
+    names = _names(num_classes, class_names)
+    if multilabel or len(names) > 1:
+        out.update(per_class_metrics(pred, target, class_names=names, multilabel=multilabel))
     return out
 
 
-def class_pixel_counts(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[str, int]:
-    """Per foreground class ``c``: ``n_inter_c`` (pixels both call ``c``) and ``n_total_c`` (pixels either calls
-    ``c``, counted twice where both do), the sums behind :func:`split_class_dice`."""
+def class_pixel_counts(pred: np.ndarray, target: np.ndarray, num_classes: int | None = None,
+                       class_names: Sequence[str] | None = None, multilabel: bool = False) -> dict[str, int]:
+    """Per foreground class: ``n_inter_<name>`` (pixels both call that class) and ``n_total_<name>`` (pixels either
+    calls it, counted twice where both do), the sums behind :func:`split_class_dice`."""
+    names = _names(num_classes, class_names)
     out: dict[str, int] = {}
-    for c in range(1, num_classes):
-        p, t = pred == c, target == c
-        out[f"n_inter_{c}"] = int((p & t).sum())
-        out[f"n_total_{c}"] = int(p.sum() + t.sum())
+    for name, p, t in zip(names, _planes(pred, len(names), multilabel), _planes(target, len(names), multilabel)):
+        out[f"n_inter_{name}"] = int((p & t).sum())
+        out[f"n_total_{name}"] = int(p.sum() + t.sum())
     return out
 
 
 def split_class_dice(rows: Sequence[dict[str, float | str]]) -> dict[str, float]:
     """Split-level Dice of each foreground class: the pixel counts of :func:`class_pixel_counts` summed over all
-    images first, the way the challenges score (``class_dice_c``), and their mean (``class_dice``).
+    images first, the way the challenges score (``class_dice_<name>``), and their mean (``class_dice``).
 
     Unlike the per-image mean, a class absent from an image adds nothing here, so predicting too little is not
     rewarded with a perfect 1.0. Empty for rows without counts (binary models).
     """
-    classes = sorted(int(k.rsplit("_", 1)[1]) for k in (rows[0] if rows else {}) if str(k).startswith("n_inter_"))
-    out = {f"class_dice_{c}": 2 * sum(r[f"n_inter_{c}"] for r in rows) / max(1, sum(r[f"n_total_{c}"] for r in rows))
-           for c in classes}
+    names = [str(k)[len("n_inter_"):] for k in (rows[0] if rows else {}) if str(k).startswith("n_inter_")]
+    out = {f"class_dice_{n}": 2 * sum(r[f"n_inter_{n}"] for r in rows) / max(1, sum(r[f"n_total_{n}"] for r in rows))
+           for n in names}
     if out:
         out["class_dice"] = sum(out.values()) / len(out)
     return out

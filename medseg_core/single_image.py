@@ -42,15 +42,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import IMAGE_EXTENSIONS, read_image
 from .inference import make_overlay
+from .io import IMAGE_EXTENSIONS, read_image
 from .models import SegModel, create_model
 from .postprocess import apply_postprocessing
 
 __all__ = [
     "IGNORE",
+    "MAX_ROI_JSON_BYTES",
     "SingleImageConfig",
     "SingleImageResult",
+    "TrainingCancelled",
     "label_map",
     "read_roi",
     "roi_from_ground_truth",
@@ -67,6 +69,13 @@ log = logging.getLogger(__name__)
 IGNORE = 255
 
 ProgressFn = Callable[..., Any]
+#: Largest labelme JSON read as a ROI, and most points in all its shapes.
+MAX_ROI_JSON_BYTES = 10_000_000
+_MAX_ROI_POINTS = 100_000
+
+
+class TrainingCancelled(RuntimeError):
+    """Raised inside :func:`segment_single_image` when its ``cancel`` callable says the run is no longer wanted."""
 
 #: The default network: U-Net on the ImageNet EfficientNet-Lite0 encoder with a narrow decoder.
 SMALL_UNET: dict[str, Any] = {"encoder": "tf_efficientnet_lite0", "encoder_weights": "imagenet",
@@ -147,20 +156,53 @@ class SingleImageResult:
 
 # ---- ROI ---------------------------------------------------------------------------------------------------------
 
+def _labelme_points(shape: Any, index: int, scale: tuple[float, float]) -> np.ndarray:
+    """One shape's points as finite (N, 2) floats in image pixels, or ``ValueError`` naming the shape."""
+    if not isinstance(shape, dict):
+        raise ValueError(f"labelme shape {index} is not an object with 'points'")
+    try:
+        points = np.asarray(shape.get("points", []), np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"labelme shape {index} has points that are not [x, y] numbers") from err
+    if points.size and (points.ndim != 2 or points.shape[1] != 2):
+        raise ValueError(f"labelme shape {index} has points that are not [x, y] pairs")
+    if not np.isfinite(points).all():
+        raise ValueError(f"labelme shape {index} has a point that is not a finite number (NaN or infinity)")
+    return points.reshape(-1, 2) * scale
+
+
+def _labelme_side(data: dict[str, Any], key: str, default: int) -> float:
+    value = data.get(key) or default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"the labelme file's {key} must be a positive number, not {str(value)[:40]!r}")
+    return float(value)
+
+
 def roi_from_labelme(data: dict[str, Any], image_shape: Sequence[int]) -> np.ndarray:
     """A labelme annotation (``shapes[].points``) as a boolean ROI of ``image_shape`` (H, W).
 
     Polygons, rectangles and circles are filled; other shapes (lines, points) are skipped. When the file's
-    ``imageHeight`` / ``imageWidth`` differ from the image, the points are scaled. Raises ``ValueError`` when no
-    shape gives an area.
+    ``imageHeight`` / ``imageWidth`` differ from the image, the points are scaled. Raises ``ValueError`` with the
+    reason when the file is not a labelme object, a shape's points are not finite [x, y] numbers, or no shape
+    gives an area.
     """
     h, w = int(image_shape[0]), int(image_shape[1])
-    sx = w / float(data.get("imageWidth") or w)
-    sy = h / float(data.get("imageHeight") or h)
+    if not isinstance(data, dict):
+        raise ValueError(f"the labelme file must hold a JSON object with a 'shapes' list, not a "
+                         f"{type(data).__name__}")
+    shapes = data.get("shapes")
+    if not isinstance(shapes, list):
+        raise ValueError("the labelme file has no 'shapes' list")
+    sx = w / _labelme_side(data, "imageWidth", w)
+    sy = h / _labelme_side(data, "imageHeight", h)
+    all_points = [_labelme_points(shape, i, (sx, sy)) for i, shape in enumerate(shapes)]
+    if sum(len(p) for p in all_points) > _MAX_ROI_POINTS:
+        raise ValueError(f"the labelme file has more than {_MAX_ROI_POINTS} points")
     roi = np.zeros((h, w), np.uint8)
     used = 0
-    for shape in data.get("shapes", []):
-        points = np.asarray(shape.get("points", []), np.float64).reshape(-1, 2) * (sx, sy)
+    for shape, points in zip(shapes, all_points, strict=True):
+        # Far-away points are clipped so OpenCV's integer maths cannot overflow.
+        points = points.clip(-4 * max(h, w), 4 * max(h, w))
         kind = shape.get("shape_type") or "polygon"
         if kind == "polygon" and len(points) >= 3:
             cv2.fillPoly(roi, [np.round(points).astype(np.int32)], 1)
@@ -176,24 +218,41 @@ def roi_from_labelme(data: dict[str, Any], image_shape: Sequence[int]) -> np.nda
             continue
         used += 1
     if not used or not roi.any():
-        raise ValueError("the labelme file has no polygon, rectangle or circle with an area")
+        raise ValueError("the labelme file has no polygon, rectangle or circle with an area inside the image")
     return roi.astype(bool)
 
 
-def read_roi(path: str | os.PathLike, image_shape: Sequence[int]) -> np.ndarray:
+def _read_labelme(path: Path) -> Any:
+    if path.stat().st_size > MAX_ROI_JSON_BYTES:
+        raise ValueError(f"the ROI file {path.name} is larger than {MAX_ROI_JSON_BYTES // 1_000_000} MB")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"the ROI file {path.name} is not valid JSON ({err})") from err
+
+
+def read_roi(path: str | os.PathLike, image_shape: Sequence[int], max_pixels: int = 40_000_000) -> np.ndarray:
     """A ROI file as a boolean mask of ``image_shape`` (H, W): a labelme ``.json`` or a binary image.
 
     In a binary image any channel above 127 is ROI. A ROI image of another size but the same aspect ratio is
-    resized (nearest); another aspect ratio is an error.
+    resized (nearest); another aspect ratio is an error. The image's size is read from its header and checked
+    against ``max_pixels`` (and the 16383-px side limit) before anything is decoded.
     """
+    from .safety import check_image_size, image_size_from_header
+
     path = Path(path)
     h, w = int(image_shape[0]), int(image_shape[1])
     if path.suffix.lower() == ".json":
-        return roi_from_labelme(json.loads(path.read_text()), (h, w))
+        return roi_from_labelme(_read_labelme(path), (h, w))
+    try:
+        rw, rh = image_size_from_header(path)
+    except ValueError as err:
+        raise ValueError(f"cannot read {path.name} as a ROI image or labelme JSON") from err
+    check_image_size(rw, rh, max_pixels, f"the ROI image {path.name}")
     data = np.fromfile(str(path), dtype=np.uint8)
     roi = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if roi is None:
-        raise ValueError(f"cannot read {path} as a ROI image or labelme JSON")
+        raise ValueError(f"cannot read {path.name} as a ROI image or labelme JSON")
     if roi.ndim == 3:
         roi = roi[..., :3].max(axis=2) if roi.shape[2] >= 3 else roi[..., 0]
     if roi.dtype != np.uint8:
@@ -370,7 +429,8 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _train(model: SegModel, image: np.ndarray, labels: np.ndarray, patches: list[dict[str, Any]],
-           config: SingleImageConfig, progress: ProgressFn | None, show_progress: bool) -> list[float]:
+           config: SingleImageConfig, progress: ProgressFn | None, show_progress: bool,
+           cancel: Callable[[], bool] | None = None) -> list[float]:
     rng = np.random.default_rng(config.seed + 1)
     photometric = _photometric(config.seed)
     device = torch.device(config.device)
@@ -387,6 +447,8 @@ def _train(model: SegModel, image: np.ndarray, labels: np.ndarray, patches: list
     bar = tqdm(range(config.steps), desc="single-image training", disable=not show_progress, leave=False)
     report_every = max(1, config.steps // 50)
     for step in bar:
+        if cancel is not None and cancel():  # checked every step (~0.1 s) so a cancel stops the run promptly
+            raise TrainingCancelled(f"single-image training cancelled at step {step} of {config.steps}")
         batch = [_warp_patch(image, labels, patches[i], config.patch_size, rng)
                  for i in rng.integers(0, len(patches), size=config.batch_size)]
         images = np.stack([photometric(image=img)["image"] for img, _ in batch])
@@ -418,7 +480,8 @@ def _predict(model: SegModel, image: np.ndarray, zooms: Sequence[float], device:
 
 
 def segment_single_image(image: np.ndarray, roi: np.ndarray, config: SingleImageConfig | None = None,
-                         progress: ProgressFn | None = None, show_progress: bool = True) -> SingleImageResult:
+                         progress: ProgressFn | None = None, show_progress: bool = True,
+                         cancel: Callable[[], bool] | None = None) -> SingleImageResult:
     """Train a network on patches of one image, guided by a rough ROI, and segment that image's lesion.
 
     Args:
@@ -428,6 +491,8 @@ def segment_single_image(image: np.ndarray, roi: np.ndarray, config: SingleImage
         config: settings (defaults: about a minute of one CPU core for a 480 x 480 image).
         progress: called as ``progress(fraction, desc=...)`` while running (``gradio.Progress`` fits).
         show_progress: a tqdm bar on the training steps.
+        cancel: asked before every training step; when it returns True the run stops with
+            :class:`TrainingCancelled` (nothing is returned or written).
     """
     config = config or SingleImageConfig()
     start = time.perf_counter()
@@ -450,7 +515,7 @@ def segment_single_image(image: np.ndarray, roi: np.ndarray, config: SingleImage
     patches = sample_patches(labels, config.scales, config.patches_per_scale, rng)
     model = _build_model(config)
     train_start = time.perf_counter()
-    losses = _train(model, work, labels, patches, config, progress, show_progress)
+    losses = _train(model, work, labels, patches, config, progress, show_progress, cancel)
     train_seconds = time.perf_counter() - train_start
     if progress is not None:
         progress(0.92, desc="segmenting the image")

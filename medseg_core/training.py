@@ -25,7 +25,8 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import RecipeError, load_config
+from .checkpoint import NonFiniteLossError, find_latest_checkpoint, save_checkpoint, unreadable_samples
+from .config import RecipeError, load_config, recipe_schema
 from .data import SegDataset, read_split
 from .hub import push_model, write_model_card
 from .losses import build_loss
@@ -37,6 +38,7 @@ __all__ = [
     "Progress",
     "build_model",
     "build_optimizer",
+    "auto_precision",
     "build_scheduler",
     "evaluate",
     "get_dataloaders",
@@ -79,12 +81,13 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
     val_samples = read_split(data["root"], data["val_split"])[: train["max_val_samples"]]
     size, mean, std = model.input_size, model.mean, model.std
     views = getattr(model, "views", None)  # multi-view models (DynaSiam) read stacked TDC-Enhance views
+    schema = recipe_schema(cfg)
     with accelerator.main_process_first():
         show = accelerator.is_local_main_process and not cfg["_no_progress"]
         train_ds = SegDataset(train_samples, train_transform(size, mean, std, train["augment"], views),
-                              data["mask_encoding"], data["cache_max_side"], progress=show)
-        val_ds = SegDataset(val_samples, eval_transform(size, mean, std, views), data["mask_encoding"],
-                            data["cache_max_side"], progress=show)
+                              cache_max_side=data["cache_max_side"], progress=show, schema=schema)
+        val_ds = SegDataset(val_samples, eval_transform(size, mean, std, views), cache_max_side=data["cache_max_side"],
+                            progress=show, schema=schema)
     loader_kw = {"num_workers": train["num_workers"], "persistent_workers": train["num_workers"] > 0}
     train_dl = DataLoader(train_ds, batch_size=train["batch_size"], shuffle=True, drop_last=len(train_ds) >
                           train["batch_size"], **loader_kw)
@@ -133,6 +136,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: dict[str, Any], ste
     raise RecipeError(f"unknown schedule {name!r}")
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX): without it, bf16 autocast is emulated and
+    several times slower than fp32 (measured on an AVX2-only CPU: minutes per step instead of seconds)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def auto_precision() -> str:
+    """``train.precision: auto``: bf16 autocast on GPUs that support it and on CPUs with bf16 units, else fp32."""
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "no"
+
+
 class Progress:
     """Epoch and best score, saved with every checkpoint so ``--resume`` continues where a run stopped."""
 
@@ -147,8 +167,19 @@ class Progress:
             setattr(self, k, type(getattr(self, k))(v))
 
 
-def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg, max_steps) -> float:
-    """One pass over the training loader; returns the mean loss."""
+def _loss_is_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
+    """True when every process's loss is finite (all processes take the same branch, so none waits forever)."""
+    return bool(torch.isfinite(accelerator.gather(loss.detach().float().reshape(1))).all())
+
+
+def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg, max_steps,
+                    on_nan: str = "stop", checkpoint_every: int | None = None,
+                    save: Callable[[], Any] | None = None) -> float:
+    """One pass over the training loader; returns the mean loss.
+
+    A NaN or infinite loss raises :class:`~medseg_core.checkpoint.NonFiniteLossError` naming the step
+    (``on_nan="stop"``), or skips that batch's update (``"skip"``: the step is counted, nothing is learnt).
+    ``save`` is called after every ``checkpoint_every`` optimiser steps."""
     model.train()
     total, count, started = 0.0, 0, time.time()
     quiet = cfg["_no_progress"] and accelerator.is_local_main_process  # logs its pace instead of a progress bar
@@ -165,35 +196,45 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
         if aux is not None:
             loss = loss + aux
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
+        if _loss_is_finite(accelerator, loss):
+            accelerator.backward(loss)
+            optimizer.step()
+            total, count = total + loss.item(), count + 1
+        else:
+            where = f"step {progress.step + 1} (epoch {progress.epoch + 1})"
+            if on_nan != "skip":
+                raise NonFiniteLossError(f"the training loss is {loss.item()} at {where}; stopping (the last "
+                                         "checkpoint is intact; lower the learning rate, or pass --on-nan skip)")
+            log.warning("the training loss is %s at %s; this batch is skipped", loss.item(), where)
         scheduler.step()
         progress.step += 1
-        total, count = total + loss.item(), count + 1
-        bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.set_postfix(loss=f"{total / max(1, count):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if progress.step % 10 == 0:
             accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=progress.step)
-        if quiet and count % 25 == 0:
+        if quiet and count and count % 25 == 0:
             log.info("epoch %d: step %d/%d, loss %.4f, %.2f s/step", progress.epoch + 1, count, len(loader),
                      total / count, (time.time() - started) / count)
+        if save is not None and checkpoint_every and progress.step % checkpoint_every == 0:
+            save()
         if max_steps is not None and progress.step >= max_steps:
             break
     return total / max(1, count)
 
 
-def _image_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per image (N, 2 + 2 * (num_classes - 1)): lesion Dice and IoU (1.0 when both are empty), then for each
-    foreground class its intersection and total pixel counts (summed over the split by ``split_class_dice``)."""
-    p, t = pred > 0, target > 0
+def _image_scores(pred: torch.Tensor, target: torch.Tensor, classes: int, multilabel: bool = False) -> torch.Tensor:
+    """Per image (N, 2 + 2 * classes): lesion Dice and IoU (1.0 when both are empty), then for each of the
+    ``classes`` foreground classes (none for binary models) its intersection and total pixel counts (summed over
+    the split by ``split_class_dice``). ``pred``/``target``: class indices (N, H, W), or 0/1 (N, K, H, W)."""
+    p, t = (pred.any(1), target.any(1)) if multilabel else (pred > 0, target > 0)
     inter = (p & t).flatten(1).sum(1).double()
     total = p.flatten(1).sum(1).double() + t.flatten(1).sum(1).double()
     empty = total == 0
     dice = torch.where(empty, torch.ones_like(inter), 2 * inter / total.clamp(min=1))
     iou = torch.where(empty, torch.ones_like(inter), inter / (total - inter).clamp(min=1))
     columns = [dice, iou]
-    for c in range(1, num_classes if num_classes > 2 else 0):
-        columns += [((pred == c) & (target == c)).flatten(1).sum(1).double(),
-                    ((pred == c).flatten(1).sum(1) + (target == c).flatten(1).sum(1)).double()]
+    for k in range(classes):
+        pc, tc = (pred[:, k] > 0, target[:, k] > 0) if multilabel else (pred == k + 1, target == k + 1)
+        columns += [(pc & tc).flatten(1).sum(1).double(), (pc.flatten(1).sum(1) + tc.flatten(1).sum(1)).double()]
     return torch.stack(columns, dim=1)
 
 
@@ -201,11 +242,13 @@ def _image_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int) ->
 def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
     """Per-image Dice and IoU at the model's input size, gathered over processes, then averaged.
 
-    ``dice``/``iou`` are the lesion region's (any foreground class). Multi-class models add the split-level
-    ``class_dice`` (:func:`medseg_core.metrics.split_class_dice`), their selection ``score``; binary models are
-    selected on ``dice``.
+    ``dice``/``iou`` are the lesion region's (any foreground class). Multi-class and multi-label models add the
+    split-level ``class_dice`` (:func:`medseg_core.metrics.split_class_dice`), their selection ``score``; binary
+    models are selected on ``dice``.
     """
     model.eval()
+    schema = recipe_schema(cfg)
+    classes = 0 if schema.task == "binary" else len(schema.foreground)
     rows = []
     for batch in tqdm(loader, desc="validate", disable=not accelerator.is_local_main_process or cfg["_no_progress"],
                       leave=False):
@@ -214,31 +257,69 @@ def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             logits = model(images).float()
-        pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
-        rows.append(accelerator.gather_for_metrics(_image_scores(pred, batch["mask"], max(2, logits.shape[1]))).cpu())
+        if schema.multilabel:
+            pred = (logits > 0).long()
+        else:
+            pred = logits.argmax(1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+        scores = _image_scores(pred, batch["mask"], classes, schema.multilabel)
+        rows.append(accelerator.gather_for_metrics(scores).cpu())
     table = torch.cat(rows)
     out = {"dice": table[:, 0].mean().item(), "iou": table[:, 1].mean().item()}
-    classes = range(1, (table.shape[1] - 2) // 2 + 1)
-    counts = [{k: v for c in classes for k, v in ((f"n_inter_{c}", r[2 * c].item()),
-                                                  (f"n_total_{c}", r[2 * c + 1].item()))} for r in table]
+    names = schema.foreground if classes else ()
+    counts = [{k: v for c, n in enumerate(names, start=1)
+               for k, v in ((f"n_inter_{n}", r[2 * c].item()), (f"n_total_{n}", r[2 * c + 1].item()))} for r in table]
     out.update(split_class_dice(counts))
     out["score"] = out.get("class_dice", out["dice"])
     return out
 
 
 def resolve_resume_path(resume: str | None, output_dir: Path) -> Path | None:
-    """``latest`` -> the newest checkpoint of this run; a path -> that path; None -> no resume."""
+    """``latest`` -> the newest complete checkpoint of this run (one a kill left half-written is skipped); a path ->
+    that path; None -> no resume."""
     if resume is None:
         return None
     if resume == "latest":
-        ckpts = sorted((output_dir / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
-        if not ckpts:
-            raise SystemExit(f"--resume latest: no checkpoint in {output_dir / 'checkpoints'}")
-        return ckpts[-1]
+        latest = find_latest_checkpoint(output_dir / "checkpoints")
+        if latest is None:
+            raise SystemExit(f"--resume latest: no complete checkpoint in {output_dir / 'checkpoints'}")
+        return latest
     path = Path(resume)
     if not path.is_dir():
         raise SystemExit(f"--resume: no checkpoint folder {path}")
     return path
+
+
+def parse_robustness_args(overrides: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The flags for surviving kills and bad data, taken out of the recipe overrides: ``--checkpoint-every N``
+    (also save every N optimiser steps, atomically), ``--keep-checkpoints K`` (default 2), ``--on-nan
+    {stop,skip}`` and ``--skip-data-check``."""
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also checkpoint every N optimiser steps (default: at the end of each epoch only)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="K", help="complete checkpoints kept")
+    p.add_argument("--on-nan", choices=("stop", "skip"), default="stop",
+                   help="a NaN/infinite loss stops the run (default) or skips that batch")
+    p.add_argument("--skip-data-check", action="store_true", help="do not decode every file before training")
+    args, rest = p.parse_known_args(overrides)
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise SystemExit("medseg-train: --checkpoint-every must be a positive number of steps")
+    if args.keep_checkpoints < 1:
+        raise SystemExit("medseg-train: --keep-checkpoints must be at least 1")
+    return args, rest
+
+
+def check_training_data(cfg: dict[str, Any]) -> None:
+    """Decode every training and validation image and mask once; ``SystemExit`` listing the unreadable ones (so a
+    corrupt file is found before training, not at step 4,000)."""
+    data, train = cfg["data"], cfg["train"]
+    samples = (read_split(data["root"], data["train_split"])[: train["max_train_samples"]]
+               + read_split(data["root"], data["val_split"])[: train["max_val_samples"]])
+    problems = unreadable_samples(samples)
+    if problems:
+        shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
+        raise SystemExit(f"medseg-train: {len(problems)} unreadable file(s) in the data (fix or remove them, or "
+                         f"pass --skip-data-check):\n  {shown}")
+    log.info("data check: %d samples, every image and mask decodes", len(samples))
 
 
 def _flat_hparams(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -286,6 +367,7 @@ def data_text(cfg: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> Path:
     """Train from a recipe; returns the folder of the best model."""
     args, overrides = parse_args(argv)
+    robust, overrides = parse_robustness_args(overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, overrides)
@@ -294,14 +376,16 @@ def main(argv: list[str] | None = None) -> Path:
     cfg["_no_progress"] = args.no_progress
     output_dir = Path(args.output_dir or Path("runs") / cfg["name"])
     t = cfg["train"]
-    # bf16 autocast is fast on GPUs and on CPUs with bf16 units (AVX512-BF16/AMX), and harmless elsewhere.
-    precision = "bf16" if t["precision"] == "auto" else t["precision"]
+    precision = auto_precision() if t["precision"] == "auto" else t["precision"]
+    log.info("mixed precision: %s", precision)
     accelerator = Accelerator(
         mixed_precision=precision,
         log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=True,
-                                            total_limit=2),
+        # Checkpoints are named, written and pruned by medseg_core.checkpoint (atomically), not by Accelerate.
+        project_config=ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=False),
     )
+    if not robust.skip_data_check:
+        check_training_data(cfg)
     set_seed(args.seed)
     model = build_model(cfg)
     if t["channels_last"]:
@@ -313,7 +397,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
     scheduler = build_scheduler(optimizer, t, steps_per_epoch, total_steps)
-    loss_fn = build_loss(t["loss"], model.num_classes)
+    loss_fn = build_loss(t["loss"], model.num_classes, multilabel=recipe_schema(cfg).multilabel)
     model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
@@ -325,9 +409,23 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator.init_trackers(cfg["name"].replace("/", "_"), config=_flat_hparams(cfg))
     model_dir = output_dir / "model"
     started = time.time()
+    checkpoints = output_dir / "checkpoints"
+
+    def save() -> None:
+        save_checkpoint(accelerator, checkpoints, progress.step, keep=robust.keep_checkpoints,
+                        info={"epoch": progress.epoch})
+
     while progress.epoch < t["epochs"] and (args.max_steps is None or progress.step < args.max_steps):
-        train_loss = train_one_epoch(accelerator, model, train_dl, loss_fn, optimizer, scheduler, progress, cfg,
-                                     args.max_steps)
+        # A checkpoint from the middle of an epoch: continue that epoch after the batches it had done.
+        done = progress.step - progress.epoch * steps_per_epoch
+        loader = accelerator.skip_first_batches(train_dl, min(done, len(train_dl))) if done > 0 else train_dl
+        try:
+            train_loss = train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg,
+                                         args.max_steps, on_nan=robust.on_nan,
+                                         checkpoint_every=robust.checkpoint_every, save=save)
+        except NonFiniteLossError as err:
+            accelerator.end_training()
+            raise SystemExit(f"medseg-train: {err}") from err
         val = evaluate(accelerator, model, val_dl, cfg)
         progress.epoch += 1
         accelerator.log({**{f"val/{k}": v for k, v in val.items()}, "train/epoch_loss": train_loss},
@@ -337,8 +435,8 @@ def main(argv: list[str] | None = None) -> Path:
         if val["score"] > progress.best_dice:
             progress.best_dice, progress.best_epoch = val["score"], progress.epoch
             if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(model_dir)
-        accelerator.save_state()
+                accelerator.unwrap_model(model).save_pretrained(model_dir, config=recipe_schema(cfg).to_config())
+        save()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _finish(accelerator.unwrap_model(model), cfg, args, output_dir, model_dir, progress, time.time() - started,
@@ -355,7 +453,8 @@ def _finish(saved: SegModel, cfg: dict[str, Any], args: argparse.Namespace, outp
                "steps": progress.step, "seconds": seconds, "device": device,
                "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
     (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    write_model_card(model_dir, name=cfg["name"], config=saved.config, data=data_text(cfg),
+    write_model_card(model_dir, name=cfg["name"], config={**saved.config, **recipe_schema(cfg).to_config()},
+                     data=data_text(cfg),
                      recipe=f"`{args.config}`: " + recipe_text(cfg, summary))
     log.info("best model (epoch %d, val score %.4f) in %s", progress.best_epoch, progress.best_dice, model_dir)
     if args.push_to_hub:

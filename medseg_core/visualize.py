@@ -11,11 +11,10 @@ import cv2
 import numpy as np
 
 from .enhance import tdc_views
+from .labels import LabelSchema
 
-__all__ = ["LEGEND_MARKS", "VIEW_LABELS", "confidence_heatmap", "enhance_gallery", "mask_for_file", "summary_markdown"]
+__all__ = ["VIEW_LABELS", "confidence_heatmap", "enhance_gallery", "legend_markdown", "summary_markdown"]
 
-#: Legend marks in the overlay colours of classes 1, 2, 3 (medseg_core.inference.CLASS_COLOURS: red, green, blue).
-LEGEND_MARKS = ("🟥", "🟩", "🟦")
 VIEW_LABELS = {"original": "Original", "texture": "Texture", "detail": "Detail (highlights removed)",
                "color": "Colour (tone)"}
 
@@ -27,14 +26,17 @@ def confidence_heatmap(image: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     return cv2.addWeighted(heat, 0.65, image, 0.35, 0)
 
 
-def mask_for_file(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """The mask as saved in files: 0/255 for binary models (as Kvasir-SEG and most polyp sets store masks, and
-    visible in any viewer), class indices 0..C-1 for multi-class ones."""
-    return (mask > 0).astype(np.uint8) * 255 if num_classes <= 2 else mask.astype(np.uint8)
+def legend_markdown(classes: dict[str, dict[str, Any]], schema: LabelSchema) -> list[str]:
+    """One line per class: a swatch in the class's overlay colour, its name, its area."""
+    colours = dict(zip(schema.foreground, schema.foreground_colours))
+    return [f'<span style="color: rgb{tuple(colours[name])}">■</span> **{name}:** {c["percent"]:.2f} % '
+            f'({c["pixels"]:,} px)  ' for name, c in classes.items()]
 
 
-def summary_markdown(stats: dict[str, Any], scores: dict[str, float] | None = None) -> str:
-    """The Segment tab's summary of a result's ``stats`` (and of ground-truth ``scores`` when given)."""
+def summary_markdown(stats: dict[str, Any], scores: dict[str, float] | None = None,
+                     schema: LabelSchema | None = None) -> str:
+    """The Segment tab's summary of a result's ``stats`` (and of ground-truth ``scores`` when given), with a legend
+    in the schema's colours for multi-class and multi-label models."""
     conf = stats["mean_confidence"]
     lines = [
         f"**Lesion area:** {stats['lesion_percent']:.2f} % of the image ({stats['lesion_pixels']:,} px)  ",
@@ -44,10 +46,11 @@ def summary_markdown(stats: dict[str, Any], scores: dict[str, float] | None = No
         + (" · flip TTA" if stats["tta"] else "")
         + (f" · post-processed ({', '.join(stats['postprocess'])})" if stats["postprocess"] else ""),
     ]
-    if len(stats["classes"]) > 1:  # a legend for multi-class overlays, in the overlay's colours
+    if schema is not None and schema.task != "binary":  # a legend in the overlay's colours
         lines.append("")
-        lines += [f"{LEGEND_MARKS[i % len(LEGEND_MARKS)]} **{name}:** {c['percent']:.2f} % ({c['pixels']:,} px)  "
-                  for i, (name, c) in enumerate(stats["classes"].items())]
+        if schema.multilabel:
+            lines.append("Classes may overlap: each is outlined in its colour.  ")
+        lines += legend_markdown(stats["classes"], schema)
     if scores is not None:
         lines.append(f"\n**Against the ground truth:** Dice {scores['dice']:.3f} · IoU {scores['iou']:.3f} · "
                      f"HD95 {scores['hd95']:.1f} px" + (f" · mean class Dice {scores['mdice']:.3f}"

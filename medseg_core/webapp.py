@@ -2,7 +2,13 @@
 
     medseg-app                             # http://127.0.0.1:7860, shipped weights from weights/
     python app.py                          # the same (the Hugging Face Space entry point)
-    MEDSEG_HUB_MODELS=owner/repo medseg-app   # also offer models from the Hugging Face Hub
+    MEDSEG_HUB_MODELS=owner/repo@rev medseg-app   # also offer these models from the Hugging Face Hub (pinned)
+    MEDSEG_ALLOW_ANY_HUB_MODEL=1 medseg-app      # also accept any Hub repo id typed into the model box
+
+Security and limits: only listed models load (the trust boundary is :func:`_segmenter_or_error`; configs are
+validated by :mod:`medseg_core.safety`), every image's size is checked from its header before it is decoded, zips
+are unpacked by streaming under caps, outputs are private (0700/0600) and short-lived, and all heavy events share
+one worker pool of :data:`WORKERS` (the cores) behind one queue with a per-client limit (:func:`configure_queue`).
 
 Handlers only call ``medseg_core`` (Segmenter, batch, single-image training, TDC-Enhance, presentation helpers in
 :mod:`medseg_core.visualize`) and turn failures into ``gr.Error`` messages.
@@ -11,6 +17,7 @@ Handlers only call ``medseg_core`` (Segmenter, batch, single-image training, TDC
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import json
 import logging
@@ -18,29 +25,61 @@ import os
 import re
 import shutil
 import tempfile
-import time
+import threading
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
+from . import hub
 from .batch import expand_inputs, segment_files, write_results_zip
-from .data import decode_mask, write_png
-from .hub import WeightsNotFoundError, list_local_weights
-from .inference import MAX_IMAGE_PIXELS, ImageInputError, Segmenter, SegResult, load_image_file, to_rgb_uint8
-from .metrics import segmentation_metrics
+from .evaluation import scores_against_mask_image
+from .hub import UnsafeWeightsError, WeightsNotFoundError, list_local_weights
+from .inference import MAX_IMAGE_PIXELS, ImageInputError, Segmenter, SegResult, load_image_file
+from .io import to_rgb_uint8, write_mask
+from .labels import LabelSchema
+from .models import get_model_class
 from .postprocess import PostprocessSpec
-from .single_image import SingleImageConfig, read_roi, segment_single_image, write_result
-from .visualize import confidence_heatmap, enhance_gallery, mask_for_file, summary_markdown
+from .safety import (
+    ExtractionBudget,
+    check_image_size,
+    downscale_for_display,
+    image_size_from_header,
+    make_private,
+    private_dir,
+    remove_older_than,
+)
+from .single_image import SingleImageConfig, TrainingCancelled, read_roi, segment_single_image, write_result
+from .visualize import confidence_heatmap, enhance_gallery, summary_markdown
 
-__all__ = ["build_demo", "launch", "main"]
+__all__ = ["build_demo", "configure_queue", "launch", "limit_per_client", "main"]
 
 log = logging.getLogger("medseg.app")
 
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "medseg-app"
-KEEP_OUTPUTS_S = 3600
+#: Request folders (downloads) live this long; extracted uploads are removed when the request ends.
+KEEP_OUTPUTS_S = 600
+#: Environment variable that lets users type any Hub repo id into the model box (off by default).
+ALLOW_ANY_HUB_ENV = "MEDSEG_ALLOW_ANY_HUB_MODEL"
+#: Workers shared by all heavy events: one per core this process may use.
+WORKERS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+#: The heavy events' shared concurrency group, the queue's size, and how many events one client may have queued.
+HEAVY = "heavy"
+QUEUE_SIZE = int(os.environ.get("MEDSEG_QUEUE_SIZE", "64"))
+MAX_PENDING_PER_CLIENT = int(os.environ.get("MEDSEG_MAX_PENDING_PER_CLIENT", "4"))
+#: Same, per client address (0: off; behind a proxy every client shares one address).
+MAX_PENDING_PER_ADDRESS = int(os.environ.get("MEDSEG_MAX_PENDING_PER_ADDRESS", "0"))
+#: Largest image the Single image tab trains on (its outputs are full-resolution float maps).
+SINGLE_IMAGE_MAX_PIXELS = 16_000_000
+#: Bytes all running batch requests may have unpacked from zips at once.
+SERVER_EXTRACT_BUDGET = ExtractionBudget(int(float(os.environ.get("MEDSEG_MAX_EXTRACT_MB", "4000")) * 1_000_000))
+_PATH_IN_TEXT = re.compile(r"(?<![\w.-])(?:/[^\s'\",:;)]+)+")
+_DEMOS: weakref.WeakSet = weakref.WeakSet()
+#: Every heavy event shares one pool of WORKERS workers.
+_HEAVY: dict[str, Any] = {"concurrency_id": HEAVY, "concurrency_limit": WORKERS}
 MAX_UPLOAD = "50mb"
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 IMAGE_TYPES = ["image", ".tif", ".tiff"]
@@ -61,9 +100,15 @@ EXAMPLES = sorted(_examples_dir().glob("*.jpg"))
 
 
 def available_models() -> list[str]:
-    """Weights shipped in ``weights/`` plus Hub repo ids listed in ``MEDSEG_HUB_MODELS`` (comma-separated)."""
-    hub = [m.strip() for m in os.environ.get("MEDSEG_HUB_MODELS", "").split(",") if m.strip()]
-    return list_local_weights() + [m for m in hub if m not in list_local_weights()]
+    """Weights shipped in ``weights/`` plus Hub repo ids listed in ``MEDSEG_HUB_MODELS`` (comma-separated,
+    ``owner/name`` or ``owner/name@revision`` to pin a revision)."""
+    hub_ids = [m.strip() for m in os.environ.get("MEDSEG_HUB_MODELS", "").split(",") if m.strip()]
+    return list_local_weights() + [m for m in hub_ids if m not in list_local_weights()]
+
+
+def any_hub_model_allowed() -> bool:
+    """Whether the operator lets users type any Hub repo id (``MEDSEG_ALLOW_ANY_HUB_MODEL=1``)."""
+    return os.environ.get(ALLOW_ANY_HUB_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def default_model(models: list[str]) -> str | None:
@@ -71,10 +116,21 @@ def default_model(models: list[str]) -> str | None:
     return wanted if wanted in models else (models[0] if models else None)
 
 
+def _weights_folder(name: str) -> Path:
+    """The folder of a model the box may name: a shipped ``weights/`` name, else a Hub repo (never a local path)."""
+    if name in list_local_weights():
+        return hub.resolve_weights(hub.WEIGHTS_DIR / name)  # validates config.json
+    return hub.resolve_hub_weights(name)
+
+
 @functools.lru_cache(maxsize=4)
 def get_segmenter(name: str) -> Segmenter:
     """One Segmenter per model name, built on first use (weights resolved locally or from the Hub cache)."""
-    return Segmenter.from_pretrained(name)
+    folder = _weights_folder(name)
+    arch = json.loads((folder / "config.json").read_text()).get("arch")
+    if not get_model_class(arch).info.segments_images:
+        raise WeightsNotFoundError(f"{name} is a helper model; it segments nothing on its own")
+    return Segmenter.from_pretrained(folder, name=name)
 
 
 def _postprocess(on: bool) -> PostprocessSpec:
@@ -82,16 +138,43 @@ def _postprocess(on: bool) -> PostprocessSpec:
     return "recorded" if on else "none"
 
 
+def _without_paths(text: str) -> str:
+    """A message with any absolute path replaced by '…' (the page never shows server paths)."""
+    return _PATH_IN_TEXT.sub("…", text)
+
+
+def _unknown_model(name: str) -> gr.Error:
+    """The one message for every model name that is not offered (unknown, a path, a helper, not allowed)."""
+    hint = " or type a Hugging Face Hub repo id (owner/name)" if any_hub_model_allowed() else ""
+    return gr.Error(f"Unknown model {name[:100]!r}: choose one from the list{hint}.")
+
+
 def _segmenter_or_error(name: str | None) -> Segmenter:
+    """The trust boundary for models: listed names, or (when the operator allows it) Hub repo ids; nothing else."""
     if not name:
         raise gr.Error("No model is available: put a weights folder in weights/ or set MEDSEG_HUB_MODELS.")
-    # Typed values may only name a Hub repo, never a path on the server.
-    if name not in available_models() and (not HUB_REPO_ID.match(name) or ".." in name):
-        raise gr.Error(f"Unknown model {name!r}: choose one from the list or type a Hub repo id (owner/name).")
+    listed = name in available_models()
+    if not listed:
+        if not any_hub_model_allowed():
+            raise _unknown_model(name)
+        try:
+            hub.parse_hub_spec(name)
+        except ValueError:
+            raise _unknown_model(name) from None
     try:
         return get_segmenter(name)
     except WeightsNotFoundError as err:
-        raise gr.Error(str(err)) from err
+        log.info("model %r not found: %s", name, err)
+        if not listed:
+            raise _unknown_model(name) from err
+        raise gr.Error(f"Model {name!r} cannot be loaded: {_without_paths(str(err))}") from err
+    except UnsafeWeightsError as err:
+        log.warning("model %r refused: %s", name, err)
+        raise gr.Error(f"Model {name!r} was refused: {_without_paths(str(err))}") from err
+    except Exception as err:  # noqa: BLE001 - a broken weights folder; the log keeps the traceback
+        log.exception("model %r failed to load", name)
+        raise gr.Error(f"Model {name!r} could not be loaded ({type(err).__name__}: "
+                       f"{_without_paths(str(err))[:300]})") from err
 
 
 def _file_path(upload: Any) -> str:
@@ -108,26 +191,24 @@ def _load(upload: Any) -> np.ndarray:
 
 
 def _request_dir() -> Path:
-    """A fresh folder for one request's downloads; folders older than an hour are removed."""
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in OUTPUT_DIR.iterdir():
-        if old.is_dir() and now - old.stat().st_mtime > KEEP_OUTPUTS_S:
-            shutil.rmtree(old, ignore_errors=True)
-    folder = OUTPUT_DIR / uuid.uuid4().hex
-    folder.mkdir()
-    return folder
+    """A fresh private folder (0700) for one request's downloads; folders older than ``KEEP_OUTPUTS_S`` go."""
+    private_dir(OUTPUT_DIR)
+    remove_older_than(OUTPUT_DIR, KEEP_OUTPUTS_S)
+    return private_dir(OUTPUT_DIR / uuid.uuid4().hex)
 
 
-def _ground_truth_scores(upload: Any, result: SegResult) -> dict[str, float] | None:
+def _ground_truth_scores(upload: Any, result: SegResult, schema: LabelSchema) -> dict[str, float] | None:
     if upload is None:
         return None
     truth = _load(upload)
-    if truth.shape[:2] != result.mask.shape:
-        raise gr.Error(f"The ground-truth mask is {truth.shape[1]}x{truth.shape[0]} but the image is "
-                       f"{result.mask.shape[1]}x{result.mask.shape[0]}; they must be the same size.")
-    n = max(2, int(result.probs.shape[0]))
-    return segmentation_metrics(result.mask, decode_mask(truth, "neopolyp" if n == 3 else "binary"), n)
+    h, w = result.confidence.shape
+    if truth.shape[:2] != (h, w):
+        raise gr.Error(f"The ground-truth mask is {truth.shape[1]}x{truth.shape[0]} but the image is {w}x{h}; they "
+                       "must be the same size.")
+    try:
+        return scores_against_mask_image(result.mask, truth, schema)
+    except ValueError as err:
+        raise gr.Error(f"The ground-truth mask does not fit this model's classes: {err}") from err
 
 
 def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, truth: Any = None,
@@ -141,26 +222,35 @@ def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, t
     except Exception as err:  # noqa: BLE001 - the page shows a message, the log keeps the traceback
         log.exception("segmentation failed")
         raise gr.Error(f"Segmentation failed: {type(err).__name__}: {err}") from err
-    scores = _ground_truth_scores(truth, result)
+    scores = _ground_truth_scores(truth, result, segmenter.schema)
     folder = _request_dir()
     stem = Path(_file_path(upload)).stem[:80] or "image"
-    mask_path = write_png(folder / f"{stem}_mask.png", mask_for_file(result.mask, segmenter.num_classes))
+    mask_path = write_mask(folder, stem, result.mask, segmenter.schema)["colour" if segmenter.schema.multilabel
+                                                                        else "mask"]
     report = {"file": Path(_file_path(upload)).name, **result.stats}
     if scores is not None:
         report["ground_truth"] = scores
     report_path = folder / f"{stem}_report.json"
     report_path.write_text(json.dumps(report, indent=2))
+    make_private(folder)
     disagreement = result.disagreement
+    # Files keep the full size; what the page shows is shrunk to what a browser can decode.
+    shown = downscale_for_display(image)
     return (
-        (image, result.overlay),
-        confidence_heatmap(image, result.confidence),
-        summary_markdown(result.stats, scores),
+        (shown, downscale_for_display(result.overlay)),
+        confidence_heatmap(shown, downscale_for_display(result.confidence)),
+        summary_markdown(result.stats, scores, segmenter.schema),
         str(mask_path),
         report,
         str(report_path),
-        confidence_heatmap(image, np.clip(disagreement * 4, 0, 1)) if disagreement is not None else None,
-        enhance_gallery(image) if show_views else None,
+        confidence_heatmap(shown, downscale_for_display(np.clip(disagreement * 4, 0, 1)))
+        if disagreement is not None else None,
+        _gallery_for_display(enhance_gallery(shown)) if show_views else None,
     )
+
+
+def _gallery_for_display(items: list[tuple[np.ndarray, str]]) -> list[tuple[np.ndarray, str]]:
+    return [(downscale_for_display(img), label) for img, label in items]
 
 
 def compare(upload: Any, model_names: list[str] | None, tta: bool, postprocess: bool):
@@ -173,7 +263,7 @@ def compare(upload: Any, model_names: list[str] | None, tta: bool, postprocess: 
     for name in names:
         result = _segmenter_or_error(name)(image, tta=tta, postprocess=_postprocess(postprocess))
         s = result.stats
-        gallery.append((result.overlay, f"{name} · {s['inference_ms']:.0f} ms"))
+        gallery.append((downscale_for_display(result.overlay), f"{name} · {s['inference_ms']:.0f} ms"))
         conf = f"{s['mean_confidence']:.3f}" if s["mean_confidence"] is not None else "—"
         rows.append(f"| `{name}` | {s['lesion_percent']:.2f} | {s['lesion_count']} | {conf} | "
                     f"{s['inference_ms']:.0f} |")
@@ -187,15 +277,21 @@ def batch(uploads: list[Any] | None, model_name: str | None, tta: bool, postproc
         raise gr.Error("Upload one or more images, or a zip of images.")
     segmenter = _segmenter_or_error(model_name)
     folder = _request_dir()
-    try:
-        paths = expand_inputs([_file_path(u) for u in uploads], folder / "inputs")
-    except ValueError as err:
-        raise gr.Error(str(err)) from err
-    if not paths:
-        raise gr.Error("The upload holds no images (PNG, JPEG, TIFF, BMP).")
-    rows = segment_files(segmenter, paths, folder / "masks", tta=tta, postprocess=_postprocess(postprocess),
-                         progress=lambda items: progress.tqdm(items, desc="Segmenting"))
+    # Zips are unpacked under caps per file, per upload and per server, and removed when the request ends.
+    with SERVER_EXTRACT_BUDGET.request() as budget:
+        try:
+            try:
+                paths = expand_inputs([_file_path(u) for u in uploads], folder / "inputs", budget=budget)
+            except ValueError as err:
+                raise gr.Error(_without_paths(str(err))) from err
+            if not paths:
+                raise gr.Error("The upload holds no images (PNG, JPEG, TIFF, BMP).")
+            rows = segment_files(segmenter, paths, folder / "masks", tta=tta, postprocess=_postprocess(postprocess),
+                                 progress=lambda items: progress.tqdm(items, desc="Segmenting"))
+        finally:
+            shutil.rmtree(folder / "inputs", ignore_errors=True)
     archive = write_results_zip(folder / "masks", folder / "medseg_masks.zip")
+    make_private(folder)
     table = [[r["file"], r["status"], r["lesion_percent"], r["lesion_count"], r["mean_confidence"],
               r["inference_ms"], r["error"]] for r in rows]
     ok = sum(r["status"] == "ok" for r in rows)
@@ -204,53 +300,127 @@ def batch(uploads: list[Any] | None, model_name: str | None, tta: bool, postproc
 
 def enhance(upload: Any) -> list[tuple[np.ndarray, str]]:
     """The Enhance tab: the image and its three TDC-Enhance views (texture, detail, colour)."""
-    return enhance_gallery(_load(upload))
+    return _gallery_for_display(enhance_gallery(_load(upload)))
+
+
+def _editor_image(value: Any, what: str) -> np.ndarray:
+    """One image of a gr.ImageEditor value (a file path, or an array from API callers), size-checked first."""
+    if isinstance(value, (str, os.PathLike)) or hasattr(value, "path"):
+        path = os.fspath(getattr(value, "path", value))
+        try:
+            check_image_size(*image_size_from_header(path), SINGLE_IMAGE_MAX_PIXELS, what)
+        except ValueError as err:
+            raise gr.Error(_without_paths(str(err))) from err
+        import PIL.Image
+
+        with PIL.Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGBA"))
+    array = np.asarray(value)
+    if array.ndim >= 2:
+        try:
+            check_image_size(array.shape[1], array.shape[0], SINGLE_IMAGE_MAX_PIXELS, what)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+    return array
 
 
 def _roi_from_editor(editor: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
-    """The background image and the painted ROI (any non-transparent pixel of any layer) of a gr.ImageEditor value."""
+    """The background image and the painted ROI (any non-transparent pixel of any layer) of a gr.ImageEditor value.
+
+    Each image's size is checked (from the file header when the editor hands over files) before it is decoded."""
     if not editor or editor.get("background") is None:
         raise gr.Error("Upload an image into the editor first, then paint the region of interest on it.")
-    image = to_rgb_uint8(editor["background"])
+    try:
+        image = to_rgb_uint8(_editor_image(editor["background"], "The image"))
+    except ValueError as err:
+        raise gr.Error(f"The image cannot be used: {err}") from err
     h, w = image.shape[:2]
     roi = np.zeros((h, w), bool)
     for layer in editor.get("layers") or []:
-        layer = np.asarray(layer)
+        layer = _editor_image(layer, "A painted layer")
         if layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == (h, w):
             roi |= layer[..., 3] > 0
     return image, roi
 
 
 def single_image(editor: dict[str, Any] | None, roi_file: Any, steps: int,
-                 progress: gr.Progress = gr.Progress()):
-    """The Single image tab: train a small network on one image from a painted (or uploaded) ROI and segment it."""
+                 progress: gr.Progress = gr.Progress(), cancel: Any = None):
+    """The Single image tab: train a small network on one image from a painted (or uploaded) ROI and segment it.
+
+    ``cancel`` (a callable) is asked before every training step; the app's event passes one that turns True
+    when the user presses Stop or disconnects (:func:`single_image_event`)."""
+    try:
+        steps = int(steps)
+    except (TypeError, ValueError):
+        raise gr.Error("Training steps must be a whole number from 1 to 600.") from None
+    if not 1 <= steps <= 600:
+        raise gr.Error("Training steps must be a whole number from 1 to 600.")
     image, roi = _roi_from_editor(editor)
     if roi_file is not None:
         try:
-            roi = read_roi(_file_path(roi_file), image.shape[:2])
+            roi = read_roi(_file_path(roi_file), image.shape[:2], max_pixels=SINGLE_IMAGE_MAX_PIXELS)
         except ValueError as err:
-            raise gr.Error(str(err)) from err
+            raise gr.Error(_without_paths(str(err))) from err
     if not roi.any():
         raise gr.Error("Paint the region of interest on the image with the brush (or upload a ROI file).")
     if roi.all():
         raise gr.Error("The ROI covers the whole image: leave some normal tissue unpainted.")
-    config = SingleImageConfig(steps=int(steps))
+    config = SingleImageConfig(steps=steps)
     try:
-        result = segment_single_image(image, roi, config, progress=progress, show_progress=False)
+        result = segment_single_image(image, roi, config, progress=progress, show_progress=False, cancel=cancel)
     except ValueError as err:
         raise gr.Error(str(err)) from err
-    files = write_result(result, _request_dir())
+    folder = _request_dir()
+    files = write_result(result, folder)
+    make_private(folder)
     area = 100.0 * float(result.mask.mean())
     note = ("The ROI's corners are painted, so it was read as **normal tissue**: the result is its complement.  \n"
             if result.complement else "")
     summary = (f"{note}**Lesion area:** {area:.2f} % of the image · trained {config.steps} steps in "
                f"{result.seconds:.1f} s on the {config.device.upper()}")
-    return result.overlay, summary, *[str(f) for f in files.values()]
+    return downscale_for_display(result.overlay), summary, *[str(f) for f in files.values()]
+
+
+def _client_gone(session_hash: str | None) -> bool:
+    """Whether the queue has marked this client's running event dead (the page closed or the stream dropped)."""
+    if not session_hash:
+        return False
+    for demo in list(_DEMOS):
+        for jobs in getattr(getattr(demo, "_queue", None), "active_jobs", None) or []:
+            for event in jobs or []:
+                if getattr(event, "session_hash", None) == session_hash and (
+                        not getattr(event, "alive", True) or getattr(event, "closed", False)):
+                    return True
+    return False
+
+
+async def single_image_event(editor: dict[str, Any] | None, roi_file: Any, steps: int,
+                             progress: gr.Progress = gr.Progress(), request: gr.Request = None):
+    """:func:`single_image` in a worker thread that stops within a training step of Stop or a disconnect.
+
+    Gradio cancels this coroutine on Stop; the thread cannot be cancelled from outside, so the flag it checks
+    before every step is set here, and the thread ends by itself (nothing is written)."""
+    stop = threading.Event()
+    session = getattr(request, "session_hash", None)
+
+    def cancelled() -> bool:
+        return stop.is_set() or _client_gone(session)
+
+    work = asyncio.ensure_future(asyncio.to_thread(single_image, editor, roi_file, steps, progress, cancelled))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        stop.set()
+        log.info("single-image training cancelled by the client")
+        raise
+    except TrainingCancelled as err:
+        raise gr.Error("Training was stopped.") from err
 
 
 def preview(upload: Any) -> np.ndarray | None:
     """Show the uploaded file as the app will read it (or a clear error)."""
-    return None if upload is None else _load(upload)
+    return None if upload is None else downscale_for_display(_load(upload))
 
 
 # ---- tabs ----------------------------------------------------------------------------------------------------------
@@ -262,8 +432,10 @@ def _examples(target: gr.components.Component, label: str = "Example images (Pol
 
 
 def _model_options(models: list[str], prefix: str) -> tuple[gr.Dropdown, gr.Checkbox, gr.Checkbox]:
-    model = gr.Dropdown(models, value=default_model(models), label="Model", allow_custom_value=True,
-                        info="shipped weights, or type a Hugging Face Hub repo id", elem_id=f"{prefix}-model")
+    typed = any_hub_model_allowed()  # free-typed names only when the operator allows any Hub repo
+    model = gr.Dropdown(models, value=default_model(models), label="Model", allow_custom_value=typed,
+                        info="shipped weights, or type a Hugging Face Hub repo id" if typed else "the offered models",
+                        elem_id=f"{prefix}-model")
     with gr.Row():
         tta = gr.Checkbox(False, label="Test-time augmentation (flips)")
         post = gr.Checkbox(False, label="Post-processing (the chain recorded with the model's weights)")
@@ -291,8 +463,9 @@ def segment_tab(models: list[str]) -> None:
             report = gr.JSON(label="Report", elem_id="segment-report")
             disagreement = gr.Image(label="TTA disagreement between flip passes (x4; with TTA only)", type="numpy")
             views = gr.Gallery(label="TDC-Enhance views", columns=4, height="auto")
-    upload.change(preview, inputs=upload, outputs=shown, api_name="preview")
-    run.click(segment, inputs=[upload, model, tta, post, truth, show_views],
+    upload.change(preview, inputs=upload, outputs=shown, api_name="preview", concurrency_id="preview",
+                  concurrency_limit=1)
+    run.click(segment, inputs=[upload, model, tta, post, truth, show_views], **_HEAVY,
               outputs=[slider, heatmap, summary, mask_file, report, report_file, disagreement, views],
               api_name="segment")
 
@@ -310,7 +483,7 @@ def compare_tab(models: list[str]) -> None:
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Overlays", columns=2, height="auto")
             table = gr.Markdown()
-    run.click(compare, inputs=[upload, chosen, tta, post], outputs=[gallery, table], api_name="compare")
+    run.click(compare, inputs=[upload, chosen, tta, post], outputs=[gallery, table], api_name="compare", **_HEAVY)
 
 
 def batch_tab(models: list[str]) -> None:
@@ -327,7 +500,8 @@ def batch_tab(models: list[str]) -> None:
                 csv_file = gr.File(label="Statistics (CSV)")
             table = gr.Dataframe(headers=["file", "status", "lesion %", "lesions", "mean confidence", "ms", "error"],
                                  label="Per-image statistics", wrap=True)
-    run.click(batch, inputs=[files, model, tta, post], outputs=[archive, csv_file, table, status], api_name="batch")
+    run.click(batch, inputs=[files, model, tta, post], outputs=[archive, csv_file, table, status], api_name="batch",
+              **_HEAVY)
 
 
 def single_image_tab() -> None:
@@ -336,7 +510,8 @@ def single_image_tab() -> None:
                 "around the image's border instead to mark normal tissue when the lesion fills the frame.")
     with gr.Row():
         with gr.Column(scale=1):
-            editor = gr.ImageEditor(label="Image and ROI", type="numpy", image_mode="RGBA",
+            # Files, not arrays: the handler reads each image's size from its header before decoding it.
+            editor = gr.ImageEditor(label="Image and ROI", type="filepath", image_mode="RGBA",
                                     brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
                                     transforms=(), layers=False, elem_id="single-editor")
             roi = gr.File(label="…or a ROI file (binary image or labelme JSON)", type="filepath",
@@ -350,7 +525,8 @@ def single_image_tab() -> None:
                 mask = gr.File(label="mask.png")
                 overlay_file = gr.File(label="overlay.png")
                 record = gr.File(label="sampling.json")
-    run.click(single_image, inputs=[editor, roi, steps], outputs=[overlay, summary, mask, overlay_file, record],
+    run.click(single_image_event, inputs=[editor, roi, steps], outputs=[overlay, summary, mask, overlay_file, record],
+              **_HEAVY,
               api_name="single_image")
 
 
@@ -364,13 +540,13 @@ def enhance_tab() -> None:
             _examples(upload, "Example images")
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Views", columns=2, height="auto")
-    run.click(enhance, inputs=upload, outputs=gallery, api_name="enhance")
+    run.click(enhance, inputs=upload, outputs=gallery, api_name="enhance", **_HEAVY)
 
 
 def build_demo() -> gr.Blocks:
     """The whole page: a header and one tab per task."""
     models = available_models()
-    with gr.Blocks(title="medseg — lesion segmentation", delete_cache=(3600, 3600)) as demo:
+    with gr.Blocks(title="medseg — lesion segmentation", delete_cache=(KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)) as demo:
         gr.Markdown(
             "# medseg\nSegment polyps and other lesions in endoscopy images. Drop an image (PNG, JPEG, TIFF, BMP; "
             f"up to {MAX_IMAGE_PIXELS // 1_000_000} MP) and press **Segment**. Research software: not a medical device."
@@ -385,12 +561,57 @@ def build_demo() -> gr.Blocks:
             single_image_tab()
         with gr.Tab("Enhance"):
             enhance_tab()
+    _DEMOS.add(demo)
+    return demo
+
+
+def limit_per_client(demo: gr.Blocks, per_session: int = MAX_PENDING_PER_CLIENT,
+                     per_address: int = MAX_PENDING_PER_ADDRESS) -> bool:
+    """Refuse a new event when its client (Gradio session) already has ``per_session`` events queued or running,
+    or its address ``per_address`` (0: no limit). Gradio has no such setting, so the queue's ``push`` is wrapped;
+    returns False (and logs) when this Gradio version's queue does not have the expected shape."""
+    queue = getattr(demo, "_queue", None)
+    if queue is None or not hasattr(queue, "push") or not hasattr(queue, "event_queue_per_concurrency_id"):
+        log.warning("this Gradio version's queue cannot be limited per client")
+        return False
+    push = queue.push
+
+    def events() -> list[Any]:
+        waiting = [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
+        running = [e for jobs in getattr(queue, "active_jobs", None) or [] if jobs for e in jobs]
+        return waiting + running
+
+    def address(request: Any) -> str | None:
+        return getattr(getattr(request, "client", None), "host", None)
+
+    async def limited_push(body: Any, request: Any, username: Any) -> Any:
+        current = events()
+        session = getattr(body, "session_hash", None)
+        if per_session and session and sum(e.session_hash == session for e in current) >= per_session:
+            return False, (f"You already have {per_session} requests waiting or running; wait for one to finish "
+                           "before sending another."), "queue_full"
+        host = address(request)
+        if per_address and host and sum(address(e.request) == host for e in current) >= per_address:
+            return False, f"Your address already has {per_address} requests waiting or running.", "queue_full"
+        return await push(body, request, username)
+
+    queue.push = limited_push
+    return True
+
+
+def configure_queue(demo: gr.Blocks, size: int = QUEUE_SIZE) -> gr.Blocks:
+    """The app's queue: ``size`` events in all, heavy events on :data:`WORKERS` shared workers (each event's
+    ``concurrency_id`` is ``"heavy"``), at most :data:`MAX_PENDING_PER_CLIENT` per client. Gradio tells each waiting
+    user their position. ``launch``, the tests and ``bench/load.py`` all use this."""
+    demo.queue(default_concurrency_limit=WORKERS, max_size=size)
+    limit_per_client(demo)
     return demo
 
 
 def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None) -> None:
     """Serve ``demo`` on ``host`` (default ``GRADIO_SERVER_NAME`` or 127.0.0.1), never through a public share link."""
-    demo.queue(default_concurrency_limit=2, max_size=64).launch(
+    os.umask(0o077)  # everything the server writes (its cache, our outputs) is private to its user
+    configure_queue(demo).launch(
         server_name=host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=port,
         share=False,

@@ -1,7 +1,8 @@
-"""A corpus of awkward uploads, written by the tests themselves: name -> (path, expectation).
+"""A corpus of awkward uploads, written by the tests themselves: case name -> (path, expectation).
 
-The expectation is either ``("ok", (h, w))`` — a correct result of that size — or ``("error", words)`` — a clear
-message containing ``words``.
+The expectation is either ``("ok", (h, w))`` — a correct result of that size (:func:`expected_pixels` says what
+some of its pixels must be) — or ``("error", words)`` — a message giving that reason. Files are named neutrally
+(``upload_03.png``): a test that matches the reason cannot pass because the words happen to be in the file name.
 """
 
 from __future__ import annotations
@@ -32,17 +33,17 @@ def build_corpus(folder: Path, huge: bool = True) -> dict[str, tuple[Path, tuple
     corpus: dict[str, tuple[Path, tuple[str, object]]] = {}
 
     def add(name: str, data: bytes, expect: tuple[str, object]) -> None:
-        path = folder / name
+        path = folder / f"upload_{len(corpus):02d}{Path(name).suffix}"
         path.write_bytes(data)
         corpus[name] = (path, expect)
 
-    add("zero_bytes.png", b"", ("error", "empty"))
+    add("zero_bytes.png", b"", ("error", "is empty"))
     png = _png_bytes(photo)
-    add("truncated.png", png[: len(png) // 2], ("error", "truncated"))
+    add("truncated.png", png[: len(png) // 2], ("error", "damaged or truncated"))
     jpg = io.BytesIO()
     PIL.Image.fromarray(photo).save(jpg, "JPEG", quality=90)
-    add("truncated.jpg", jpg.getvalue()[: len(jpg.getvalue()) // 2], ("error", "truncated"))
-    add("text_renamed.png", b"this is a clinical note, not an image\n" * 20, ("error", "not an image"))
+    add("truncated.jpg", jpg.getvalue()[: len(jpg.getvalue()) // 2], ("error", "damaged or truncated"))
+    add("text_renamed.png", b"this is a clinical note, not an image\n" * 20, ("error", "not an image file we can read"))
     add("one_pixel.png", _png_bytes(np.full((1, 1, 3), 128, np.uint8)), ("ok", (1, 1)))
     sixteen = (photo[..., 0].astype(np.uint16) * 257)
     buf = io.BytesIO()
@@ -68,5 +69,26 @@ def build_corpus(folder: Path, huge: bool = True) -> dict[str, tuple[Path, tuple
         big = PIL.Image.new("L", (12000, 12000))
         buf = io.BytesIO()
         big.save(buf, "PNG", compress_level=1)
-        add("huge_12000.png", buf.getvalue(), ("error", "limit"))
+        add("huge_12000.png", buf.getvalue(), ("error", "the limit is 40 MP"))
     return corpus
+
+
+def expected_pixels(name: str) -> dict[tuple[int, int], tuple[int, int, int]] | None:
+    """For an "ok" case: RGB values (within a few levels) that the decoded image must hold at (row, col), or None.
+
+    The size alone would not notice a decoder that returns the right shape with the wrong content (a black frame,
+    swapped channels, an unapplied rotation, a clipped 16-bit image)."""
+    photo = _photo()
+    red = tuple(int(v) for v in photo[20, 30])  # the (220, 90, 80) block
+    corner = tuple(int(v) for v in photo[0, 79])
+    table = {
+        "one_pixel.png": {(0, 0): (128, 128, 128)},
+        "sixteen_bit.png": {(20, 30): (red[0],) * 3, (0, 79): (corner[0],) * 3},
+        "grey.png": {(20, 30): (red[1],) * 3},
+        "rgba.png": {(20, 30): red, (0, 79): corner},
+        "cmyk.jpg": {(20, 30): red},
+        "animated.gif": {(20, 30): red},
+        # EXIF orientation 6: the stored (60, 80) frame is shown rotated 90° clockwise, (r, c) -> (c, 59 - r).
+        "exif_rotated.jpg": {(30, 59 - 20): red},
+    }
+    return table.get(name)

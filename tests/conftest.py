@@ -34,14 +34,14 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def example_image() -> np.ndarray:
-    from medseg_core.data import read_image
+    from medseg_core.io import read_image
 
     return read_image(EXAMPLES[0])
 
 
 @pytest.fixture(scope="session")
 def example_mask() -> np.ndarray:
-    from medseg_core.data import read_mask
+    from medseg_core.io import read_mask
 
     return read_mask(EXAMPLES[0].with_name(EXAMPLES[0].stem + "_mask.png"))
 

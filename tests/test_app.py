@@ -83,7 +83,7 @@ def test_launched_app_answers_gradio_client(app_module, tmp_path):
                              api_name="/segment")
         slider, heat, summary, mask_file, report, report_file, disagreement, views = out
         assert disagreement is None
-        from medseg_core.data import read_image
+        from medseg_core.io import read_image
 
         h, w = read_image(EXAMPLES[1]).shape[:2]
         assert "Lesion area" in summary and report["image_size"] == [w, h]
@@ -154,7 +154,7 @@ def test_batch_tab_and_segment_command_write_identical_files(app_module, tmp_pat
         with zipfile.ZipFile(zip_out) as z:
             from_app = {name: z.read(name) for name in z.namelist()}
         from_cli = {p.name: p.read_bytes() for p in cli_out.iterdir()}
-        assert sorted(from_app) == sorted(from_cli) and len(from_app) == 5  # 2 masks, 2 overlays, the CSV
+        assert sorted(from_app) == sorted(from_cli) and len(from_app) == 7  # 2 x (mask, colour, overlay), CSV
         assert from_app == from_cli
 
 
@@ -177,7 +177,7 @@ def test_enhance_handler(app_module):
 def test_single_image_handler_from_a_painted_roi(app_module):
     import cv2
 
-    from medseg_core.data import read_image
+    from medseg_core.io import read_image
 
     image = cv2.resize(read_image(EXAMPLES[0]), (128, 72), interpolation=cv2.INTER_AREA)
     layer = np.zeros((72, 128, 4), np.uint8)

@@ -11,7 +11,7 @@ from test_models import tiny
 
 from medseg_core import Segmenter
 from medseg_core.batch import expand_inputs, segment_files, write_results_zip
-from medseg_core.data import read_image, read_mask
+from medseg_core.io import read_image, read_mask
 from medseg_core.predict_folder import main as predict_folder_main
 
 
@@ -34,8 +34,10 @@ def test_batch_writes_masks_and_statistics_and_survives_bad_files(segmenter, tmp
     with open(tmp_path / "out" / "statistics.csv") as f:
         assert [r["file"] for r in csv.DictReader(f)] == [p.name for p in paths]
     archive = write_results_zip(tmp_path / "out", tmp_path / "masks.zip")
+    colours = [r["mask"].replace("_mask.png", "_colour.png") for r in rows if r["mask"]]
     assert sorted(zipfile.ZipFile(archive).namelist()) == sorted(
-        [r["mask"] for r in rows if r["mask"]] + [r["overlay"] for r in rows if r["overlay"]] + ["statistics.csv"])
+        [r["mask"] for r in rows if r["mask"]] + [r["overlay"] for r in rows if r["overlay"]] + colours
+        + ["statistics.csv"])
 
 
 def test_folders_are_expanded_to_their_images(tmp_path):

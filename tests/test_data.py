@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_core.data import SegDataset, decode_mask, pairs_from_folders, read_image, read_mask, read_split
+from medseg_core.data import SegDataset, pairs_from_folders, read_split
+from medseg_core.io import decode_mask, read_image, read_mask
+from medseg_core.labels import BKAI_NEOPOLYP
 from medseg_core.transforms import eval_transform, train_transform
 
 
@@ -37,11 +39,11 @@ def test_decode_neopolyp_colours():
     rgb = np.zeros((2, 3, 3), np.uint8)
     rgb[0, 0] = (200, 30, 20)  # red: neoplastic
     rgb[0, 1] = (20, 210, 40)  # green: non-neoplastic
-    rgb[0, 2] = (200, 200, 200)  # neither
-    assert decode_mask(rgb, "neopolyp").tolist() == [[1, 2, 0], [0, 0, 0]]
-    assert decode_mask(rgb, "binary").tolist() == [[1, 1, 1], [0, 0, 0]]
-    with pytest.raises(ValueError):
-        decode_mask(rgb, "rle")
+    rgb[0, 2] = (30, 30, 30)  # near black
+    assert decode_mask(rgb, "palette", BKAI_NEOPOLYP).tolist() == [[1, 2, 0], [0, 0, 0]]
+    assert decode_mask(rgb, "binary").tolist() == [[1, 1, 0], [0, 0, 0]]
+    with pytest.raises(ValueError, match="not single images"):
+        decode_mask(rgb, "rle_csv")
 
 
 def test_dataset_items_and_cache(data_root):

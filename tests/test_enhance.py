@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES
 
-from medseg_core.data import read_image, read_mask, read_split
+from medseg_core.data import read_split
 from medseg_core.enhance import (
     VIEWS,
     color,
@@ -17,6 +17,7 @@ from medseg_core.enhance import (
     tdc_views,
     texture,
 )
+from medseg_core.io import read_image, read_mask
 
 ENHANCERS = {"texture": texture, "detail": detail, "color": color}
 

@@ -46,7 +46,7 @@ def test_shipped_default_segments_the_example_polyps():
     weights = ROOT / "weights" / "unet_lite0.polyp"
     if not (weights / "model.safetensors").is_file():
         pytest.skip("no shipped default weights yet")
-    from medseg_core.data import read_image, read_mask
+    from medseg_core.io import read_image, read_mask
     from medseg_core.metrics import dice_score
 
     seg = Segmenter.from_pretrained("unet_lite0.polyp", device="cpu")

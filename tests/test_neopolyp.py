@@ -11,7 +11,9 @@ import torch
 from conftest import ROOT, TINY_UNET, run_script
 
 from medseg_core import Segmenter, create_model
-from medseg_core.data import decode_mask, read_image, read_mask, read_split
+from medseg_core.data import read_split
+from medseg_core.io import decode_mask, read_image, read_mask
+from medseg_core.labels import BKAI_NEOPOLYP
 from medseg_core.metrics import per_class_metrics
 
 SPLITS = ROOT / "train" / "splits"
@@ -19,11 +21,12 @@ NEOPOLYP = "bkai-igh-neopolyp"
 
 
 def test_decode_neopolyp_colours_with_jpeg_noise():
-    colours = np.array([[[0, 0, 0], [12, 9, 20], [230, 25, 31], [140, 140, 90]],
-                        [[20, 210, 18], [128, 20, 20], [127, 200, 0], [250, 250, 250]]], np.uint8)
-    assert decode_mask(colours, "neopolyp").tolist() == [[0, 0, 1, 0], [2, 1, 2, 0]]
-    with pytest.raises(ValueError, match="RGB"):
-        decode_mask(colours[..., 0], "neopolyp")
+    """Nearest of black, red and green: JPEG noise and interpolated edges decode to the closest class."""
+    colours = np.array([[[0, 0, 0], [12, 9, 20], [230, 25, 31], [90, 70, 60]],
+                        [[20, 210, 18], [128, 20, 20], [127, 200, 0], [40, 60, 30]]], np.uint8)
+    assert decode_mask(colours, "palette", BKAI_NEOPOLYP).tolist() == [[0, 0, 1, 0], [2, 1, 2, 0]]
+    with pytest.raises(ValueError, match="schema"):
+        decode_mask(colours, "palette")
 
 
 def test_neopolyp_masks_decode_as_source_md_says(data_root):
@@ -34,7 +37,7 @@ def test_neopolyp_masks_decode_as_source_md_says(data_root):
     assert len(masks) == 200
     presence = {"red only": 0, "green only": 0, "both": 0, "neither": 0}
     for i, path in enumerate(masks):
-        mask = read_mask(path, "neopolyp")
+        mask = read_mask(path, "palette", BKAI_NEOPOLYP)
         assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1, 2}
         red, green = bool((mask == 1).any()), bool((mask == 2).any())
         presence["both" if red and green else "red only" if red else "green only" if green else "neither"] += 1
@@ -63,12 +66,13 @@ def test_neopolyp_validation_split_is_every_8th_sorted_training_id(data_root):
 
 
 def test_neopolyp_recipe():
-    from medseg_core.config import load_config
+    from medseg_core.config import load_config, recipe_schema
     from medseg_core.training import build_model
 
     cfg = load_config(ROOT / "train/configs/unet_lite0_neopolyp.yaml", [])
     assert cfg["model"]["num_classes"] == 3 and cfg["model"]["input_size"] == 352
-    assert cfg["data"]["mask_encoding"] == "neopolyp" and cfg["data"]["cache_max_side"] == 448
+    assert cfg["data"]["mask_encoding"] == "palette" and cfg["data"]["cache_max_side"] == 448
+    assert recipe_schema(cfg) == BKAI_NEOPOLYP
     for key in ("train_split", "val_split"):
         assert (ROOT / cfg["data"][key]).is_file()
     model = build_model({**cfg, "model": {**cfg["model"], "encoder_weights": "random"}})
@@ -79,7 +83,7 @@ def test_neopolyp_recipe():
 def tiny_3class(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("weights") / "tiny_unet.neopolyp"
-    create_model("unet", **{**TINY_UNET, "num_classes": 3}).save_pretrained(folder)
+    create_model("unet", **{**TINY_UNET, "num_classes": 3}).save_pretrained(folder, config=BKAI_NEOPOLYP.to_config())
     return folder
 
 
@@ -102,16 +106,19 @@ def evaluated(tiny_3class, two_test_images, data_root):
 def test_evaluate_reports_per_class_dice_for_3_class_models(evaluated, tiny_3class, two_test_images, data_root):
     result = evaluated
     assert result["n"] == 2
-    assert {"dice", "iou", "mdice", "miou", "dice_1", "dice_2", "iou_1", "iou_2"} <= set(result)
+    names = ["neoplastic", "non-neoplastic"]
+    assert {"dice", "iou", "mdice", "miou", "class_dice"} <= set(result)
+    assert {f"{m}_{n}" for m in ("dice", "iou", "class_dice") for n in names} <= set(result)
+    assert result["labels"]["class_names"] == ["background", *names]
     for row in result["per_image"]:
-        assert row["mdice"] == pytest.approx((row["dice_1"] + row["dice_2"]) / 2)
+        assert row["mdice"] == pytest.approx((row["dice_neoplastic"] + row["dice_non-neoplastic"]) / 2)
     assert result["mdice"] == pytest.approx(np.mean([r["mdice"] for r in result["per_image"]]))
     # The same numbers, computed here from the Segmenter's masks and the decoded colour masks.
     segmenter = Segmenter.from_pretrained(tiny_3class, device="cpu")
     for sample, row in zip(read_split(data_root, str(two_test_images)), result["per_image"]):
         pred = segmenter(read_image(sample.image)).mask
-        expected = per_class_metrics(pred, read_mask(sample.mask, "neopolyp"), 3)
-        for key in ("dice_1", "dice_2", "iou_1", "iou_2", "mdice", "miou"):
+        expected = per_class_metrics(pred, read_mask(sample.mask, "palette", BKAI_NEOPOLYP), class_names=names)
+        for key in ("dice_neoplastic", "dice_non-neoplastic", "iou_neoplastic", "iou_non-neoplastic", "mdice", "miou"):
             assert row[key] == pytest.approx(expected[key])
 
 
@@ -123,17 +130,18 @@ def test_postprocess_table_on_a_3_class_model(evaluated, tiny_3class, two_test_i
     assert list(table) == ["none", *chain, "full chain"]
     assert table["full chain"]["steps"] == chain
     for entry in table.values():
-        assert set(entry["mean"]) == {"dice", "dice_1", "dice_2", "mdice"} and len(entry["per_image"]) == 2
+        assert set(entry["mean"]) == {"dice", "dice_neoplastic", "dice_non-neoplastic", "mdice"}
+        assert len(entry["per_image"]) == 2
         assert all(0.0 <= v <= 1.0 for v in entry["mean"].values())
     assert "full chain" in printed and "mdice" in printed
     # Without post-processing the table agrees with evaluate.py ...
-    for key in ("dice", "dice_1", "dice_2", "mdice"):
+    for key in ("dice", "dice_neoplastic", "dice_non-neoplastic", "mdice"):
         assert table["none"]["mean"][key] == pytest.approx(evaluated[key])
     # ... and the full chain with a Segmenter that runs the same steps.
     segmenter = Segmenter.from_pretrained(tiny_3class, device="cpu", postprocess=chain)
     samples = read_split(data_root, str(two_test_images))
-    expected = [per_class_metrics(segmenter(read_image(s.image)).mask, read_mask(s.mask, "neopolyp"), 3)["mdice"]
-                for s in samples]
+    expected = [per_class_metrics(segmenter(read_image(s.image)).mask, read_mask(s.mask, "palette", BKAI_NEOPOLYP),
+                                  class_names=BKAI_NEOPOLYP.foreground)["mdice"] for s in samples]
     assert table["full chain"]["mean"]["mdice"] == pytest.approx(np.mean(expected))
 
 

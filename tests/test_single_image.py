@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import EXAMPLES, run_script
 
-from medseg_core.data import read_image, read_mask
+from medseg_core.io import read_image, read_mask
 from medseg_core.metrics import dice_score
 from medseg_core.single_image import (
     IGNORE,

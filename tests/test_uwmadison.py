@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from medseg_core.data import read_uwmadison_csv, rle_decode, rle_encode, uwmadison_slice_info
+from medseg_core.data import read_uwmadison_csv, uwmadison_slice_info
+from medseg_core.io import rle_decode, rle_encode
 
 # A 4x5 slice, pixels numbered 1..20 row by row. Encoded by hand:
 #   large_bowel  row 0, columns 1-3      -> pixels 2, 3, 4            -> "2 3"

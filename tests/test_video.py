@@ -10,7 +10,7 @@ import pytest
 from conftest import EXAMPLES
 
 from medseg_core import Segmenter
-from medseg_core.data import read_image
+from medseg_core.io import read_image
 from medseg_core.video import CSV_FIELDS, VideoInputError, encode_video, main, plot_lesion_area, segment_video
 
 av = pytest.importorskip("av")
@@ -67,7 +67,7 @@ def test_segment_video_writes_a_browser_mp4_and_rows_equal_to_the_image_path(seg
     assert 0 < np.mean([r["lesion_percent"] for r in summary.rows]) < 100
     # The overlay is what is written (lossy H.264 with 4:2:0 chroma: nearer the overlay than the plain frame).
     overlay = segmenter(inputs[0]).overlay
-    assert np.abs(written[0].astype(int) - overlay).mean() < 0.5 * np.abs(written[0].astype(int) - inputs[0]).mean()
+    assert np.abs(written[0].astype(int) - overlay).mean() < 0.75 * np.abs(written[0].astype(int) - inputs[0]).mean()
     with open(table, newline="") as f:
         lines = list(csv.DictReader(f))
     assert tuple(lines[0]) == CSV_FIELDS and len(lines) == 6

@@ -29,8 +29,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from medseg_core.data import read_image, read_mask, read_split, write_png
+from medseg_core.data import read_split
 from medseg_core.inference import Segmenter
+from medseg_core.io import read_image, read_mask, write_png
 
 log = logging.getLogger("medseg.make_refiner_data")
 
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crops-per-region", type=int, default=2, help="crops per predicted region, margins jittered")
     p.add_argument("--margin", type=float, nargs=2, default=(0.1, 0.45), metavar=("MIN", "MAX"),
                    help="context margin range, as a fraction of the region box's longer side")
-    p.add_argument("--mask-encoding", choices=["binary", "neopolyp"], default="binary")
+    p.add_argument("--mask-encoding", choices=["binary", "indexed"], default="binary",
+                   help="how the split's masks store the lesion (crops are binary: any class is lesion)")
     p.add_argument("--tta", action="store_true", help="flip TTA for the base model")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--seed", type=int, default=0)

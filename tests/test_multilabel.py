@@ -1,0 +1,96 @@
+"""Label schemas end to end on the real new data: EDD2020 multi-label (train 2 steps, evaluate, serve) and the
+uwmgi-mini MRI slices as a 4-class model (palette masks and the same masks as a run-length CSV)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from medseg_core import Segmenter, load_model, training
+from medseg_core.evaluation import main as evaluate
+from medseg_core.io import read_image, read_mask, write_rle_csv
+from medseg_core.labels import LabelSchema
+
+EDD_RECIPE = ROOT / "train" / "configs" / "unet_lite0_edd2020.yaml"
+EDD_CLASSES = ["BE", "suspicious", "HGD", "cancer", "polyp"]
+UWMGI_LABELS = ["--labels.task", "multiclass", "--labels.class_names",
+                "[background, large_bowel, small_bowel, stomach]",
+                "--labels.colours", "[[0, 0, 0], [0, 255, 0], [255, 255, 0], [255, 0, 0]]"]
+
+
+def tiny(data_root, out, config, *extra):
+    return ["--config", str(config), "--output-dir", str(out), "--max-steps", "2", "--no-progress",
+            "--data.root", str(data_root), "--data.cache_max_side", "96", "--train.max_train_samples", "4",
+            "--train.max_val_samples", "3", "--train.batch_size", "2", "--model.input_size", "64",
+            "--model.decoder_channels", "[16, 16, 16, 16, 8]", "--model.encoder_weights", "random", *extra]
+
+
+@pytest.fixture(scope="module")
+def edd_model(data_root, tmp_path_factory):
+    torch.manual_seed(0)
+    return training.main(tiny(data_root, tmp_path_factory.mktemp("edd"), EDD_RECIPE))
+
+
+def test_a_multilabel_model_trains_and_records_its_schema(edd_model):
+    config = json.loads((edd_model / "config.json").read_text())
+    assert config["task"] == "multilabel" and config["class_names"] == EDD_CLASSES
+    assert config["mask_encoding"] == "per_class_files" and load_model(edd_model).num_classes == 5
+    assert "`multilabel`, classes `BE`" in (edd_model / "README.md").read_text()
+
+
+def test_evaluate_writes_every_class_of_the_schema(edd_model, data_root, tmp_path):
+    split = tmp_path / "four.txt"
+    split.write_text("".join(f"{i}\n" for i in (data_root / "splits/edd-test.txt").read_text().split()[:4]))
+    out = evaluate(["--model", str(edd_model), "--data", str(data_root), "--split", str(split), "--json",
+                    str(tmp_path / "edd.json")])
+    saved = json.loads((tmp_path / "edd.json").read_text())
+    for name in EDD_CLASSES:
+        assert {f"dice_{name}", f"iou_{name}", f"class_dice_{name}"} <= set(saved), name
+    assert {"dice", "iou", "accuracy", "mdice", "class_dice"} <= set(saved) and saved["n"] == 4
+    assert saved["mdice"] == pytest.approx(np.mean([saved[f"dice_{n}"] for n in EDD_CLASSES]))
+    assert saved["class_dice"] == pytest.approx(np.mean([saved[f"class_dice_{n}"] for n in EDD_CLASSES]))
+    assert out["labels"]["task"] == "multilabel"
+
+
+def test_a_multilabel_segmenter_returns_overlapping_planes(edd_model, example_image, tmp_path):
+    seg = Segmenter.from_pretrained(edd_model, device="cpu", threshold=0.0)  # every pixel of every class
+    result = seg(example_image)
+    assert result.mask.shape == (5, *example_image.shape[:2]) and result.mask.all()
+    assert result.probs.shape == (5, *example_image.shape[:2]) and result.confidence.shape == example_image.shape[:2]
+    assert list(result.stats["classes"]) == EDD_CLASSES and result.stats["lesion_percent"] == 100.0
+    from medseg_core.batch import segment_files
+
+    rows = segment_files(seg, [ROOT / "examples" / "polypgen_C3_EndoCV2021_00394.jpg"], tmp_path / "out")
+    assert rows[0]["status"] == "ok" and all(f"percent_{n}" in rows[0] for n in EDD_CLASSES)
+    assert (tmp_path / "out" / "polypgen_C3_EndoCV2021_00394_HGD.png").is_file()
+    header = (tmp_path / "out" / "statistics.csv").read_text().splitlines()[0]
+    assert "percent_cancer" in header
+
+
+def test_uwmgi_mini_trains_as_four_classes_from_palette_and_from_rle(data_root, tmp_path):
+    recipe = ROOT / "train" / "configs" / "unet_lite0_polyp.yaml"
+    common = ["--model.num_classes", "4", "--data.train_split", "uwmgi-mini", "--data.val_split", "uwmgi-mini",
+              *UWMGI_LABELS]
+    model_dir = training.main(tiny(data_root, tmp_path / "palette", recipe, *common, "--data.mask_encoding",
+                                   "palette"))
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["class_names"][3] == "stomach" and config["mask_encoding"] == "palette"
+    slice_image = read_image(next((data_root / "uwmgi-mini" / "images").iterdir()))
+    assert Segmenter.from_pretrained(model_dir, device="cpu")(slice_image).mask.max() <= 3
+    # The same slices with their masks as an id,class,segmentation CSV.
+    schema = LabelSchema("multiclass", ("background", "large_bowel", "small_bowel", "stomach"),
+                         ((0, 0, 0), (0, 255, 0), (255, 255, 0), (255, 0, 0)), "palette")
+    root = tmp_path / "rle"
+    (root / "uwmgi" / "images").mkdir(parents=True)
+    (root / "splits").mkdir()
+    masks = {}
+    for path in sorted((data_root / "uwmgi-mini" / "images").iterdir())[:6]:
+        (root / "uwmgi" / "images" / path.name).write_bytes(path.read_bytes())
+        masks[path.stem] = read_mask(data_root / "uwmgi-mini" / "masks" / path.name, "palette", schema)
+    write_rle_csv(root / "uwmgi" / "masks.csv", masks, schema.foreground)
+    (root / "splits" / "all.txt").write_text("".join(f"uwmgi/{k}\n" for k in masks))
+    model_dir = training.main(tiny(root, tmp_path / "rle_run", recipe, *common, "--data.mask_encoding", "rle_csv",
+                                   "--data.train_split", "all", "--data.val_split", "all"))
+    assert json.loads((model_dir / "config.json").read_text())["mask_encoding"] == "rle_csv"
