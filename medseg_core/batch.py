@@ -7,7 +7,8 @@ for binary models, class indices for multi-class ones, one ``<stem>_<class>.png`
 ``<stem>_colour.png``, the classes in their colours), ``<stem>_overlay.png`` (the image with the lesions tinted and
 outlined), and one ``statistics.csv`` row (with each class's area for multi-class and multi-label models). The
 app's Batch tab, this command and ``python -m medseg_core.predict_folder`` all call :func:`segment_files`, so the
-same input and options give byte-identical files from every door. One bad file never stops a batch: its row says what was wrong.
+same input and options give byte-identical files from every door. One bad file never stops a batch: its row says
+what was wrong.
 """
 
 from __future__ import annotations
