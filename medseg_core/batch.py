@@ -29,10 +29,12 @@ from tqdm.auto import tqdm
 from .cli import add_postprocess_argument, postprocess_from_args, setup_logging
 from .inference import ImageInputError, Segmenter, load_image_file
 from .io import IMAGE_EXTENSIONS, write_mask, write_png
+from .labels import LabelSchema
 from .postprocess import PostprocessSpec
 from .safety import ExtractionBudget, RejectedInput, ZipLimits, extract_zip
 
-__all__ = ["BATCH_COLUMNS", "MAX_ZIP_FILES", "expand_inputs", "main", "segment_files", "write_results_zip"]
+__all__ = ["BATCH_COLUMNS", "MAX_ZIP_FILES", "expand_inputs", "main", "segment_files", "unique_stems",
+           "write_results_zip", "write_statistics"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,19 @@ def expand_inputs(paths: Iterable[str | os.PathLike], workdir: str | os.PathLike
     return out
 
 
+def unique_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The output stem of each input: its file stem, with ``_`` appended while an earlier input took it."""
+    seen: set[str] = set()
+    stems = []
+    for raw in paths:
+        stem = Path(raw).stem
+        while stem in seen:
+            stem += "_"
+        seen.add(stem)
+        stems.append(stem)
+    return stems
+
+
 def segment_files(
     segmenter: Segmenter,
     paths: Sequence[str | os.PathLike],
@@ -89,18 +104,24 @@ def segment_files(
     tta: bool = False,
     postprocess: PostprocessSpec | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    stems: Sequence[str] | None = None,
+    write_csv: bool = True,
 ) -> list[dict[str, Any]]:
     """Segment each file into ``out_dir`` (masks, overlays, ``statistics.csv``); return one row per file.
 
-    Rows hold ``BATCH_COLUMNS`` plus ``inference_ms``. ``postprocess``: ``"recorded"``, ``"none"`` or step names
-    (None: the segmenter's default). ``progress`` wraps the list of paths (e.g. ``tqdm`` or ``gr.Progress().tqdm``).
+    Rows hold ``BATCH_COLUMNS`` plus ``inference_ms`` (and ``percent_<class>`` for multi-class and multi-label
+    models). ``postprocess``: ``"recorded"``, ``"none"`` or step names (None: the segmenter's default).
+    ``progress`` wraps the list of paths (e.g. ``tqdm`` or ``gr.Progress().tqdm``). ``stems`` names the outputs
+    (default :func:`unique_stems`; a process given a share of a larger list passes that list's stems), and
+    ``write_csv=False`` leaves ``statistics.csv`` to whoever gathers the rows (:func:`write_statistics`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    seen: set[str] = set()
+    paths = list(paths)
+    stems = list(stems) if stems is not None else unique_stems(paths)
     class_columns = segmenter.schema.task != "binary"  # per-class areas, named by the schema
-    for raw in (progress or (lambda x: x))(list(paths)):
+    for raw, stem in (progress or (lambda x: x))(list(zip(paths, stems))):
         path = Path(raw)
         row: dict[str, Any] = dict.fromkeys(BATCH_COLUMNS, "")
         row["file"] = path.name
@@ -113,10 +134,6 @@ def segment_files(
             row.update(status="error", error=str(err), inference_ms="")
             rows.append(row)
             continue
-        stem = path.stem
-        while stem in seen:
-            stem += "_"
-        seen.add(stem)
         written = write_mask(out, stem, result.mask, segmenter.schema)
         mask_name = " ".join(p.name for k, p in written.items() if k != "colour")
         overlay_name = write_png(out / f"{stem}_overlay.png", result.overlay).name
@@ -127,13 +144,22 @@ def segment_files(
                    mask=mask_name, overlay=overlay_name, inference_ms=s["inference_ms"],
                    **{f"percent_{name}": c["percent"] for name, c in s["classes"].items() if class_columns})
         rows.append(row)
-    with open(out / "statistics.csv", "w", newline="") as f:
-        columns = [*BATCH_COLUMNS[:-1], *(f"percent_{n}" for n in segmenter.schema.foreground if class_columns),
-                   BATCH_COLUMNS[-1]]
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="")
+    if write_csv:
+        write_statistics(out, rows, segmenter.schema)
+    return rows
+
+
+def write_statistics(out_dir: str | os.PathLike, rows: Sequence[dict[str, Any]], schema: LabelSchema) -> Path:
+    """``statistics.csv``: one row per input file, ``BATCH_COLUMNS`` with each class's area before ``error`` for
+    multi-class and multi-label schemas. Timings are left out, so the file depends on inputs and options only."""
+    class_columns = [f"percent_{n}" for n in schema.foreground] if schema.task != "binary" else []
+    path = Path(out_dir) / "statistics.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*BATCH_COLUMNS[:-1], *class_columns, BATCH_COLUMNS[-1]],
+                                extrasaction="ignore", restval="")
         writer.writeheader()
         writer.writerows(rows)
-    return rows
+    return path
 
 
 def write_results_zip(out_dir: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
@@ -169,11 +195,20 @@ def build_parser(prog: str = "medseg-segment", folder_flag: bool = False) -> arg
 
 
 def run(args: argparse.Namespace, postprocess: PostprocessSpec) -> int:
-    """Segment ``args.inputs`` into ``args.out``; the exit status is 1 when no image could be segmented."""
+    """Segment ``args.inputs`` into ``args.out``; the exit status is 1 when no image could be segmented.
+
+    Under ``accelerate launch --num_processes N`` every process takes a share of the files (as ``medseg-evaluate``
+    does) and the main process writes ``statistics.csv`` for all of them, in input order.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
     from .hub import WeightsNotFoundError
 
+    state = PartialState()
+    device = args.device or (str(state.device) if state.num_processes > 1 else None)
     try:
-        segmenter = Segmenter.from_pretrained(args.model, device=args.device, threshold=args.threshold)
+        segmenter = Segmenter.from_pretrained(args.model, device=device, threshold=args.threshold)
     except WeightsNotFoundError as err:
         log.error("%s", err)
         return 2
@@ -183,8 +218,17 @@ def run(args: argparse.Namespace, postprocess: PostprocessSpec) -> int:
         except ValueError as err:
             log.error("%s", err)
             return 2
-        rows = segment_files(segmenter, paths, args.out, tta=args.tta, postprocess=postprocess,
-                             progress=lambda items: tqdm(items, desc="segment", disable=args.no_progress))
+        items = list(zip(paths, unique_stems(paths)))
+        with state.split_between_processes(items) as shard:
+            rows = segment_files(segmenter, [p for p, _ in shard], args.out, tta=args.tta, postprocess=postprocess,
+                                 stems=[st for _, st in shard], write_csv=False,
+                                 progress=lambda items: tqdm(items, desc="segment", disable=args.no_progress
+                                                             or not state.is_local_main_process))
+    if state.num_processes > 1:
+        rows = gather_object(rows)
+        if not state.is_main_process:
+            return 0
+    write_statistics(args.out, rows, segmenter.schema)
     ok = sum(r["status"] == "ok" for r in rows)
     for r in rows:
         if r["status"] != "ok":

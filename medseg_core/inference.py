@@ -343,6 +343,13 @@ class Segmenter:
         start = time.perf_counter()
         image = to_rgb_uint8(image)
         probs, disagreement = self.predict_probs(image, tta=tta)
+        return self.result_from_probs(image, probs, postprocess, tta=tta, disagreement=disagreement, started=start)
+
+    def result_from_probs(self, image: np.ndarray, probs: np.ndarray, postprocess: PostprocessSpec | None = None,
+                          tta: bool = False, disagreement: np.ndarray | None = None,
+                          started: float | None = None) -> SegResult:
+        """Everything after the network, for probabilities (C, H, W) already at the RGB ``image``'s size: the mask,
+        post-processing, confidence, overlay and statistics (``__call__`` and video frames share it)."""
         mask = self.mask_from_probs(probs)
         steps = self.postprocess if postprocess is None else resolve_postprocess(postprocess, self.recorded_postprocess)
         if steps:
@@ -350,7 +357,7 @@ class Segmenter:
                 raise ValueError(f"the 'refine' step needs a refiner, and the weights of {self.name} name none")
             mask = self._postprocess(mask, steps, probs, image)
         confidence = (probs.max(0) if self.schema.multilabel else 1.0 - probs[0]).astype(np.float32)
-        elapsed_ms = (time.perf_counter() - start) * 1000
+        elapsed_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
         colours = self.schema.foreground_colours if self.schema.multilabel else self.schema.colours
         return SegResult(
             mask=mask,

@@ -40,6 +40,7 @@ __all__ = [
     "MAX_IMAGE_SIDE",
     "MAX_INPUT_SIZE",
     "ExtractionBudget",
+    "ImageTooLargeError",
     "RejectedInput",
     "UnsafeWeightsError",
     "ZipLimits",
@@ -191,14 +192,21 @@ def helper_folder(config: Mapping[str, Any], source: str = "the weights") -> str
 # ---- image headers -------------------------------------------------------------------------------------------------
 
 
+class ImageTooLargeError(ValueError):
+    """An image above a pixel or side limit; the message gives its size and the limit."""
+
+
 def image_size_from_header(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file, read from its header without decoding the pixels; ``ValueError`` if the
+    """(width, height) of an image file, read from its header without decoding the pixels. Raises
+    :class:`ImageTooLargeError` for a decompression bomb (Pillow refuses to open it) and ``ValueError`` when the
     file is not an image Pillow can identify."""
     try:
         with PIL.Image.open(path) as im:
             return int(im.size[0]), int(im.size[1])
     except PIL.Image.DecompressionBombError as err:
-        raise ValueError(f"{Path(path).name} is too large to open safely") from err
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = f" ({int(pixels.group(1)) / 1e6:.0f} MP)" if pixels else ""
+        raise ImageTooLargeError(f"{Path(path).name} is too large to open safely{size}") from err
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"{Path(path).name} is not an image file we can read") from err
 
@@ -206,11 +214,11 @@ def image_size_from_header(path: str | os.PathLike) -> tuple[int, int]:
 def check_image_size(width: int, height: int, max_pixels: int, what: str, max_side: int = MAX_IMAGE_SIDE) -> None:
     """``ValueError`` naming ``what`` when an image has more than ``max_pixels`` pixels or a side above ``max_side``."""
     if width * height > max_pixels:
-        raise ValueError(f"{what} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
-                         f"{max_pixels / 1e6:.0f} MP. Downscale it and try again.")
+        raise ImageTooLargeError(f"{what} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
+                                 f"{max_pixels / 1e6:.0f} MP. Downscale it and try again.")
     if max(width, height) > max_side:
-        raise ValueError(f"{what} is {width}x{height} pixels; the longest side may be at most {max_side} pixels. "
-                         "Downscale it and try again.")
+        raise ImageTooLargeError(f"{what} is {width}x{height} pixels; the longest side may be at most {max_side} "
+                                 "pixels. Downscale it and try again.")
 
 
 def downscale_for_display(image: np.ndarray | None, max_side: int = MAX_DISPLAY_SIDE) -> np.ndarray | None:

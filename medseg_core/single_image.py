@@ -172,7 +172,9 @@ def _labelme_points(shape: Any, index: int, scale: tuple[float, float]) -> np.nd
 
 
 def _labelme_side(data: dict[str, Any], key: str, default: int) -> float:
-    value = data.get(key) or default
+    value = data.get(key)
+    if value is None:
+        return float(default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"the labelme file's {key} must be a positive number, not {str(value)[:40]!r}")
     return float(value)
@@ -238,7 +240,7 @@ def read_roi(path: str | os.PathLike, image_shape: Sequence[int], max_pixels: in
     resized (nearest); another aspect ratio is an error. The image's size is read from its header and checked
     against ``max_pixels`` (and the 16383-px side limit) before anything is decoded.
     """
-    from .safety import check_image_size, image_size_from_header
+    from .safety import ImageTooLargeError, check_image_size, image_size_from_header
 
     path = Path(path)
     h, w = int(image_shape[0]), int(image_shape[1])
@@ -246,6 +248,8 @@ def read_roi(path: str | os.PathLike, image_shape: Sequence[int], max_pixels: in
         return roi_from_labelme(_read_labelme(path), (h, w))
     try:
         rw, rh = image_size_from_header(path)
+    except ImageTooLargeError as err:
+        raise ValueError(f"the ROI image {err}; the limit is {max_pixels / 1e6:.0f} MP") from err
     except ValueError as err:
         raise ValueError(f"cannot read {path.name} as a ROI image or labelme JSON") from err
     check_image_size(rw, rh, max_pixels, f"the ROI image {path.name}")

@@ -30,8 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .inference import Segmenter, make_overlay
-from .postprocess import apply_postprocessing
+from .inference import Segmenter
 
 __all__ = [
     "MAX_SECONDS",
@@ -256,11 +255,6 @@ def encode_video(frames: Sequence[np.ndarray] | Iterator[np.ndarray], path: str 
     return Path(path)
 
 
-def _frame_row(segmenter: Segmenter, index: int, time_s: float, mask: np.ndarray, confidence: np.ndarray) -> FrameRow:
-    stats = segmenter.statistics(mask, confidence, 0.0, False, ())
-    return FrameRow(index, round(time_s, 4), stats["lesion_percent"], stats["lesion_count"], stats["mean_confidence"])
-
-
 def segment_video(
     segmenter: Segmenter,
     in_path: str | os.PathLike,
@@ -302,8 +296,6 @@ def segment_video(
     first = next(frames, None)
     if first is None:
         raise VideoInputError(f"{name} contains no video frames")
-    steps = segmenter.postprocess
-    refiner = segmenter.refiner if "refine" in steps else None
     encoder = _Encoder(out_path, info.width, info.height, info.rate, depth=2 * batch_size + 2)
     rows: list[FrameRow] = []
     ema: np.ndarray | None = None
@@ -314,14 +306,12 @@ def segment_video(
                 if smoothing > 0:
                     ema = p if ema is None else smoothing * ema + (1.0 - smoothing) * p
                     p = ema
-                probs = segmenter.probs_at(p, rgb.shape[0], rgb.shape[1])
-                mask = segmenter.mask_from_probs(probs)
-                if steps:
-                    mask = apply_postprocessing(mask, steps, probs, image=rgb, refiner=refiner)
-                confidence = (1.0 - probs[0]).astype(np.float32)
-                encoder.write(make_overlay(rgb, mask))
+                result = segmenter.result_from_probs(rgb, segmenter.probs_at(p, rgb.shape[0], rgb.shape[1]))
+                encoder.write(result.overlay)
                 time_s = t if t == t else index / float(info.rate)
-                rows.append(_frame_row(segmenter, index, time_s, mask, confidence))
+                s = result.stats
+                rows.append(FrameRow(index, round(time_s, 4), s["lesion_percent"], s["lesion_count"],
+                                     s["mean_confidence"]))
             if progress is not None:
                 progress(len(rows), info.frames)
         # The container's own frame count (a small margin for edit lists): fewer decoded frames means a cut file.

@@ -53,6 +53,7 @@ from .safety import (
     remove_older_than,
 )
 from .single_image import SingleImageConfig, TrainingCancelled, read_roi, segment_single_image, write_result
+from .video import MAX_SECONDS, MAX_SIDE, VideoInputError, plot_lesion_area, segment_video
 from .visualize import confidence_heatmap, enhance_gallery, summary_markdown
 
 __all__ = ["build_demo", "configure_queue", "launch", "limit_per_client", "main"]
@@ -303,6 +304,21 @@ def enhance(upload: Any) -> list[tuple[np.ndarray, str]]:
     return _gallery_for_display(enhance_gallery(_load(upload)))
 
 
+class CheckedImageEditor(gr.ImageEditor):
+    """``gr.ImageEditor`` that reads each uploaded image's size from its header and refuses one above
+    :data:`SINGLE_IMAGE_MAX_PIXELS` before Gradio decodes it (Gradio decodes the editor's images itself, whatever
+    ``type`` says)."""
+
+    def convert_and_format_image(self, file: Any, flatten_on_white: bool = False) -> Any:
+        path = getattr(file, "path", None)
+        if path:
+            try:
+                check_image_size(*image_size_from_header(path), SINGLE_IMAGE_MAX_PIXELS, "The image")
+            except ValueError as err:
+                raise gr.Error(_without_paths(str(err))) from err
+        return super().convert_and_format_image(file, flatten_on_white)
+
+
 def _editor_image(value: Any, what: str) -> np.ndarray:
     """One image of a gr.ImageEditor value (a file path, or an array from API callers), size-checked first."""
     if isinstance(value, (str, os.PathLike)) or hasattr(value, "path"):
@@ -510,8 +526,7 @@ def single_image_tab() -> None:
                 "around the image's border instead to mark normal tissue when the lesion fills the frame.")
     with gr.Row():
         with gr.Column(scale=1):
-            # Files, not arrays: the handler reads each image's size from its header before decoding it.
-            editor = gr.ImageEditor(label="Image and ROI", type="filepath", image_mode="RGBA",
+            editor = CheckedImageEditor(label="Image and ROI", type="numpy", image_mode="RGBA",
                                     brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
                                     transforms=(), layers=False, elem_id="single-editor")
             roi = gr.File(label="…or a ROI file (binary image or labelme JSON)", type="filepath",
@@ -543,6 +558,54 @@ def enhance_tab() -> None:
     run.click(enhance, inputs=upload, outputs=gallery, api_name="enhance", **_HEAVY)
 
 
+VIDEO_TYPES = [".mp4", ".avi", ".webm", ".mov", ".mkv"]
+
+
+def video(upload: Any, model_name: str | None, smoothing: float, progress: gr.Progress = gr.Progress()):
+    """The Video tab: a clip -> the annotated clip (H.264 MP4, plays in browsers), a plot of lesion area over time,
+    the per-frame CSV and a summary."""
+    if upload is None:
+        raise gr.Error("Upload a video clip first (MP4, AVI, WebM or MOV).")
+    segmenter = _segmenter_or_error(model_name)
+    path = Path(_file_path(upload))
+    folder = _request_dir()
+    stem = path.stem[:80] or "clip"
+
+    def report(done: int, total: int | None) -> None:
+        progress((done, total) if total else (done, None), desc="Segmenting frames", unit="frames")
+
+    try:
+        summary = segment_video(segmenter, path, folder / f"{stem}_segmented.mp4", folder / f"{stem}_frames.csv",
+                                smoothing=float(smoothing), progress=report)
+    except VideoInputError as err:
+        raise gr.Error(str(err)) from err
+    text = (f"**{summary.frames} frames** ({summary.duration_s:.1f} s at {summary.fps_in:.1f} fps, "
+            f"{summary.width}x{summary.height}) segmented in {summary.seconds:.1f} s: "
+            f"**{summary.processing_fps:.1f} frames per second** on this server · model `{segmenter.name}`"
+            + (f" · temporal smoothing {smoothing:.2f}" if smoothing else ""))
+    return summary.out_path, plot_lesion_area(summary.rows), summary.csv_path, text
+
+
+def video_tab(models: list[str]) -> None:
+    gr.Markdown(f"Endoscopy video: every frame segmented, the lesion outlined in the returned clip. Clips up to "
+                f"{MAX_SECONDS / 60:.0f} minutes and {MAX_SIDE} pixels a side (4K); MP4, AVI, WebM or MOV.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label="Video clip", file_types=VIDEO_TYPES, type="filepath", elem_id="video-upload")
+            model = gr.Dropdown(models, value=default_model(models), label="Model", allow_custom_value=True,
+                                elem_id="video-model")
+            smoothing = gr.Slider(0.0, 0.9, value=0.0, step=0.1, label="Temporal smoothing (0 = off)",
+                                  info="exponential average of each frame's probabilities with the previous ones")
+            run = gr.Button("Segment video", variant="primary", elem_id="video-button")
+        with gr.Column(scale=2):
+            out = gr.Video(label="Annotated clip", elem_id="video-output")
+            summary = gr.Markdown(elem_id="video-summary")
+            plot = gr.Image(label="Lesion area over time (% of the frame)", type="numpy")
+            csv_file = gr.File(label="Per-frame statistics (CSV)")
+    run.click(video, inputs=[upload, model, smoothing], outputs=[out, plot, csv_file, summary], api_name="video",
+              **_HEAVY)
+
+
 def build_demo() -> gr.Blocks:
     """The whole page: a header and one tab per task."""
     models = available_models()
@@ -559,6 +622,8 @@ def build_demo() -> gr.Blocks:
             batch_tab(models)
         with gr.Tab("Single image"):
             single_image_tab()
+        with gr.Tab("Video"):
+            video_tab(models)
         with gr.Tab("Enhance"):
             enhance_tab()
     _DEMOS.add(demo)

@@ -219,3 +219,25 @@ def test_postprocess_toggle_applies_the_recorded_chain(app_module):
     report = app_module.segment(str(EXAMPLES[0]), "tiny_unet.test", False, True)[4]
     assert report["postprocess"] == ["fill_holes"]
     assert app_module.segment(str(EXAMPLES[0]), "tiny_unet.test", False, False)[4]["postprocess"] == []
+
+
+def test_video_handler_returns_the_clip_plot_and_csv(app_module, data_root, tmp_path):
+    import csv
+
+    import gradio as gr
+
+    from medseg_core.io import read_image
+    from medseg_core.video import encode_video
+
+    frames = [read_image(data_root / "cvc-clinicdb" / "images" / f"{i}.png") for i in range(1, 9)]
+    clip = encode_video(frames, tmp_path / "clip.mp4", fps=8)
+    out, plot, csv_path, summary = app_module.video(str(clip), "tiny_unet.test", 0.0, progress=_NoProgress())
+    assert out.endswith(".mp4") and plot.ndim == 3 and "8 frames" in summary and "frames per second" in summary
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["frame"]) for r in rows] == list(range(8)) and "lesion_percent" in rows[0]
+    (tmp_path / "not_a_video.mp4").write_text("hello")
+    with pytest.raises(gr.Error, match="not a video|could not|cannot"):
+        app_module.video(str(tmp_path / "not_a_video.mp4"), "tiny_unet.test", 0.0, progress=_NoProgress())
+    with pytest.raises(gr.Error, match="Upload a video"):
+        app_module.video(None, "tiny_unet.test", 0.0, progress=_NoProgress())

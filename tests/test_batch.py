@@ -125,3 +125,27 @@ def test_predict_folder_fails_when_nothing_was_segmented(tmp_path):
     (images / "broken.png").write_bytes(b"not an image")
     assert predict_folder_main(["--model", str(weights), "--images", str(images), "--out", str(tmp_path / "o"),
                                 "--no-progress"]) == 1
+
+
+def test_segment_command_under_accelerate_launch_shares_the_files(tiny_weights, tmp_path):
+    """Two processes, each a share of the inputs; one statistics.csv in input order, the same files as one process."""
+    import os
+    import subprocess
+    import sys
+
+    inputs = [str(p) for p in EXAMPLES] + [str(EXAMPLES[0])]  # a repeated name gets its own stem
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medseg_core.batch", *inputs, "--out",
+         str(tmp_path / "two"), "--model", str(tiny_weights), "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from medseg_core.batch import main
+
+    assert main([*inputs, "--out", str(tmp_path / "one"), "--model", str(tiny_weights), "--no-progress"]) == 0
+    two = {p.name: p.read_bytes() for p in (tmp_path / "two").iterdir()}
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+    assert sorted(two) == sorted(one) and two == one
+    with open(tmp_path / "two" / "statistics.csv") as f:
+        assert [r["file"] for r in csv.DictReader(f)] == [os.path.basename(i) for i in inputs]

@@ -32,7 +32,7 @@ def server(tiny_weights, tmp_path_factory):
         shutil.copytree(real, weights / real.name)
     mp = pytest.MonkeyPatch()
     mp.setattr(medseg_core.hub, "WEIGHTS_DIR", weights)
-    import app
+    from medseg_core import webapp as app
 
     app.get_segmenter.cache_clear()
     demo = app.build_demo()
@@ -78,3 +78,27 @@ def test_bad_file_shows_a_message(page, server, tmp_path):
     page.locator("#segment-upload input[type=file]").set_input_files(str(EXAMPLES[0]))
     page.locator("#segment-button").click()
     page.get_by_text("Lesion area").wait_for(timeout=60_000)
+
+
+def test_a_video_clip_is_segmented_and_plays_in_the_browser(page, server, tmp_path, data_root):
+    """The Video tab returns an H.264 MP4 that Chromium decodes (readyState and a frame size), with the plot."""
+    from medseg_core.io import read_image
+    from medseg_core.video import encode_video
+
+    frames = [read_image(data_root / "cvc-clinicdb" / "images" / f"{i}.png") for i in range(1, 13)]
+    clip = encode_video(frames, tmp_path / "clinicdb_1-12.mp4", fps=10)
+    page.goto(server, wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-upload input[type=file]").set_input_files(str(clip))
+    page.locator("#video-model input").fill("tiny_unet.test")
+    page.locator("#video-model input").press("Enter")
+    page.locator("#video-button").click()
+    page.get_by_text("frames per second").wait_for(timeout=120_000)
+    video = page.locator("#video-output video")
+    video.wait_for(timeout=30_000)
+    page.wait_for_function("() => { const v = document.querySelector('#video-output video');"
+                           " return v && v.readyState >= 2 && v.videoWidth > 0; }", timeout=30_000)
+    assert page.evaluate("() => document.querySelector('#video-output video').videoWidth") == 384
+    shot = Path(os.environ.get("MEDSEG_SCREENSHOT_VIDEO") or tmp_path / "app_video.png")
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000

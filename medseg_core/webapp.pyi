@@ -1,0 +1,706 @@
+"""The web app's wiring (Gradio): one handler per action, one small builder per tab; the work is done elsewhere.
+
+    medseg-app                             # http://127.0.0.1:7860, shipped weights from weights/
+    python app.py                          # the same (the Hugging Face Space entry point)
+    MEDSEG_HUB_MODELS=owner/repo@rev medseg-app   # also offer these models from the Hugging Face Hub (pinned)
+    MEDSEG_ALLOW_ANY_HUB_MODEL=1 medseg-app      # also accept any Hub repo id typed into the model box
+
+Security and limits: only listed models load (the trust boundary is :func:`_segmenter_or_error`; configs are
+validated by :mod:`medseg_core.safety`), every image's size is checked from its header before it is decoded, zips
+are unpacked by streaming under caps, outputs are private (0700/0600) and short-lived, and all heavy events share
+one worker pool of :data:`WORKERS` (the cores) behind one queue with a per-client limit (:func:`configure_queue`).
+
+Handlers only call ``medseg_core`` (Segmenter, batch, single-image training, TDC-Enhance, presentation helpers in
+:mod:`medseg_core.visualize`) and turn failures into ``gr.Error`` messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+import weakref
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from . import hub
+from .batch import expand_inputs, segment_files, write_results_zip
+from .evaluation import scores_against_mask_image
+from .hub import UnsafeWeightsError, WeightsNotFoundError, list_local_weights
+from .inference import MAX_IMAGE_PIXELS, ImageInputError, Segmenter, SegResult, load_image_file
+from .io import to_rgb_uint8, write_mask
+from .labels import LabelSchema
+from .models import get_model_class
+from .postprocess import PostprocessSpec
+from .safety import (
+    ExtractionBudget,
+    check_image_size,
+    downscale_for_display,
+    image_size_from_header,
+    make_private,
+    private_dir,
+    remove_older_than,
+)
+from .single_image import SingleImageConfig, TrainingCancelled, read_roi, segment_single_image, write_result
+from .video import MAX_SECONDS, MAX_SIDE, VideoInputError, plot_lesion_area, segment_video
+from .visualize import confidence_heatmap, enhance_gallery, summary_markdown
+
+__all__ = ["build_demo", "configure_queue", "launch", "limit_per_client", "main"]
+
+log = logging.getLogger("medseg.app")
+
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "medseg-app"
+#: Request folders (downloads) live this long; extracted uploads are removed when the request ends.
+KEEP_OUTPUTS_S = 600
+#: Environment variable that lets users type any Hub repo id into the model box (off by default).
+ALLOW_ANY_HUB_ENV = "MEDSEG_ALLOW_ANY_HUB_MODEL"
+#: Workers shared by all heavy events: one per core this process may use.
+WORKERS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+#: The heavy events' shared concurrency group, the queue's size, and how many events one client may have queued.
+HEAVY = "heavy"
+QUEUE_SIZE = int(os.environ.get("MEDSEG_QUEUE_SIZE", "64"))
+MAX_PENDING_PER_CLIENT = int(os.environ.get("MEDSEG_MAX_PENDING_PER_CLIENT", "4"))
+#: Same, per client address (0: off; behind a proxy every client shares one address).
+MAX_PENDING_PER_ADDRESS = int(os.environ.get("MEDSEG_MAX_PENDING_PER_ADDRESS", "0"))
+#: Largest image the Single image tab trains on (its outputs are full-resolution float maps).
+SINGLE_IMAGE_MAX_PIXELS = 16_000_000
+#: Bytes all running batch requests may have unpacked from zips at once.
+SERVER_EXTRACT_BUDGET = ExtractionBudget(int(float(os.environ.get("MEDSEG_MAX_EXTRACT_MB", "4000")) * 1_000_000))
+_PATH_IN_TEXT = re.compile(r"(?<![\w.-])(?:/[^\s'\",:;)]+)+")
+_DEMOS: weakref.WeakSet = weakref.WeakSet()
+#: Every heavy event shares one pool of WORKERS workers.
+_HEAVY: dict[str, Any] = {"concurrency_id": HEAVY, "concurrency_limit": WORKERS}
+MAX_UPLOAD = "50mb"
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+IMAGE_TYPES = ["image", ".tif", ".tiff"]
+
+
+def _examples_dir() -> Path:
+    """``MEDSEG_EXAMPLES_DIR``; else ``examples/`` beside the package (a checkout); else in the working folder."""
+    if os.environ.get("MEDSEG_EXAMPLES_DIR"):
+        return Path(os.environ["MEDSEG_EXAMPLES_DIR"])
+    beside = Path(__file__).resolve().parents[1] / "examples"
+    return beside if beside.is_dir() else Path("examples")
+
+
+EXAMPLES = sorted(_examples_dir().glob("*.jpg"))
+
+
+# ---- handlers ------------------------------------------------------------------------------------------------------
+
+
+def available_models() -> list[str]:
+    """Weights shipped in ``weights/`` plus Hub repo ids listed in ``MEDSEG_HUB_MODELS`` (comma-separated,
+    ``owner/name`` or ``owner/name@revision`` to pin a revision)."""
+    hub_ids = [m.strip() for m in os.environ.get("MEDSEG_HUB_MODELS", "").split(",") if m.strip()]
+    return list_local_weights() + [m for m in hub_ids if m not in list_local_weights()]
+
+
+def any_hub_model_allowed() -> bool:
+    """Whether the operator lets users type any Hub repo id (``MEDSEG_ALLOW_ANY_HUB_MODEL=1``)."""
+    return os.environ.get(ALLOW_ANY_HUB_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def default_model(models: list[str]) -> str | None:
+    wanted = os.environ.get("MEDSEG_DEFAULT_MODEL", "unet_lite0.polyp")
+    return wanted if wanted in models else (models[0] if models else None)
+
+
+def _weights_folder(name: str) -> Path:
+    """The folder of a model the box may name: a shipped ``weights/`` name, else a Hub repo (never a local path)."""
+    if name in list_local_weights():
+        return hub.resolve_weights(hub.WEIGHTS_DIR / name)  # validates config.json
+    return hub.resolve_hub_weights(name)
+
+
+@functools.lru_cache(maxsize=4)
+def get_segmenter(name: str) -> Segmenter:
+    """One Segmenter per model name, built on first use (weights resolved locally or from the Hub cache)."""
+    folder = _weights_folder(name)
+    arch = json.loads((folder / "config.json").read_text()).get("arch")
+    if not get_model_class(arch).info.segments_images:
+        raise WeightsNotFoundError(f"{name} is a helper model; it segments nothing on its own")
+    return Segmenter.from_pretrained(folder, name=name)
+
+
+def _postprocess(on: bool) -> PostprocessSpec:
+    """The post-processing checkbox: the chain recorded with the model's weights, or none."""
+    return "recorded" if on else "none"
+
+
+def _without_paths(text: str) -> str:
+    """A message with any absolute path replaced by '…' (the page never shows server paths)."""
+    return _PATH_IN_TEXT.sub("…", text)
+
+
+def _unknown_model(name: str) -> gr.Error:
+    """The one message for every model name that is not offered (unknown, a path, a helper, not allowed)."""
+    hint = " or type a Hugging Face Hub repo id (owner/name)" if any_hub_model_allowed() else ""
+    return gr.Error(f"Unknown model {name[:100]!r}: choose one from the list{hint}.")
+
+
+def _segmenter_or_error(name: str | None) -> Segmenter:
+    """The trust boundary for models: listed names, or (when the operator allows it) Hub repo ids; nothing else."""
+    if not name:
+        raise gr.Error("No model is available: put a weights folder in weights/ or set MEDSEG_HUB_MODELS.")
+    listed = name in available_models()
+    if not listed:
+        if not any_hub_model_allowed():
+            raise _unknown_model(name)
+        try:
+            hub.parse_hub_spec(name)
+        except ValueError:
+            raise _unknown_model(name) from None
+    try:
+        return get_segmenter(name)
+    except WeightsNotFoundError as err:
+        log.info("model %r not found: %s", name, err)
+        if not listed:
+            raise _unknown_model(name) from err
+        raise gr.Error(f"Model {name!r} cannot be loaded: {_without_paths(str(err))}") from err
+    except UnsafeWeightsError as err:
+        log.warning("model %r refused: %s", name, err)
+        raise gr.Error(f"Model {name!r} was refused: {_without_paths(str(err))}") from err
+    except Exception as err:  # noqa: BLE001 - a broken weights folder; the log keeps the traceback
+        log.exception("model %r failed to load", name)
+        raise gr.Error(f"Model {name!r} could not be loaded ({type(err).__name__}: "
+                       f"{_without_paths(str(err))[:300]})") from err
+
+
+def _file_path(upload: Any) -> str:
+    if upload is None:
+        raise gr.Error("Upload an image first (or pick one of the examples).")
+    return upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
+
+
+def _load(upload: Any) -> np.ndarray:
+    try:
+        return load_image_file(_file_path(upload))
+    except ImageInputError as err:
+        raise gr.Error(str(err)) from err
+
+
+def _request_dir() -> Path:
+    """A fresh private folder (0700) for one request's downloads; folders older than ``KEEP_OUTPUTS_S`` go."""
+    private_dir(OUTPUT_DIR)
+    remove_older_than(OUTPUT_DIR, KEEP_OUTPUTS_S)
+    return private_dir(OUTPUT_DIR / uuid.uuid4().hex)
+
+
+def _ground_truth_scores(upload: Any, result: SegResult, schema: LabelSchema) -> dict[str, float] | None:
+    if upload is None:
+        return None
+    truth = _load(upload)
+    h, w = result.confidence.shape
+    if truth.shape[:2] != (h, w):
+        raise gr.Error(f"The ground-truth mask is {truth.shape[1]}x{truth.shape[0]} but the image is {w}x{h}; they "
+                       "must be the same size.")
+    try:
+        return scores_against_mask_image(result.mask, truth, schema)
+    except ValueError as err:
+        raise gr.Error(f"The ground-truth mask does not fit this model's classes: {err}") from err
+
+
+def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, truth: Any = None,
+            show_views: bool = False):
+    """The Segment tab: image file -> before/after, confidence map, summary, mask PNG, JSON report, and (with TTA)
+    the disagreement between flip passes, (on request) the TDC-Enhance views."""
+    image = _load(upload)
+    segmenter = _segmenter_or_error(model_name)
+    try:
+        result = segmenter(image, tta=tta, postprocess=_postprocess(postprocess))
+    except Exception as err:  # noqa: BLE001 - the page shows a message, the log keeps the traceback
+        log.exception("segmentation failed")
+        raise gr.Error(f"Segmentation failed: {type(err).__name__}: {err}") from err
+    scores = _ground_truth_scores(truth, result, segmenter.schema)
+    folder = _request_dir()
+    stem = Path(_file_path(upload)).stem[:80] or "image"
+    mask_path = write_mask(folder, stem, result.mask, segmenter.schema)["colour" if segmenter.schema.multilabel
+                                                                        else "mask"]
+    report = {"file": Path(_file_path(upload)).name, **result.stats}
+    if scores is not None:
+        report["ground_truth"] = scores
+    report_path = folder / f"{stem}_report.json"
+    report_path.write_text(json.dumps(report, indent=2))
+    make_private(folder)
+    disagreement = result.disagreement
+    # Files keep the full size; what the page shows is shrunk to what a browser can decode.
+    shown = downscale_for_display(image)
+    return (
+        (shown, downscale_for_display(result.overlay)),
+        confidence_heatmap(shown, downscale_for_display(result.confidence)),
+        summary_markdown(result.stats, scores, segmenter.schema),
+        str(mask_path),
+        report,
+        str(report_path),
+        confidence_heatmap(shown, downscale_for_display(np.clip(disagreement * 4, 0, 1)))
+        if disagreement is not None else None,
+        _gallery_for_display(enhance_gallery(shown)) if show_views else None,
+    )
+
+
+def _gallery_for_display(items: list[tuple[np.ndarray, str]]) -> list[tuple[np.ndarray, str]]:
+    return [(downscale_for_display(img), label) for img, label in items]
+
+
+def compare(upload: Any, model_names: list[str] | None, tta: bool, postprocess: bool):
+    """The Compare tab: one image through 1-4 models; overlays side by side and a timing table."""
+    names = list(dict.fromkeys(model_names or []))
+    if not 1 <= len(names) <= 4:
+        raise gr.Error("Choose between one and four models to compare.")
+    image = _load(upload)
+    gallery, rows = [], ["| model | lesion area % | lesions | mean confidence | time (ms) |", "|---|---|---|---|---|"]
+    for name in names:
+        result = _segmenter_or_error(name)(image, tta=tta, postprocess=_postprocess(postprocess))
+        s = result.stats
+        gallery.append((downscale_for_display(result.overlay), f"{name} · {s['inference_ms']:.0f} ms"))
+        conf = f"{s['mean_confidence']:.3f}" if s["mean_confidence"] is not None else "—"
+        rows.append(f"| `{name}` | {s['lesion_percent']:.2f} | {s['lesion_count']} | {conf} | "
+                    f"{s['inference_ms']:.0f} |")
+    return gallery, "\n".join(rows)
+
+
+def batch(uploads: list[Any] | None, model_name: str | None, tta: bool, postprocess: bool,
+          progress: gr.Progress = gr.Progress()):
+    """The Batch tab: images and/or zip archives -> a zip of masks, overlays and statistics.csv, and the table."""
+    if not uploads:
+        raise gr.Error("Upload one or more images, or a zip of images.")
+    segmenter = _segmenter_or_error(model_name)
+    folder = _request_dir()
+    # Zips are unpacked under caps per file, per upload and per server, and removed when the request ends.
+    with SERVER_EXTRACT_BUDGET.request() as budget:
+        try:
+            try:
+                paths = expand_inputs([_file_path(u) for u in uploads], folder / "inputs", budget=budget)
+            except ValueError as err:
+                raise gr.Error(_without_paths(str(err))) from err
+            if not paths:
+                raise gr.Error("The upload holds no images (PNG, JPEG, TIFF, BMP).")
+            rows = segment_files(segmenter, paths, folder / "masks", tta=tta, postprocess=_postprocess(postprocess),
+                                 progress=lambda items: progress.tqdm(items, desc="Segmenting"))
+        finally:
+            shutil.rmtree(folder / "inputs", ignore_errors=True)
+    archive = write_results_zip(folder / "masks", folder / "medseg_masks.zip")
+    make_private(folder)
+    table = [[r["file"], r["status"], r["lesion_percent"], r["lesion_count"], r["mean_confidence"],
+              r["inference_ms"], r["error"]] for r in rows]
+    ok = sum(r["status"] == "ok" for r in rows)
+    return str(archive), str(folder / "masks" / "statistics.csv"), table, f"{ok} of {len(rows)} images segmented."
+
+
+def enhance(upload: Any) -> list[tuple[np.ndarray, str]]:
+    """The Enhance tab: the image and its three TDC-Enhance views (texture, detail, colour)."""
+    return _gallery_for_display(enhance_gallery(_load(upload)))
+
+from gradio.events import Dependency
+
+class CheckedImageEditor(gr.ImageEditor):
+    """``gr.ImageEditor`` that reads each uploaded image's size from its header and refuses one above
+    :data:`SINGLE_IMAGE_MAX_PIXELS` before Gradio decodes it (Gradio decodes the editor's images itself, whatever
+    ``type`` says)."""
+
+    def convert_and_format_image(self, file: Any, flatten_on_white: bool = False) -> Any:
+        path = getattr(file, "path", None)
+        if path:
+            try:
+                check_image_size(*image_size_from_header(path), SINGLE_IMAGE_MAX_PIXELS, "The image")
+            except ValueError as err:
+                raise gr.Error(_without_paths(str(err))) from err
+        return super().convert_and_format_image(file, flatten_on_white)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def _editor_image(value: Any, what: str) -> np.ndarray:
+    """One image of a gr.ImageEditor value (a file path, or an array from API callers), size-checked first."""
+    if isinstance(value, (str, os.PathLike)) or hasattr(value, "path"):
+        path = os.fspath(getattr(value, "path", value))
+        try:
+            check_image_size(*image_size_from_header(path), SINGLE_IMAGE_MAX_PIXELS, what)
+        except ValueError as err:
+            raise gr.Error(_without_paths(str(err))) from err
+        import PIL.Image
+
+        with PIL.Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGBA"))
+    array = np.asarray(value)
+    if array.ndim >= 2:
+        try:
+            check_image_size(array.shape[1], array.shape[0], SINGLE_IMAGE_MAX_PIXELS, what)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+    return array
+
+
+def _roi_from_editor(editor: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The background image and the painted ROI (any non-transparent pixel of any layer) of a gr.ImageEditor value.
+
+    Each image's size is checked (from the file header when the editor hands over files) before it is decoded."""
+    if not editor or editor.get("background") is None:
+        raise gr.Error("Upload an image into the editor first, then paint the region of interest on it.")
+    try:
+        image = to_rgb_uint8(_editor_image(editor["background"], "The image"))
+    except ValueError as err:
+        raise gr.Error(f"The image cannot be used: {err}") from err
+    h, w = image.shape[:2]
+    roi = np.zeros((h, w), bool)
+    for layer in editor.get("layers") or []:
+        layer = _editor_image(layer, "A painted layer")
+        if layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == (h, w):
+            roi |= layer[..., 3] > 0
+    return image, roi
+
+
+def single_image(editor: dict[str, Any] | None, roi_file: Any, steps: int,
+                 progress: gr.Progress = gr.Progress(), cancel: Any = None):
+    """The Single image tab: train a small network on one image from a painted (or uploaded) ROI and segment it.
+
+    ``cancel`` (a callable) is asked before every training step; the app's event passes one that turns True
+    when the user presses Stop or disconnects (:func:`single_image_event`)."""
+    try:
+        steps = int(steps)
+    except (TypeError, ValueError):
+        raise gr.Error("Training steps must be a whole number from 1 to 600.") from None
+    if not 1 <= steps <= 600:
+        raise gr.Error("Training steps must be a whole number from 1 to 600.")
+    image, roi = _roi_from_editor(editor)
+    if roi_file is not None:
+        try:
+            roi = read_roi(_file_path(roi_file), image.shape[:2], max_pixels=SINGLE_IMAGE_MAX_PIXELS)
+        except ValueError as err:
+            raise gr.Error(_without_paths(str(err))) from err
+    if not roi.any():
+        raise gr.Error("Paint the region of interest on the image with the brush (or upload a ROI file).")
+    if roi.all():
+        raise gr.Error("The ROI covers the whole image: leave some normal tissue unpainted.")
+    config = SingleImageConfig(steps=steps)
+    try:
+        result = segment_single_image(image, roi, config, progress=progress, show_progress=False, cancel=cancel)
+    except ValueError as err:
+        raise gr.Error(str(err)) from err
+    folder = _request_dir()
+    files = write_result(result, folder)
+    make_private(folder)
+    area = 100.0 * float(result.mask.mean())
+    note = ("The ROI's corners are painted, so it was read as **normal tissue**: the result is its complement.  \n"
+            if result.complement else "")
+    summary = (f"{note}**Lesion area:** {area:.2f} % of the image · trained {config.steps} steps in "
+               f"{result.seconds:.1f} s on the {config.device.upper()}")
+    return downscale_for_display(result.overlay), summary, *[str(f) for f in files.values()]
+
+
+def _client_gone(session_hash: str | None) -> bool:
+    """Whether the queue has marked this client's running event dead (the page closed or the stream dropped)."""
+    if not session_hash:
+        return False
+    for demo in list(_DEMOS):
+        for jobs in getattr(getattr(demo, "_queue", None), "active_jobs", None) or []:
+            for event in jobs or []:
+                if getattr(event, "session_hash", None) == session_hash and (
+                        not getattr(event, "alive", True) or getattr(event, "closed", False)):
+                    return True
+    return False
+
+
+async def single_image_event(editor: dict[str, Any] | None, roi_file: Any, steps: int,
+                             progress: gr.Progress = gr.Progress(), request: gr.Request = None):
+    """:func:`single_image` in a worker thread that stops within a training step of Stop or a disconnect.
+
+    Gradio cancels this coroutine on Stop; the thread cannot be cancelled from outside, so the flag it checks
+    before every step is set here, and the thread ends by itself (nothing is written)."""
+    stop = threading.Event()
+    session = getattr(request, "session_hash", None)
+
+    def cancelled() -> bool:
+        return stop.is_set() or _client_gone(session)
+
+    work = asyncio.ensure_future(asyncio.to_thread(single_image, editor, roi_file, steps, progress, cancelled))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        stop.set()
+        log.info("single-image training cancelled by the client")
+        raise
+    except TrainingCancelled as err:
+        raise gr.Error("Training was stopped.") from err
+
+
+def preview(upload: Any) -> np.ndarray | None:
+    """Show the uploaded file as the app will read it (or a clear error)."""
+    return None if upload is None else downscale_for_display(_load(upload))
+
+
+# ---- tabs ----------------------------------------------------------------------------------------------------------
+
+
+def _examples(target: gr.components.Component, label: str = "Example images (PolypGen, CC BY 4.0)") -> None:
+    if EXAMPLES:
+        gr.Examples([[str(p)] for p in EXAMPLES], inputs=[target], label=label)
+
+
+def _model_options(models: list[str], prefix: str) -> tuple[gr.Dropdown, gr.Checkbox, gr.Checkbox]:
+    typed = any_hub_model_allowed()  # free-typed names only when the operator allows any Hub repo
+    model = gr.Dropdown(models, value=default_model(models), label="Model", allow_custom_value=typed,
+                        info="shipped weights, or type a Hugging Face Hub repo id" if typed else "the offered models",
+                        elem_id=f"{prefix}-model")
+    with gr.Row():
+        tta = gr.Checkbox(False, label="Test-time augmentation (flips)")
+        post = gr.Checkbox(False, label="Post-processing (the chain recorded with the model's weights)")
+    return model, tta, post
+
+
+def segment_tab(models: list[str]) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label="Image", file_types=IMAGE_TYPES, type="filepath", elem_id="segment-upload")
+            shown = gr.Image(label="Uploaded image", interactive=False, height=260)
+            model, tta, post = _model_options(models, "segment")
+            show_views = gr.Checkbox(False, label="Show TDC-Enhance views")
+            truth = gr.File(label="Ground-truth mask (optional: shows Dice, IoU, HD95)", type="filepath",
+                            file_types=["image"])
+            run = gr.Button("Segment", variant="primary", elem_id="segment-button")
+            _examples(upload)
+        with gr.Column(scale=2):
+            slider = gr.ImageSlider(label="Before / after", type="numpy", elem_id="segment-slider")
+            summary = gr.Markdown(elem_id="segment-summary")
+            heatmap = gr.Image(label="Confidence map (lesion probability)", type="numpy")
+            with gr.Row():
+                mask_file = gr.File(label="Mask (PNG)")
+                report_file = gr.File(label="Report (JSON)")
+            report = gr.JSON(label="Report", elem_id="segment-report")
+            disagreement = gr.Image(label="TTA disagreement between flip passes (x4; with TTA only)", type="numpy")
+            views = gr.Gallery(label="TDC-Enhance views", columns=4, height="auto")
+    upload.change(preview, inputs=upload, outputs=shown, api_name="preview", concurrency_id="preview",
+                  concurrency_limit=1)
+    run.click(segment, inputs=[upload, model, tta, post, truth, show_views], **_HEAVY,
+              outputs=[slider, heatmap, summary, mask_file, report, report_file, disagreement, views],
+              api_name="segment")
+
+
+def compare_tab(models: list[str]) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label="Image", file_types=IMAGE_TYPES, type="filepath", elem_id="compare-upload")
+            chosen = gr.Dropdown(models, value=models[:2], multiselect=True, max_choices=4, label="Models (1-4)")
+            with gr.Row():
+                tta = gr.Checkbox(False, label="Test-time augmentation")
+                post = gr.Checkbox(False, label="Post-processing (recorded chain)")
+            run = gr.Button("Compare", variant="primary")
+            _examples(upload, "Example images")
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="Overlays", columns=2, height="auto")
+            table = gr.Markdown()
+    run.click(compare, inputs=[upload, chosen, tta, post], outputs=[gallery, table], api_name="compare", **_HEAVY)
+
+
+def batch_tab(models: list[str]) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            files = gr.File(label="Images or a zip of images", file_count="multiple", type="filepath",
+                            file_types=[*IMAGE_TYPES, ".zip"])
+            model, tta, post = _model_options(models, "batch")
+            run = gr.Button("Segment all", variant="primary")
+        with gr.Column(scale=2):
+            status = gr.Markdown()
+            with gr.Row():
+                archive = gr.File(label="Masks, overlays + statistics (zip)")
+                csv_file = gr.File(label="Statistics (CSV)")
+            table = gr.Dataframe(headers=["file", "status", "lesion %", "lesions", "mean confidence", "ms", "error"],
+                                 label="Per-image statistics", wrap=True)
+    run.click(batch, inputs=[files, model, tta, post], outputs=[archive, csv_file, table, status], api_name="batch",
+              **_HEAVY)
+
+
+def single_image_tab() -> None:
+    gr.Markdown("No dataset needed: paint a rough region of interest over the lesion (white brush), press "
+                "**Train and segment**, and a small network is trained on patches of this one image. Paint "
+                "around the image's border instead to mark normal tissue when the lesion fills the frame.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            editor = CheckedImageEditor(label="Image and ROI", type="numpy", image_mode="RGBA",
+                                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+                                    transforms=(), layers=False, elem_id="single-editor")
+            roi = gr.File(label="…or a ROI file (binary image or labelme JSON)", type="filepath",
+                          file_types=["image", ".json"])
+            steps = gr.Slider(50, 600, value=450, step=50, label="Training steps (time grows with it)")
+            run = gr.Button("Train and segment", variant="primary")
+        with gr.Column(scale=2):
+            overlay = gr.Image(label="Result", type="numpy")
+            summary = gr.Markdown()
+            with gr.Row():
+                mask = gr.File(label="mask.png")
+                overlay_file = gr.File(label="overlay.png")
+                record = gr.File(label="sampling.json")
+    run.click(single_image_event, inputs=[editor, roi, steps], outputs=[overlay, summary, mask, overlay_file, record],
+              **_HEAVY,
+              api_name="single_image")
+
+
+def enhance_tab() -> None:
+    gr.Markdown("TDC-Enhance: the texture, detail and colour views that the DynaSiam model reads beside the "
+                "original image.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label="Image", file_types=IMAGE_TYPES, type="filepath", elem_id="enhance-upload")
+            run = gr.Button("Enhance", variant="primary")
+            _examples(upload, "Example images")
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="Views", columns=2, height="auto")
+    run.click(enhance, inputs=upload, outputs=gallery, api_name="enhance", **_HEAVY)
+
+
+VIDEO_TYPES = [".mp4", ".avi", ".webm", ".mov", ".mkv"]
+
+
+def video(upload: Any, model_name: str | None, smoothing: float, progress: gr.Progress = gr.Progress()):
+    """The Video tab: a clip -> the annotated clip (H.264 MP4, plays in browsers), a plot of lesion area over time,
+    the per-frame CSV and a summary."""
+    if upload is None:
+        raise gr.Error("Upload a video clip first (MP4, AVI, WebM or MOV).")
+    segmenter = _segmenter_or_error(model_name)
+    path = Path(_file_path(upload))
+    folder = _request_dir()
+    stem = path.stem[:80] or "clip"
+
+    def report(done: int, total: int | None) -> None:
+        progress((done, total) if total else (done, None), desc="Segmenting frames", unit="frames")
+
+    try:
+        summary = segment_video(segmenter, path, folder / f"{stem}_segmented.mp4", folder / f"{stem}_frames.csv",
+                                smoothing=float(smoothing), progress=report)
+    except VideoInputError as err:
+        raise gr.Error(str(err)) from err
+    text = (f"**{summary.frames} frames** ({summary.duration_s:.1f} s at {summary.fps_in:.1f} fps, "
+            f"{summary.width}x{summary.height}) segmented in {summary.seconds:.1f} s: "
+            f"**{summary.processing_fps:.1f} frames per second** on this server · model `{segmenter.name}`"
+            + (f" · temporal smoothing {smoothing:.2f}" if smoothing else ""))
+    return summary.out_path, plot_lesion_area(summary.rows), summary.csv_path, text
+
+
+def video_tab(models: list[str]) -> None:
+    gr.Markdown(f"Endoscopy video: every frame segmented, the lesion outlined in the returned clip. Clips up to "
+                f"{MAX_SECONDS / 60:.0f} minutes and {MAX_SIDE} pixels a side (4K); MP4, AVI, WebM or MOV.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label="Video clip", file_types=VIDEO_TYPES, type="filepath", elem_id="video-upload")
+            model = gr.Dropdown(models, value=default_model(models), label="Model", allow_custom_value=True,
+                                elem_id="video-model")
+            smoothing = gr.Slider(0.0, 0.9, value=0.0, step=0.1, label="Temporal smoothing (0 = off)",
+                                  info="exponential average of each frame's probabilities with the previous ones")
+            run = gr.Button("Segment video", variant="primary", elem_id="video-button")
+        with gr.Column(scale=2):
+            out = gr.Video(label="Annotated clip", elem_id="video-output")
+            summary = gr.Markdown(elem_id="video-summary")
+            plot = gr.Image(label="Lesion area over time (% of the frame)", type="numpy")
+            csv_file = gr.File(label="Per-frame statistics (CSV)")
+    run.click(video, inputs=[upload, model, smoothing], outputs=[out, plot, csv_file, summary], api_name="video",
+              **_HEAVY)
+
+
+def build_demo() -> gr.Blocks:
+    """The whole page: a header and one tab per task."""
+    models = available_models()
+    with gr.Blocks(title="medseg — lesion segmentation", delete_cache=(KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)) as demo:
+        gr.Markdown(
+            "# medseg\nSegment polyps and other lesions in endoscopy images. Drop an image (PNG, JPEG, TIFF, BMP; "
+            f"up to {MAX_IMAGE_PIXELS // 1_000_000} MP) and press **Segment**. Research software: not a medical device."
+        )
+        with gr.Tab("Segment"):
+            segment_tab(models)
+        with gr.Tab("Compare"):
+            compare_tab(models)
+        with gr.Tab("Batch"):
+            batch_tab(models)
+        with gr.Tab("Single image"):
+            single_image_tab()
+        with gr.Tab("Video"):
+            video_tab(models)
+        with gr.Tab("Enhance"):
+            enhance_tab()
+    _DEMOS.add(demo)
+    return demo
+
+
+def limit_per_client(demo: gr.Blocks, per_session: int = MAX_PENDING_PER_CLIENT,
+                     per_address: int = MAX_PENDING_PER_ADDRESS) -> bool:
+    """Refuse a new event when its client (Gradio session) already has ``per_session`` events queued or running,
+    or its address ``per_address`` (0: no limit). Gradio has no such setting, so the queue's ``push`` is wrapped;
+    returns False (and logs) when this Gradio version's queue does not have the expected shape."""
+    queue = getattr(demo, "_queue", None)
+    if queue is None or not hasattr(queue, "push") or not hasattr(queue, "event_queue_per_concurrency_id"):
+        log.warning("this Gradio version's queue cannot be limited per client")
+        return False
+    push = queue.push
+
+    def events() -> list[Any]:
+        waiting = [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
+        running = [e for jobs in getattr(queue, "active_jobs", None) or [] if jobs for e in jobs]
+        return waiting + running
+
+    def address(request: Any) -> str | None:
+        return getattr(getattr(request, "client", None), "host", None)
+
+    async def limited_push(body: Any, request: Any, username: Any) -> Any:
+        current = events()
+        session = getattr(body, "session_hash", None)
+        if per_session and session and sum(e.session_hash == session for e in current) >= per_session:
+            return False, (f"You already have {per_session} requests waiting or running; wait for one to finish "
+                           "before sending another."), "queue_full"
+        host = address(request)
+        if per_address and host and sum(address(e.request) == host for e in current) >= per_address:
+            return False, f"Your address already has {per_address} requests waiting or running.", "queue_full"
+        return await push(body, request, username)
+
+    queue.push = limited_push
+    return True
+
+
+def configure_queue(demo: gr.Blocks, size: int = QUEUE_SIZE) -> gr.Blocks:
+    """The app's queue: ``size`` events in all, heavy events on :data:`WORKERS` shared workers (each event's
+    ``concurrency_id`` is ``"heavy"``), at most :data:`MAX_PENDING_PER_CLIENT` per client. Gradio tells each waiting
+    user their position. ``launch``, the tests and ``bench/load.py`` all use this."""
+    demo.queue(default_concurrency_limit=WORKERS, max_size=size)
+    limit_per_client(demo)
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None) -> None:
+    """Serve ``demo`` on ``host`` (default ``GRADIO_SERVER_NAME`` or 127.0.0.1), never through a public share link."""
+    os.umask(0o077)  # everything the server writes (its cache, our outputs) is private to its user
+    configure_queue(demo).launch(
+        server_name=host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=port,
+        share=False,
+        max_file_size=MAX_UPLOAD,
+        show_error=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``medseg-app``: serve the web app."""
+    p = argparse.ArgumentParser(prog="medseg-app", description="Serve the medseg web app (Gradio). Models come from "
+                                "weights/ (MEDSEG_WEIGHTS_DIR) and MEDSEG_HUB_MODELS=owner/repo,...")
+    p.add_argument("--host", default=None, help="address to bind (default: GRADIO_SERVER_NAME or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    launch(build_demo(), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
