@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +66,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke tests)")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the best model to this Hub repo")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    return p.parse_known_args(argv)
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also checkpoint every N optimiser steps (default: at the end of each epoch only)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="K", help="complete checkpoints kept")
+    p.add_argument("--on-nan", choices=("stop", "skip"), default="stop",
+                   help="a NaN/infinite loss stops the run (default) or skips that batch")
+    p.add_argument("--skip-data-check", action="store_true", help="do not decode every file before training")
+    args, overrides = p.parse_known_args(argv)
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        p.error("--checkpoint-every must be a positive number of steps")
+    if args.keep_checkpoints < 1:
+        p.error("--keep-checkpoints must be at least 1")
+    return args, overrides
 
 
 def build_model(cfg: dict[str, Any]) -> SegModel:
@@ -289,23 +301,17 @@ def resolve_resume_path(resume: str | None, output_dir: Path) -> Path | None:
     return path
 
 
-def parse_robustness_args(overrides: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """The flags for surviving kills and bad data, taken out of the recipe overrides: ``--checkpoint-every N``
-    (also save every N optimiser steps, atomically), ``--keep-checkpoints K`` (default 2), ``--on-nan
-    {stop,skip}`` and ``--skip-data-check``."""
-    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="also checkpoint every N optimiser steps (default: at the end of each epoch only)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="K", help="complete checkpoints kept")
-    p.add_argument("--on-nan", choices=("stop", "skip"), default="stop",
-                   help="a NaN/infinite loss stops the run (default) or skips that batch")
-    p.add_argument("--skip-data-check", action="store_true", help="do not decode every file before training")
-    args, rest = p.parse_known_args(overrides)
-    if args.checkpoint_every is not None and args.checkpoint_every < 1:
-        raise SystemExit("medseg-train: --checkpoint-every must be a positive number of steps")
-    if args.keep_checkpoints < 1:
-        raise SystemExit("medseg-train: --keep-checkpoints must be at least 1")
-    return args, rest
+def save_best(model: SegModel, model_dir: Path, config: dict[str, Any]) -> None:
+    """Write the best model atomically: into a sibling folder, then swapped in, so a kill never leaves a half-written
+    ``model/`` behind (the previous best stays until the new one is complete)."""
+    tmp, old = model_dir.with_name(f".{model_dir.name}.tmp"), model_dir.with_name(f".{model_dir.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, config=config)
+    if model_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        model_dir.rename(old)
+    tmp.rename(model_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_training_data(cfg: dict[str, Any]) -> None:
@@ -367,7 +373,6 @@ def data_text(cfg: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> Path:
     """Train from a recipe; returns the folder of the best model."""
     args, overrides = parse_args(argv)
-    robust, overrides = parse_robustness_args(overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, overrides)
@@ -384,7 +389,7 @@ def main(argv: list[str] | None = None) -> Path:
         # Checkpoints are named, written and pruned by medseg_core.checkpoint (atomically), not by Accelerate.
         project_config=ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=False),
     )
-    if not robust.skip_data_check:
+    if not args.skip_data_check:
         check_training_data(cfg)
     set_seed(args.seed)
     model = build_model(cfg)
@@ -412,7 +417,7 @@ def main(argv: list[str] | None = None) -> Path:
     checkpoints = output_dir / "checkpoints"
 
     def save() -> None:
-        save_checkpoint(accelerator, checkpoints, progress.step, keep=robust.keep_checkpoints,
+        save_checkpoint(accelerator, checkpoints, progress.step, keep=args.keep_checkpoints,
                         info={"epoch": progress.epoch})
 
     while progress.epoch < t["epochs"] and (args.max_steps is None or progress.step < args.max_steps):
@@ -421,8 +426,8 @@ def main(argv: list[str] | None = None) -> Path:
         loader = accelerator.skip_first_batches(train_dl, min(done, len(train_dl))) if done > 0 else train_dl
         try:
             train_loss = train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg,
-                                         args.max_steps, on_nan=robust.on_nan,
-                                         checkpoint_every=robust.checkpoint_every, save=save)
+                                         args.max_steps, on_nan=args.on_nan,
+                                         checkpoint_every=args.checkpoint_every, save=save)
         except NonFiniteLossError as err:
             accelerator.end_training()
             raise SystemExit(f"medseg-train: {err}") from err
@@ -435,7 +440,7 @@ def main(argv: list[str] | None = None) -> Path:
         if val["score"] > progress.best_dice:
             progress.best_dice, progress.best_epoch = val["score"], progress.epoch
             if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(model_dir, config=recipe_schema(cfg).to_config())
+                save_best(accelerator.unwrap_model(model), model_dir, recipe_schema(cfg).to_config())
         save()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

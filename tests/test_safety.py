@@ -471,3 +471,17 @@ def test_cancel_callable_stops_the_loop_itself(example_image):
         segment_single_image(example_image, roi, SingleImageConfig(steps=600), show_progress=False,
                              cancel=iter([False, False, False, True]).__next__)
     assert time.perf_counter() - started < 30
+
+
+def test_the_editor_component_refuses_a_large_image_before_decoding_it(app, tmp_path):
+    import gradio as gr
+    from gradio.data_classes import FileData
+
+    big = tmp_path / "background.png"
+    big.write_bytes(_png_header_only(7500, 6000))
+    editor = app.CheckedImageEditor(type="numpy", image_mode="RGBA")
+    with pytest.raises(gr.Error, match="The image is 7500x6000 pixels .45 MP.; the limit is 16 MP"):
+        editor.convert_and_format_image(FileData(path=str(big), orig_name="x.png"))
+    small = tmp_path / "small.png"
+    small.write_bytes(_png(np.zeros((40, 60, 3), np.uint8)))
+    assert editor.convert_and_format_image(FileData(path=str(small), orig_name="s.jpg")).shape == (40, 60, 4)
