@@ -13,6 +13,7 @@ successes, failures, p50/p95 latency per endpoint and the server's memory; exits
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", default=None, help="model name (default: the app's default)")
     p.add_argument("--steps", type=int, default=50, help="training steps of each single-image request")
     p.add_argument("--images", nargs="*", type=Path, default=sorted((ROOT / "examples").glob("*.jpg")))
+    p.add_argument("--json", default=None, help="write the summary to this JSON file")
     args = p.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from medseg_core import webapp
@@ -161,6 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"peak {memory.get('peak_rss_mb', 0):.0f} MB")
     for e in sorted(set(failures))[:5]:
         print("  failure:", e)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**summary, "model": model, "per_endpoint": {
+            e: sorted(t for x, ok, t, _ in results if x == e and ok) for e in sorted(set(ENDPOINTS))}}, indent=2))
     return summary
 
 

@@ -53,10 +53,10 @@ def _default_weights_dir() -> Path:
 
 #: The shipped default weights.
 WEIGHTS_DIR = _default_weights_dir()
-#: What a weights folder holds, also one level down (a helper model such as the refiner the config names).
-_WEIGHT_FILES = ["config.json", "model.safetensors", "README.md", "*/config.json", "*/model.safetensors", "*/README.md"]
 #: The files a download takes from a Hub repo (plus the helper sub-folder's config and weights): nothing else.
 _DOWNLOAD_FILES = ("config.json", "model.safetensors", "README.md", "model.onnx")
+#: What a push uploads: those files, also one level down (a helper model such as the refiner the config names).
+_WEIGHT_FILES = [*_DOWNLOAD_FILES, *(f"*/{f}" for f in _DOWNLOAD_FILES if f != "model.onnx")]
 #: Most bytes one model download may hold (``MEDSEG_MAX_DOWNLOAD_MB`` overrides).
 MAX_DOWNLOAD_BYTES = int(float(os.environ.get("MEDSEG_MAX_DOWNLOAD_MB", "1024")) * 1_000_000)
 _HUB_SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w.-]{1,64}))?$")

@@ -70,7 +70,9 @@ def test_hub_transfers_carry_a_helper_model_folder(tmp_path, tiny_weights):
     shutil.copytree(tiny_weights, tmp_path / "w")
     create_model("refiner", widths=[8, 16], input_size=32).save_pretrained(tmp_path / "w" / "refiner")
     (tmp_path / "w" / "notes.txt").write_text("not a weights file")
+    (tmp_path / "w" / "model.onnx").write_bytes(b"an exported graph travels with its weights")
     files = sorted(p.relative_to(tmp_path / "w").as_posix() for p in (tmp_path / "w").rglob("*") if p.is_file())
     kept = set(filter_repo_objects(files, allow_patterns=_WEIGHT_FILES))
-    assert {"config.json", "model.safetensors", "refiner/config.json", "refiner/model.safetensors"} <= kept
+    assert {"config.json", "model.safetensors", "model.onnx", "refiner/config.json",
+            "refiner/model.safetensors"} <= kept
     assert "notes.txt" not in kept
