@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from medseg_core import Segmenter, load_model, resolve_weights
-from medseg_core.backends import onnxruntime_available
+from medseg_core.backends import onnxruntime_available, onnxruntime_version
 from medseg_core.data import read_split
 from medseg_core.io import read_image
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          "forward_ms": round(median_ms(lambda: peer(xt), args.repeats), 2), "segmenter_ms": None,
                          "model_input": model.input_size, "image_size": None})
     cpu = platform.processor() or platform.machine()
-    print(f"{args.model}: torch {torch.__version__}, onnxruntime {_ort_version()}, {args.threads} threads, "
+    print(f"{args.model}: torch {torch.__version__}, onnxruntime {onnxruntime_version()}, {args.threads} threads, "
           f"{os.cpu_count()} CPUs ({cpu}), median of {args.repeats} runs, batch 1, network input "
           f"{model.input_size} px, whole path on a {args.image_size} px image")
     print(f"{'engine':<56}{'forward ms':>12}{'segmenter ms':>14}")
@@ -112,18 +112,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"model": args.model, "threads": args.threads, "repeats": args.repeats,
-                                               "torch": torch.__version__, "onnxruntime": _ort_version(),
+                                               "torch": torch.__version__, "onnxruntime": onnxruntime_version(),
                                                "rows": rows}, indent=2) + "\n")
     return rows
-
-
-def _ort_version() -> str | None:
-    try:
-        import onnxruntime
-
-        return onnxruntime.__version__
-    except ImportError:
-        return None
 
 
 if __name__ == "__main__":

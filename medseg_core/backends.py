@@ -23,6 +23,7 @@ from .models import SegModel
 
 __all__ = [
     "BACKENDS",
+    "onnxruntime_version",
     "ONNX_FILENAME",
     "Backend",
     "BackendName",
@@ -173,3 +174,12 @@ def create_backend(backend: str, model: SegModel, device: str | torch.device = "
     if not onnxruntime_available():
         raise ImportError("the onnxruntime backend needs the onnxruntime package: pip install onnxruntime")
     return OnnxRuntimeBackend(onnx_path, threads=threads, device=device)
+
+
+def onnxruntime_version() -> str | None:
+    """The installed ONNX Runtime's version, or None when it is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backends import ONNX_FILENAME
+from .backends import ONNX_FILENAME, onnxruntime_version
 from .data import read_split
 from .hub import load_model, resolve_weights
 from .inference import Segmenter
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = export_onnx(args.model, args.out, opset=args.opset)
     folder = path.parent
     report: dict[str, Any] = {"model": str(args.model), "onnx": str(path), "opset": args.opset,
-                              "onnx_mb": round(path.stat().st_size / 1e6, 2), "onnxruntime": _ort_version(),
+                              "onnx_mb": round(path.stat().st_size / 1e6, 2), "onnxruntime": onnxruntime_version(),
                               "checks": []}
     files = [path]
     if args.int8:
@@ -244,15 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return status
-
-
-def _ort_version() -> str | None:
-    try:
-        import onnxruntime
-
-        return onnxruntime.__version__
-    except ImportError:
-        return None
 
 
 if __name__ == "__main__":

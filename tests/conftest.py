@@ -13,7 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("MEDSEG_DATA", ROOT.parent / "shared" / "data"))
-EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
+EXAMPLES = sorted((ROOT / "examples").glob("polypgen_*.jpg"))  # with ground-truth masks beside them
 
 # No test may reach the network: huggingface_hub answers from local files only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -47,7 +47,7 @@ def test_evaluate_on_user_folders(trained, tmp_path):
     _, model_dir = trained
     examples = ROOT / "examples"
     (tmp_path / "img").mkdir()
-    for p in sorted(examples.glob("*.jpg"))[:2]:
+    for p in sorted(examples.glob("polypgen_*.jpg"))[:2]:
         (tmp_path / "img" / p.name).write_bytes(p.read_bytes())
     result = evaluate_main(["--model", str(model_dir), "--images", str(tmp_path / "img"),
                                 "--masks", str(examples)])

@@ -6,30 +6,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_UNET
+from test_models import TINY
 
 from medseg_core import create_model, list_models
 from medseg_core.export import INT8_FILENAME, check_onnx, export_onnx, main, quantize_int8
 
 ort = pytest.importorskip("onnxruntime")
-
-# Small settings per architecture (as in test_models.py), so each export takes a second or two.
-TINY = {
-    "unet": TINY_UNET,
-    "attention_unet": TINY_UNET,
-    "unetplusplus": {**TINY_UNET, "decoder_channels": [16, 16, 8, 8, 8]},
-    "unet3plus": {"encoder": "tf_efficientnet_lite0", "encoder_weights": "random", "cat_channels": 8, "input_size": 64},
-    "ddanet": {"widths": [8, 16, 16, 32], "input_size": 64},
-    "deeplabv3plus": {"encoder": "tf_efficientnet_lite0", "encoder_weights": "random", "aspp_channels": 16,
-                      "low_level_channels": 8, "input_size": 64},
-    "aspp_net": {"widths": [8, 16, 16, 32], "aspp_channels": 16, "atrous_rates": [1, 2, 3], "input_size": 64},
-    "emcad": {"encoder": "pvt_v2_b0", "encoder_weights": "random", "kernel_sizes": [1, 3, 5], "input_size": 64},
-    "fct": {"channels": [4, 8, 8, 16, 16], "input_size": 64},
-    "pranet": {"encoder": "tf_efficientnet_lite0", "encoder_weights": "random", "rfb_channels": 8,
-               "ra_channels": [16, 8, 8], "input_size": 64},
-    "ssformer": {"encoder": "pvt_v2_b0", "encoder_weights": "random", "decoder_channels": 16, "input_size": 64},
-    "dynasiam": {**TINY_UNET, "dfi_reduction": 16},
-    "refiner": {"widths": [8, 16, 16], "input_size": 64},
-}
 
 # Architectures that do not export today, and why (strict: the test fails when one starts to export, so the
 # list stays true).

@@ -15,7 +15,6 @@ from medseg_core.transforms import eval_transform
 # Small settings per architecture, so every test stays fast; a new model adds its line here.
 TINY = {
     "unet": TINY_UNET,
-    # model zoo (a)
     "attention_unet": TINY_UNET,
     "unetplusplus": {**TINY_UNET, "decoder_channels": [16, 16, 8, 8, 8]},
     "unet3plus": {"encoder": "tf_efficientnet_lite0", "encoder_weights": "random", "cat_channels": 8, "input_size": 64},
@@ -24,15 +23,12 @@ TINY = {
                       "low_level_channels": 8, "input_size": 64},
     # A 64-px input leaves a 4x4 grid at the bottleneck: small atrous rates.
     "aspp_net": {"widths": [8, 16, 16, 32], "aspp_channels": 16, "atrous_rates": [1, 2, 3], "input_size": 64},
-    # model zoo (b)
     "emcad": {"encoder": "pvt_v2_b0", "encoder_weights": "random", "kernel_sizes": [1, 3, 5], "input_size": 64},
     "fct": {"channels": [4, 8, 8, 16, 16], "input_size": 64},
     "pranet": {"encoder": "tf_efficientnet_lite0", "encoder_weights": "random", "rfb_channels": 8,
                "ra_channels": [16, 8, 8], "input_size": 64},
     "ssformer": {"encoder": "pvt_v2_b0", "encoder_weights": "random", "decoder_channels": 16, "input_size": 64},
-    # dynasiam
     "dynasiam": {**TINY_UNET, "dfi_reduction": 16},
-    # refiner
     "refiner": {"widths": [8, 16, 16], "input_size": 64},
 }
 
