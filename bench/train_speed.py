@@ -5,7 +5,9 @@
 Both loops see the same cached real images (``--split``), the same augmentation pipeline, loss and optimiser; ours
 is :func:`medseg_core.training.train_one_epoch` under Accelerate (channels-last, autocast as ``train.precision``
 resolves here, logging), the plain one a bare ``for images, masks in loader`` with ``loss.backward()``. The first
-``--warmup`` steps of each are not timed. Prints images per second of each and their ratio; ``--json`` keeps them.
+``--warmup`` steps of each are not timed. The two loops alternate for ``--rounds`` rounds (a fresh model each time)
+and each keeps its best round, so neither gains from running second. Prints images per second of each and their
+ratio; ``--json`` keeps them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps per loop")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; each loop keeps its best")
     p.add_argument("--json", default=None, help="write the figures here")
     return p.parse_args(argv)
 
@@ -85,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg["_precision"] = auto_precision() if cfg["train"]["precision"] == "auto" else cfg["train"]["precision"]
     schema = recipe_schema(cfg)
     samples = read_split(args.data, args.split)[: args.images]
-    results = {}
-    for name in ("plain", "ours"):
+    results: dict[str, dict] = {}
+    for name in ("plain", "ours") * args.rounds:
         torch.manual_seed(0)
         model = build_model(cfg).to(memory_format=torch.channels_last)
         ds = SegDataset(samples, train_transform(args.size, model.mean, model.std, cfg["train"]["augment"]),
@@ -98,14 +101,18 @@ def main(argv: list[str] | None = None) -> dict:
                                     args.warmup)
         else:
             n, seconds = ours(cfg, model, _loader(ds, args.batch, args.steps), loss_fn, optimizer, args.warmup)
-        results[name] = {"images": n, "seconds": seconds, "images_per_s": n / seconds}
+        best = results.get(name)
+        if best is None or n / seconds > best["images_per_s"]:
+            results[name] = {"images": n, "seconds": seconds, "images_per_s": n / seconds}
     ratio = results["ours"]["images_per_s"] / results["plain"]["images_per_s"]
     print(f"{cfg['model']['arch']} {args.size}px, batch {args.batch}, {args.steps} steps, {args.threads} threads, "
+          f"best of {args.rounds} alternating rounds, "
           f"precision of ours: {cfg['_precision']}")
     for name, r in results.items():
         print(f"{name:<8}{r['images_per_s']:8.2f} images/s  ({r['images']} images in {r['seconds']:.1f} s)")
     print(f"ours / plain: {ratio:.2f}")
     out = {"config": args.config, "size": args.size, "batch": args.batch, "steps": args.steps, "threads": args.threads,
+           "rounds": args.rounds,
            "precision_ours": cfg["_precision"], **results, "ratio": ratio}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

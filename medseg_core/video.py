@@ -370,7 +370,7 @@ def plot_lesion_area(rows: Sequence[dict[str, Any]], width: int = 800, height: i
     empty chart with its axes.
     """
     img = np.full((height, width, 3), 255, np.uint8)
-    left, right, top, bottom = 56, 16, 16, 36
+    left, right, top, bottom = 56, 16, 34, 36  # room above for the title (and for a viewer's own label)
     x0, x1, y0, y1 = left, width - right, top, height - bottom
     times = np.array([float(r["time_s"]) for r in rows], np.float64)
     area = np.array([float(r["lesion_percent"]) for r in rows], np.float64)
@@ -390,7 +390,10 @@ def plot_lesion_area(rows: Sequence[dict[str, Any]], width: int = 800, height: i
         ys = y1 - (y1 - y0) * area / a_max
         points = np.round(np.stack([xs, ys], axis=1)).astype(np.int32)
         cv2.polylines(img, [points], False, (220, 40, 40), 2, cv2.LINE_AA)
-    cv2.putText(img, "lesion area over time", (x0 + 6, y0 + 14), font, 0.45, dark, 1, cv2.LINE_AA)
+    title = "lesion area over time"
+    (tw, _), _ = cv2.getTextSize(title, font, 0.45, 1)
+    # Top centre: image viewers put their own labels and buttons in the corners.
+    cv2.putText(img, title, ((x0 + x1 - tw) // 2, y0 - 10), font, 0.45, dark, 1, cv2.LINE_AA)
     return img
 
 
