@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import ONNX_FILENAME, onnxruntime_version
+from .cli import setup_logging
 from .data import read_split
 from .hub import load_model, resolve_weights
 from .inference import Segmenter
@@ -208,7 +209,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """``medseg-export``: 0 on success; 1 when the int8 model misses its Dice budget (removed unless --keep-int8)."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     started = time.time()
     path = export_onnx(args.model, args.out, opset=args.opset)
     folder = path.parent

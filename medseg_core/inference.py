@@ -206,7 +206,7 @@ class Segmenter:
         self.recorded_postprocess = resolve_postprocess("none" if not recorded_postprocess else
                                                         list(recorded_postprocess))
         self.postprocess = resolve_postprocess(postprocess, self.recorded_postprocess)
-        self._refiner = refiner
+        self._refiner = refiner.to(self.device).eval() if isinstance(refiner, SegModel) else refiner
         self.schema = schema or schema_from_config(model.config)
         if not self.schema.outputs_ok(model.num_classes):
             raise ValueError(f"the {self.schema.task} schema of {self.name} ({len(self.schema.class_names)} classes) "
@@ -244,9 +244,7 @@ class Segmenter:
     def refiner(self) -> SegModel | None:
         """The ``refine`` step's network (loaded on first use when given as a callable)."""
         if self._refiner is not None and not isinstance(self._refiner, SegModel):
-            self._refiner = self._refiner()
-        if self._refiner is not None:
-            self._refiner = self._refiner.to(self.device).eval()
+            self._refiner = self._refiner().to(self.device).eval()  # once, on first use
         return self._refiner
 
     @property

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import NonFiniteLossError, find_latest_checkpoint, save_checkpoint, unreadable_samples
+from .cli import setup_logging
 from .config import RecipeError, load_config, recipe_schema
 from .data import SegDataset, read_split
 from .hub import push_model, write_model_card
@@ -373,7 +374,7 @@ def data_text(cfg: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> Path:
     """Train from a recipe; returns the folder of the best model."""
     args, overrides = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     try:
         cfg = load_config(args.config, overrides)
     except RecipeError as err:

@@ -30,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .cli import setup_logging
 from .inference import Segmenter
 
 __all__ = [
@@ -422,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     kwargs: dict[str, Any] = {"backend": args.backend}
     if args.postprocess is not None:
         kwargs["postprocess"] = args.postprocess
