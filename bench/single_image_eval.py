@@ -9,6 +9,12 @@ and their convex hull (kept inside the eroded lesion) is the ROI. The method the
 ROI. Dice (lesion, threshold 0.5, at the original resolution) is reported as mean, median and worst decile (the
 10th percentile), with the time per image (wall clock, and the process's CPU time, which a busy machine does not
 inflate); ``--baseline`` runs a trained model on the same images.
+
+Multi-label data (EDD2020) names the classes that make up the lesion, and the recipe that says how its masks are
+stored; every test image with one of those classes is used (``--n`` caps the count):
+
+    python bench/single_image_eval.py --splits edd-test --classes BE HGD cancer \
+        --recipe train/configs/unet_lite0_edd2020.yaml --baseline runs/unet_lite0.edd2020/model --json edd.json
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from medseg_core.data import Sample, read_split
+from medseg_core.config import load_config, recipe_schema
+from medseg_core.data import Sample, read_sample_mask, read_split
 from medseg_core.inference import Segmenter
 from medseg_core.io import read_image, read_mask
+from medseg_core.labels import LabelSchema
 from medseg_core.metrics import dice_score
 from medseg_core.single_image import SingleImageConfig, roi_from_ground_truth, segment_single_image, write_result
 
@@ -45,6 +53,39 @@ def pick_samples(data_root: str, splits: list[str], n: int) -> list[Sample]:
     return picked
 
 
+def lesion_target(sample: Sample, schema: LabelSchema | None, classes: list[str] | None,
+                  shape: tuple[int, int]) -> np.ndarray:
+    """The ground-truth lesion (H, W) bool: any foreground (binary data), or the union of ``classes``."""
+    if not classes:
+        return read_mask(sample.mask) > 0
+    mask = read_sample_mask(sample, schema, shape)
+    planes = mask if schema.multilabel else [mask == k + 1 for k in range(len(schema.foreground))]
+    return np.any([planes[schema.foreground.index(c)] > 0 for c in classes], axis=0)
+
+
+def pick_with_classes(data_root: str, splits: list[str], n: int, schema: LabelSchema,
+                      classes: list[str]) -> list[Sample]:
+    """Every sample of ``splits`` whose mask holds one of ``classes``, thinned evenly to ``n`` when there are more."""
+    found = [s for split in splits for s in read_split(data_root, split)
+             if lesion_target(s, schema, classes, read_image(s.image).shape[:2]).any()]
+    if len(found) > n:
+        found = [found[j] for j in np.unique(np.linspace(0, len(found) - 1, num=n).round().astype(int))]
+    return found
+
+
+def predicted_lesion(result: Any, schema: LabelSchema, classes: list[str] | None) -> np.ndarray:
+    """A model's lesion (H, W) bool: any foreground, or the union of ``classes`` that its schema knows."""
+    if not classes:
+        return result.mask > 0
+    if schema.multilabel:
+        planes = [result.mask[schema.foreground.index(c)] for c in classes if c in schema.foreground]
+    else:
+        planes = [result.mask == schema.foreground.index(c) + 1 for c in classes if c in schema.foreground]
+    if not planes:
+        raise SystemExit(f"--baseline knows none of the classes {', '.join(classes)}")
+    return np.any(planes, axis=0)
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     """Mean, median, worst decile (10th percentile) and minimum."""
     a = np.asarray(values, np.float64)
@@ -59,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default="../shared/data", help="dataset root holding splits/")
     p.add_argument("--splits", nargs="+", default=["test-kvasir", "test-clinicdb"])
     p.add_argument("--n", type=int, default=50, help="number of images, spread evenly over the splits")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="multi-class or multi-label data: the classes whose union is the lesion (needs --recipe)")
+    p.add_argument("--recipe", default=None, help="training recipe whose labels and mask encoding read the masks")
     p.add_argument("--steps", type=int, default=defaults.steps, help="training steps per image")
     p.add_argument("--max-side", type=int, default=defaults.max_side, help="work resolution (longer side)")
     p.add_argument("--roi-erode", type=float, default=0.25, help="erosion of the lesion, x its equivalent radius")
@@ -69,12 +113,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save", default=None, help="folder for every image's ROI, mask, overlay and sampling record")
     p.add_argument("--json", default=None, help="write the summary and per-image rows to this JSON file")
     p.add_argument("--csv", default=None, help="write per-image rows to this CSV file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.classes and not args.recipe:
+        p.error("--classes needs --recipe (it says how the masks are stored and which classes exist)")
+    return args
 
 
 def summary_of(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Dice distribution and time per image of the method (and of the baseline, when it ran)."""
-    summary: dict[str, Any] = {"n": len(rows), "steps": args.steps, "max_side": args.max_side,
+    summary: dict[str, Any] = {"n": len(rows), "splits": args.splits, "classes": args.classes, "steps": args.steps,
+                               "max_side": args.max_side,
                                "single_image": {**summarise([r["dice"] for r in rows]),
                                                 "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
                                                 "cpu_seconds_per_image": float(np.mean([r["cpu_seconds"] for r in rows]))}}
@@ -94,27 +142,33 @@ def write_json(path: str | None, summary: dict[str, Any], rows: list[dict[str, A
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    samples = pick_samples(args.data, args.splits, args.n)
+    schema = recipe_schema(load_config(args.recipe)) if args.recipe else None
+    unknown = [c for c in args.classes or () if c not in schema.foreground]
+    if unknown:
+        raise SystemExit(f"--classes: {', '.join(unknown)} not in the recipe's classes {', '.join(schema.foreground)}")
+    samples = (pick_with_classes(args.data, args.splits, args.n, schema, args.classes) if args.classes
+               else pick_samples(args.data, args.splits, args.n))
     baseline = (Segmenter.from_pretrained(args.baseline, device=args.device, postprocess="none")  # raw masks
                 if args.baseline else None)
     config = SingleImageConfig(steps=args.steps, max_side=args.max_side, seed=args.seed, device=args.device)
     rows = []
     for s in tqdm(samples, desc="single-image evaluation"):
-        image, target = read_image(s.image), read_mask(s.mask)
+        image = read_image(s.image)
+        target = lesion_target(s, schema, args.classes, image.shape[:2])
         rng = np.random.default_rng([args.seed, len(rows)])
         roi = roi_from_ground_truth(target, rng, args.roi_erode, args.roi_points)
         cpu_start = time.process_time()
         result = segment_single_image(image, roi, config, show_progress=False)
         cpu_seconds = time.process_time() - cpu_start
-        row: dict[str, Any] = {"id": s.id, "roi_fraction_of_lesion": float(roi.sum() / max(1, (target > 0).sum())),
-                               "complement": result.complement, "dice": dice_score(result.mask, target > 0),
+        row: dict[str, Any] = {"id": s.id, "roi_fraction_of_lesion": float(roi.sum() / max(1, target.sum())),
+                               "complement": result.complement, "dice": dice_score(result.mask, target),
                                "seconds": result.seconds, "cpu_seconds": cpu_seconds}
         if baseline is not None:
             start, cpu_start = time.perf_counter(), time.process_time()
-            pred = baseline(image).mask
+            pred = predicted_lesion(baseline(image), baseline.schema, args.classes)
             row["baseline_seconds"] = time.perf_counter() - start
             row["baseline_cpu_seconds"] = time.process_time() - cpu_start
-            row["baseline_dice"] = dice_score(pred > 0, target > 0)
+            row["baseline_dice"] = dice_score(pred, target)
         rows.append(row)
         if args.save:
             stem = s.id.replace("/", "__")
@@ -123,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cv2.imwrite(str(Path(args.save) / "rois" / f"{stem}.png"), roi.astype(np.uint8) * 255)
         write_json(args.json, summary_of(rows, args), rows)  # partial results survive an interrupted run
     summary = summary_of(rows, args)
-    print(f"{len(rows)} images from {', '.join(args.splits)}; ROI: hull of {args.roi_points} points of the lesion "
+    what = f" (lesion: {' | '.join(args.classes)})" if args.classes else ""
+    print(f"{len(rows)} images from {', '.join(args.splits)}{what}; ROI: hull of {args.roi_points} points of the lesion "
           f"eroded by {args.roi_erode} x its radius")
     if baseline is not None:
         print(f"baseline: {args.baseline}")

@@ -56,6 +56,15 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": True,
         "max_train_samples": None,
         "max_val_samples": None,
+        # Start from these weights (a weights/ name, a folder or a Hub id) instead of the encoder's ImageNet ones:
+        # fine-tuning. The architecture and outputs must match the recipe's model section.
+        "init_from": None,
+        # Exponential moving average of the weights (timm's ModelEmaV3) with this decay; validation, the saved
+        # model and checkpoints use the average. 0: off.
+        "ema": 0.0,
+        # Multi-scale training: each batch is resized by one of these factors of the input size (rounded to a
+        # multiple of 32), e.g. [0.75, 1.0, 1.25]. Validation stays at the input size.
+        "scales": None,
     },
 }
 
@@ -119,6 +128,13 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise RecipeError(f"train.{key} must be a positive integer; got {t[key]!r}")
+    if not isinstance(t["ema"], (int, float)) or not 0.0 <= t["ema"] < 1.0:
+        raise RecipeError(f"train.ema must be a decay in [0, 1) (0: off); got {t['ema']!r}")
+    scales = t["scales"]
+    if scales is not None and (not isinstance(scales, list) or not scales
+                               or not all(isinstance(f, (int, float)) and 0.25 <= f <= 2.0 for f in scales)):
+        raise RecipeError(f"train.scales must be a list of factors between 0.25 and 2, e.g. [0.75, 1.0, 1.25]; "
+                          f"got {scales!r}")
     recipe_schema(cfg)
 
 

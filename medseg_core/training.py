@@ -14,15 +14,19 @@ import argparse
 import json
 import logging
 import math
+import random
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -30,7 +34,7 @@ from .checkpoint import NonFiniteLossError, find_latest_checkpoint, save_checkpo
 from .cli import setup_logging
 from .config import RecipeError, load_config, recipe_schema
 from .data import SegDataset, read_split
-from .hub import push_model, write_model_card
+from .hub import push_model, resolve_weights, write_model_card
 from .losses import build_loss
 from .metrics import split_class_dice
 from .models import SegModel, create_model
@@ -44,8 +48,10 @@ __all__ = [
     "build_scheduler",
     "evaluate",
     "get_dataloaders",
+    "init_weights",
     "main",
     "recipe_text",
+    "rescale_batch",
     "resolve_resume_path",
     "train_one_epoch",
     "warmup_cosine",
@@ -85,6 +91,31 @@ def build_model(cfg: dict[str, Any]) -> SegModel:
     """The recipe's model: ``model.arch`` from the registry, built with the other ``model`` keys."""
     model_cfg = dict(cfg["model"])
     return create_model(model_cfg.pop("arch"), **model_cfg)
+
+
+def init_weights(model: SegModel, spec: str) -> Path:
+    """Load ``train.init_from``'s weights (a ``weights/`` name, a folder or a Hub id) into ``model``; every tensor must
+    fit (same architecture, encoder and outputs), else :class:`RecipeError` says which do not. Returns the folder."""
+    folder = resolve_weights(spec)
+    try:
+        safetensors.torch.load_model(model, folder / "model.safetensors", strict=True)
+    except RuntimeError as err:
+        raise RecipeError(f"train.init_from: the weights in {folder} do not fit the recipe's model "
+                          f"({str(err).splitlines()[0]} ...)") from err
+    return folder
+
+
+def rescale_batch(images: torch.Tensor, masks: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch resized by ``factor`` (multi-scale training): images bilinear, masks nearest, the side rounded to a
+    multiple of 32 so every encoder stage divides it."""
+    h, w = images.shape[-2:]
+    size = (max(32, round(h * factor / 32) * 32), max(32, round(w * factor / 32) * 32))
+    if size == (h, w):
+        return images, masks
+    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    m = masks if masks.dim() == 4 else masks[:, None]
+    m = F.interpolate(m.float(), size=size, mode="nearest").to(masks.dtype)
+    return images, (m if masks.dim() == 4 else m[:, 0])
 
 
 def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegModel) -> tuple[DataLoader, DataLoader]:
@@ -187,24 +218,28 @@ def _loss_is_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
 
 def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg, max_steps,
                     on_nan: str = "stop", checkpoint_every: int | None = None,
-                    save: Callable[[], Any] | None = None) -> float:
+                    save: Callable[[], Any] | None = None, ema: ModelEmaV3 | None = None) -> float:
     """One pass over the training loader; returns the mean loss.
 
     A NaN or infinite loss raises :class:`~medseg_core.checkpoint.NonFiniteLossError` naming the step
     (``on_nan="stop"``), or skips that batch's update (``"skip"``: the step is counted, nothing is learnt).
-    ``save`` is called after every ``checkpoint_every`` optimiser steps."""
+    ``save`` is called after every ``checkpoint_every`` optimiser steps; ``ema`` (when given) is updated after each.
+    ``train.scales`` resizes each batch by one of its factors, drawn at random."""
     model.train()
     total, count, started = 0.0, 0, time.time()
     quiet = cfg["_no_progress"] and accelerator.is_local_main_process  # logs its pace instead of a progress bar
     bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}", disable=not accelerator.is_local_main_process
                or cfg["_no_progress"], leave=False)
+    scales = cfg["train"].get("scales")
     for batch in bar:
-        images = batch["image"]
+        images, masks = batch["image"], batch["mask"]
+        if scales:
+            images, masks = rescale_batch(images, masks, random.choice(scales))
         if cfg["train"]["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             outputs = model(images)
-        loss = loss_fn(outputs, batch["mask"])
+        loss = loss_fn(outputs, masks)
         aux = accelerator.unwrap_model(model).auxiliary_loss()
         if aux is not None:
             loss = loss + aux
@@ -212,6 +247,8 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
         if _loss_is_finite(accelerator, loss):
             accelerator.backward(loss)
             optimizer.step()
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model), step=progress.step)
             total, count = total + loss.item(), count + 1
         else:
             where = f"step {progress.step + 1} (epoch {progress.epoch + 1})"
@@ -358,6 +395,12 @@ def recipe_text(cfg: dict[str, Any], summary: dict[str, Any] | None = None) -> s
         f"input {cfg['model'].get('input_size', 'default')} px, precision `{t['precision']}`, channels-last "
         f"{t['channels_last']}."
     )
+    extras = [f"initialised from `{t['init_from']}`" if t.get("init_from") else "",
+              f"EMA of weights (decay {t['ema']})" if t.get("ema") else "",
+              f"multi-scale training (x{', x'.join(str(f) for f in t['scales'])})" if t.get("scales") else ""]
+    extra = "; ".join(e for e in extras if e)
+    if extra:
+        text += f" {extra[0].upper()}{extra[1:]}."
     if summary:
         text += (f" Trained on {summary['device']} in {summary['seconds'] / 60:.0f} minutes; best validation score "
                  f"{summary['best_val_dice']:.4f} at epoch {summary['best_epoch']} (at input resolution).")
@@ -394,6 +437,11 @@ def main(argv: list[str] | None = None) -> Path:
         check_training_data(cfg)
     set_seed(args.seed)
     model = build_model(cfg)
+    if t["init_from"]:
+        try:
+            log.info("initial weights from %s", init_weights(model, t["init_from"]))
+        except (RecipeError, OSError, ValueError) as err:
+            raise SystemExit(f"medseg-train: {err}") from err
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     train_dl, val_dl = get_dataloaders(accelerator, cfg, model)
@@ -407,6 +455,10 @@ def main(argv: list[str] | None = None) -> Path:
     model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
+    # The average lives outside Accelerate's wrapping: validated, saved and checkpointed in place of the weights.
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=t["ema"]) if t["ema"] else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
     resume = resolve_resume_path(args.resume, output_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
@@ -428,11 +480,11 @@ def main(argv: list[str] | None = None) -> Path:
         try:
             train_loss = train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg,
                                          args.max_steps, on_nan=args.on_nan,
-                                         checkpoint_every=args.checkpoint_every, save=save)
+                                         checkpoint_every=args.checkpoint_every, save=save, ema=ema)
         except NonFiniteLossError as err:
             accelerator.end_training()
             raise SystemExit(f"medseg-train: {err}") from err
-        val = evaluate(accelerator, model, val_dl, cfg)
+        val = evaluate(accelerator, model if ema is None else ema.module, val_dl, cfg)
         progress.epoch += 1
         accelerator.log({**{f"val/{k}": v for k, v in val.items()}, "train/epoch_loss": train_loss},
                         step=progress.step)
@@ -441,11 +493,13 @@ def main(argv: list[str] | None = None) -> Path:
         if val["score"] > progress.best_dice:
             progress.best_dice, progress.best_epoch = val["score"], progress.epoch
             if accelerator.is_main_process:
-                save_best(accelerator.unwrap_model(model), model_dir, recipe_schema(cfg).to_config())
+                best = accelerator.unwrap_model(model) if ema is None else ema.module
+                save_best(best, model_dir, recipe_schema(cfg).to_config())
         save()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _finish(accelerator.unwrap_model(model), cfg, args, output_dir, model_dir, progress, time.time() - started,
+        final = accelerator.unwrap_model(model) if ema is None else ema.module
+        _finish(final, cfg, args, output_dir, model_dir, progress, time.time() - started,
                 accelerator)
     accelerator.end_training()
     return model_dir

@@ -161,3 +161,50 @@ def test_dynasiam_recipe_trains_two_steps(data_root, tmp_path, example_image):
     model = load_model(model_dir)
     assert isinstance(model, DynaSiam) and model.views == VIEWS and model.input_size == 64
     assert Segmenter(model, device="cpu")(example_image).mask.shape == example_image.shape[:2]
+
+
+def test_fine_tuning_starts_from_the_given_weights_with_an_ema_and_several_scales(trained, data_root, tmp_path):
+    """train.init_from loads the weights; at lr 0 the saved (EMA) model keeps exactly those parameters, while the
+    batches ran at 0.5x and 1.5x the input size."""
+    _, first = trained
+    model_dir = training.main(tiny_args(data_root, tmp_path, "--train.init_from", str(first), "--train.lr", "0",
+                                        "--train.ema", "0.9", "--train.scales", "[0.5, 1.5]"))
+    before, after = load_model(first), load_model(model_dir)
+    for (name, a), (_, b) in zip(before.named_parameters(), after.named_parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+    card = (model_dir / "README.md").read_text()
+    assert f"Initialised from `{first}`" in card and "EMA of weights (decay 0.9)" in card and "x0.5, x1.5" in card
+    fresh = training.main(tiny_args(data_root, tmp_path / "fresh", "--train.lr", "0"))
+    assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), load_model(fresh).parameters()))
+
+
+def test_init_from_weights_of_another_shape_is_a_clear_error(trained, data_root, tmp_path):
+    _, first = trained  # one output channel
+    with pytest.raises(SystemExit, match="do not fit the recipe's model"):
+        training.main(tiny_args(data_root, tmp_path, "--train.init_from", str(first), "--model.num_classes", "3",
+                                "--labels.task", "multiclass", "--labels.class_names", "[bg, a, b]"))
+    with pytest.raises(SystemExit, match="neither a folder"):
+        training.main(tiny_args(data_root, tmp_path, "--train.init_from", str(tmp_path / "nothing")))
+
+
+@pytest.mark.parametrize(("override", "hint"), [
+    (["--train.ema", "1.0"], "decay in"),
+    (["--train.scales", "0.5"], "list of factors"),
+    (["--train.scales", "[0.1, 1.0]"], "between 0.25 and 2"),
+])
+def test_ema_and_scales_are_checked(override, hint):
+    with pytest.raises(RecipeError, match=hint):
+        load_config(CONFIG, override)
+
+
+def test_rescale_batch_keeps_labels_and_rounds_to_multiples_of_32():
+    images = torch.rand(2, 3, 96, 64)
+    masks = torch.zeros(2, 96, 64, dtype=torch.long)
+    masks[:, 20:60, 10:40] = 2
+    small, small_masks = training.rescale_batch(images, masks, 0.75)
+    assert small.shape == (2, 3, 64, 64) and small_masks.shape == (2, 64, 64) and small_masks.dtype == torch.long
+    assert set(small_masks.unique().tolist()) == {0, 2}
+    big, big_masks = training.rescale_batch(images, masks[:, None].repeat(1, 3, 1, 1), 1.4)  # multi-label planes
+    assert big.shape == (2, 3, 128, 96) and big_masks.shape == (2, 3, 128, 96)
+    same = training.rescale_batch(images, masks, 1.0)
+    assert same[0] is images and same[1] is masks
