@@ -29,6 +29,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import PIL.Image
 from tqdm.auto import tqdm
 
 from medseg_core.config import load_config, recipe_schema
@@ -63,11 +64,17 @@ def lesion_target(sample: Sample, schema: LabelSchema | None, classes: list[str]
     return np.any([planes[schema.foreground.index(c)] > 0 for c in classes], axis=0)
 
 
+def image_shape(sample: Sample) -> tuple[int, int]:
+    """(H, W) from the image file's header, without decoding it."""
+    with PIL.Image.open(sample.image) as im:
+        return im.height, im.width
+
+
 def pick_with_classes(data_root: str, splits: list[str], n: int, schema: LabelSchema,
                       classes: list[str]) -> list[Sample]:
     """Every sample of ``splits`` whose mask holds one of ``classes``, thinned evenly to ``n`` when there are more."""
     found = [s for split in splits for s in read_split(data_root, split)
-             if lesion_target(s, schema, classes, read_image(s.image).shape[:2]).any()]
+             if lesion_target(s, schema, classes, image_shape(s)).any()]
     if len(found) > n:
         found = [found[j] for j in np.unique(np.linspace(0, len(found) - 1, num=n).round().astype(int))]
     return found

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, run_script
+from conftest import EXAMPLES, ROOT, run_script
 
 from medseg_core.io import read_image, read_mask
 from medseg_core.metrics import dice_score
@@ -265,3 +265,15 @@ def test_single_image_eval_runs_on_two_images(data_root, tmp_path):
     rows = saved["rows"] if "rows" in saved else saved["per_image"]
     assert [r["id"].split("/")[0] for r in rows] == ["kvasir-seg", "cvc-clinicdb"], "spread over the two splits"
     assert all(0.0 <= r["dice"] <= 1.0 for r in rows)
+
+
+def test_single_image_eval_takes_the_lesion_from_chosen_classes_of_multilabel_masks(data_root, tmp_path):
+    """EDD2020: the lesion is the union of BE, HGD and cancer; only images holding one of them are picked."""
+    run_script("bench/single_image_eval.py", "--data", data_root, "--splits", "edd-test", "--classes", "HGD",
+               "cancer", "--recipe", ROOT / "train" / "configs" / "unet_lite0_edd2020.yaml", "--n", "1",
+               "--steps", "2", "--max-side", "96", "--json", tmp_path / "edd.json")
+    saved = json.loads((tmp_path / "edd.json").read_text())
+    assert saved["classes"] == ["HGD", "cancer"] and saved["n"] == 1
+    assert saved["per_image"][0]["id"].startswith("edd2020/") and 0.0 <= saved["per_image"][0]["dice"] <= 1.0
+    bad = run_script("bench/single_image_eval.py", "--splits", "edd-test", "--classes", "HGD", expect=2)
+    assert "--classes needs --recipe" in bad.stderr
