@@ -2,10 +2,12 @@
 
     python bench/latency.py                                   # the shipped default at 352 px, all engines
     python bench/latency.py --onnx-dir /tmp/unet_onnx --peer  # a folder with model.onnx / model.int8.onnx; smp peer
+    python bench/latency.py --onnx-dir /tmp/unet_onnx --openvino  # also OpenVINO on model.onnx (forward only)
     python bench/latency.py --json docs/results/latency_unet_lite0.polyp.json
 
 Rows: eager fp32, eager bf16 (autocast), ONNX Runtime fp32 and int8 (when the files exist; export them with
-``python -m medseg_core.export``), and the smp U-Net peer (``--peer``, forward only). Columns: the median time of
+``python -m medseg_core.export``), OpenVINO fp32 on the same graph
+(``--openvino``, forward only) and the smp U-Net peer (``--peer``, forward only). Columns: the median time of
 (a) the network's forward pass on one normalised input at the model's size, and (b) the whole ``Segmenter`` path on
 a ``--image-size`` RGB image (resize, normalise, network, probabilities back to the image size, mask, overlay,
 statistics; no post-processing) — what a user waits for.
@@ -52,6 +54,32 @@ def test_image(size: int, data: str) -> np.ndarray:
         return np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
 
 
+def openvino_rows(path: Path, x: np.ndarray, args: argparse.Namespace) -> list[dict]:
+    """OpenVINO's CPU plugin on the exported graph (fp32, latency hint, ``--threads``): forward only, with the largest
+    difference from ONNX Runtime's output; [] when OpenVINO or the graph is missing."""
+    try:
+        import openvino
+    except ImportError:
+        print("skipping openvino: not installed (pip install openvino)")
+        return []
+    if not path.is_file():
+        print(f"skipping openvino: no {path} (export it with python -m medseg_core.export)")
+        return []
+    compiled = openvino.Core().compile_model(str(path), "CPU", {
+        "INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    row = {"engine": f"openvino-fp32 ({openvino.__version__.split('-')[0]})",
+           "forward_ms": round(median_ms(lambda: request.infer({0: x}), args.repeats), 2), "segmenter_ms": None,
+           "model_input": x.shape[-1], "image_size": None}
+    if onnxruntime_available():
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        reference = session.run(None, {session.get_inputs()[0].name: x})[0]
+        row["max_abs_diff_vs_onnxruntime"] = float(np.abs(request.infer({0: x})[0] - reference).max())
+    return [row]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description="Median CPU inference time per image (batch 1), every engine.")
     p.add_argument("--model", default="unet_lite0.polyp", help="weights folder, weights/ name or Hub repo id")
@@ -61,6 +89,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--engines", nargs="+", default=["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"],
                    choices=["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"])
+    p.add_argument("--openvino", action="store_true",
+                   help="also time OpenVINO on the exported model.onnx (forward only; needs pip install openvino)")
     p.add_argument("--peer", action="store_true",
                    help="also time segmentation_models_pytorch's U-Net on tu-tf_efficientnet_lite0 (the issue's peer)")
     p.add_argument("--data", default="../shared/data", help="dataset root (a real test image)")
@@ -88,6 +118,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         full = median_ms(lambda: seg(image), args.repeats)
         rows.append({"engine": engine, "forward_ms": round(forward, 2), "segmenter_ms": round(full, 2),
                      "model_input": model.input_size, "image_size": args.image_size})
+    if args.openvino:
+        rows += openvino_rows(onnx_dir / "model.onnx", x, args)
     smp = None
     if args.peer:
         try:
