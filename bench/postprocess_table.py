@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    f"(default: {' '.join(DEFAULT_CHAIN)}; 'refine' only with --refiner)")
     p.add_argument("--refiner", default=None, help="weights of a 'refiner' model for the refine step")
     p.add_argument("--mask-encoding", choices=MASK_ENCODINGS, default=None,
-                   help="how masks encode classes (default: neopolyp for 3-class models, else binary)")
+                   help="how masks encode classes (default: the mask_encoding of the weights' label schema)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
