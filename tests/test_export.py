@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_UNET
+from conftest import TINY_UNET, run_script
 from test_models import TINY
 
 from medseg_core import create_model, list_models
@@ -84,3 +84,18 @@ def test_cli_help_and_json(tiny_weights, tmp_path, data_root, capsys):
     report = json.loads(report_path.read_text())
     assert report["opset"] == 18 and report["checks"][0]["split"] == "test-kvasir" and report["checks"][0]["n"] == 2
     assert report["checks"][0]["max_abs_prob_diff"] < 1e-4
+
+
+def test_latency_bench_times_every_engine_it_finds(tiny_weights, tmp_path):
+    """bench/latency.py on tiny weights: torch and ONNX Runtime rows; OpenVINO's row when it is installed (its output
+    then matches ONNX Runtime's), else a line saying it was skipped."""
+    export_onnx(tiny_weights, tmp_path / "onnx")
+    proc = run_script("bench/latency.py", "--model", tiny_weights, "--onnx-dir", tmp_path / "onnx", "--repeats", "2",
+                      "--threads", "1", "--engines", "torch-fp32", "onnx-fp32", "--openvino", "--image-size", "96",
+                      "--json", tmp_path / "lat.json")
+    rows = {r["engine"].split(" ")[0]: r for r in json.loads((tmp_path / "lat.json").read_text())["rows"]}
+    assert rows["torch-fp32"]["forward_ms"] > 0 and rows["onnx-fp32"]["segmenter_ms"] > 0
+    if "openvino-fp32" in rows:
+        assert rows["openvino-fp32"]["max_abs_diff_vs_onnxruntime"] < 1e-3
+    else:
+        assert "skipping openvino" in proc.stdout
