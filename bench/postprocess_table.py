@@ -5,8 +5,10 @@
 
 The model runs once per image; every variant post-processes the same probabilities, so the differences are the
 steps' alone. Dice is per image at the original resolution, then averaged (the project's protocol): the lesion
-Dice for binary models; per-class Dice and their mean (``mdice``) for multi-class ones. Choose steps on a
-validation split (the test split is read once per reported number).
+Dice for binary models; per-class Dice and their mean (``mdice``) for multi-class ones, and there also the
+split-level class Dice (pixels summed over the split: ``class_dice_<class>``, their mean ``class_dice``), which is the
+headline a step must raise to be recorded. Choose steps on a validation split (the test split is read once per
+reported number).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from medseg_core.hub import load_model, record_postprocess, resolve_weights
 from medseg_core.inference import Segmenter
 from medseg_core.io import read_image
 from medseg_core.labels import MASK_ENCODINGS, LabelSchema
-from medseg_core.metrics import dice_score, per_class_metrics
+from medseg_core.metrics import class_pixel_counts, dice_score, per_class_metrics, split_class_dice
 from medseg_core.models import SegModel
-from medseg_core.postprocess import POSTPROCESSING_STEPS, apply_postprocessing, helpful_steps
+from medseg_core.postprocess import POSTPROCESSING_STEPS, apply_postprocessing, headline_metric, helpful_steps
 
 log = logging.getLogger("medseg.bench.postprocess")
 
@@ -75,18 +77,22 @@ def variants(chain: Sequence[str]) -> dict[str, tuple[str, ...]]:
 
 
 def image_scores(pred: np.ndarray, target: np.ndarray, schema: LabelSchema) -> dict[str, float]:
-    """Lesion Dice, plus per-class Dice and their mean for multi-class masks (as ``evaluate.py`` names them)."""
+    """Lesion Dice, plus for multi-class masks per-class Dice, their mean and the pixel counts behind the split-level
+    class Dice (as ``evaluate.py`` names them)."""
     scores = {"dice": dice_score(pred > 0, target > 0)}
     if schema.task == "multiclass":
         scores.update({k: v for k, v in per_class_metrics(pred, target, class_names=schema.foreground).items()
                        if k.startswith("dice_") or k == "mdice"})
+        scores.update(class_pixel_counts(pred, target, class_names=schema.foreground))
     return scores
 
 
 def postprocess_table(segmenter: Segmenter, samples: Sequence[Sample], mask_encoding: str | None,
                       chains: dict[str, tuple[str, ...]], refiner: SegModel | None = None, tta: bool = False,
                       progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Mean scores of every variant over the samples, with the per-image rows: ``{variant: {"mean", "per_image"}}``."""
+    """Every variant's scores over the samples, with the per-image rows: ``{variant: {"mean", "per_image"}}``;
+    ``mean`` holds per-image means and, for multi-class models, the split-level ``class_dice_<class>`` and
+    ``class_dice``."""
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in chains}
     for s in tqdm(samples, desc="post-processing table", disable=not progress):
         image = read_image(s.image)
@@ -98,24 +104,27 @@ def postprocess_table(segmenter: Segmenter, samples: Sequence[Sample], mask_enco
             rows[name].append({"id": s.id, **image_scores(pred, target, segmenter.schema)})
     table = {}
     for name, per_image in rows.items():
-        keys = [k for k in per_image[0] if k != "id"]
-        table[name] = {"steps": list(chains[name]), "mean": {k: float(np.mean([r[k] for r in per_image]))
-                                                            for k in keys}, "per_image": per_image}
+        keys = [k for k in per_image[0] if k != "id" and not k.startswith("n_")]
+        mean = {k: float(np.mean([r[k] for r in per_image])) for k in keys}
+        table[name] = {"steps": list(chains[name]), "mean": {**mean, **split_class_dice(per_image)},
+                       "per_image": per_image}
     return table
 
 
 def format_table(table: dict[str, dict[str, Any]]) -> str:
     """One row per variant; the last column is the change of the headline score against ``none``."""
     first = next(iter(table.values()))["mean"]
-    keys = ["dice", *sorted(k for k in first if k.startswith("dice_")), *(["mdice"] if "mdice" in first else [])]
-    headline = "mdice" if "mdice" in first else "dice"
+    keys = ["dice", *sorted(k for k in first if k.startswith("dice_")), *(["mdice"] if "mdice" in first else []),
+            *sorted(k for k in first if k.startswith("class_dice_")), *(["class_dice"] if "class_dice" in first else [])]
+    headline = headline_metric(first)
     base = table["none"]["mean"][headline] if "none" in table else None
     width = max(12, *(len(n) for n in table)) + 2
-    lines = [f"{'variant':<{width}}" + "".join(f"{k:>10}" for k in keys) + f"{'Δ ' + headline:>12}"]
+    cols = [max(10, len(k) + 2) for k in keys]
+    lines = [f"{'variant':<{width}}" + "".join(f"{k:>{c}}" for k, c in zip(keys, cols)) + f"{'Δ ' + headline:>14}"]
     for name, entry in table.items():
         mean = entry["mean"]
         delta = f"{mean[headline] - base:+.4f}" if base is not None else "-"
-        lines.append(f"{name:<{width}}" + "".join(f"{mean[k]:>10.4f}" for k in keys) + f"{delta:>12}")
+        lines.append(f"{name:<{width}}" + "".join(f"{mean[k]:>{c}.4f}" for k, c in zip(keys, cols)) + f"{delta:>14}")
     return "\n".join(lines)
 
 

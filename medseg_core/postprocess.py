@@ -32,6 +32,7 @@ __all__ = [
     "PostprocessSpec",
     "apply_postprocessing",
     "fill_holes",
+    "headline_metric",
     "helpful_steps",
     "keep_largest_component",
     "refine",
@@ -339,10 +340,17 @@ def resolve_postprocess(spec: PostprocessSpec | None, recorded: Sequence[str] = 
     return tuple(spec)
 
 
+def headline_metric(scores: dict[str, Any]) -> str:
+    """The score a post-processing step must raise: the split-level ``class_dice`` where it was measured
+    (multi-class models, as training selects them and the challenges score), else the per-image ``mdice``, else the
+    lesion ``dice``."""
+    return next(k for k in ("class_dice", "mdice", "dice") if k in scores)
+
+
 def helpful_steps(table: dict[str, dict[str, Any]], chain: Sequence[str], min_gain: float) -> list[str]:
     """The steps of ``chain``, in order, that alone raise the headline score by at least ``min_gain``
     (nnU-Net's ``determine_postprocessing``): ``table[variant]["mean"]`` holds each variant's mean metrics on a
-    validation split, ``"none"`` the raw masks'; the headline is ``mdice`` for multi-class models, else ``dice``."""
-    headline = "mdice" if "mdice" in table["none"]["mean"] else "dice"
+    validation split, ``"none"`` the raw masks'; the headline is :func:`headline_metric`."""
+    headline = headline_metric(table["none"]["mean"])
     base = table["none"]["mean"][headline]
     return [step for step in chain if table[step]["mean"][headline] - base >= min_gain]

@@ -130,12 +130,13 @@ def test_postprocess_table_on_a_3_class_model(evaluated, tiny_3class, two_test_i
     assert list(table) == ["none", *chain, "full chain"]
     assert table["full chain"]["steps"] == chain
     for entry in table.values():
-        assert set(entry["mean"]) == {"dice", "dice_neoplastic", "dice_non-neoplastic", "mdice"}
+        assert set(entry["mean"]) == {"dice", "dice_neoplastic", "dice_non-neoplastic", "mdice", "class_dice",
+                                      "class_dice_neoplastic", "class_dice_non-neoplastic"}
         assert len(entry["per_image"]) == 2
         assert all(0.0 <= v <= 1.0 for v in entry["mean"].values())
-    assert "full chain" in printed and "mdice" in printed
+    assert "full chain" in printed and "Δ class_dice" in printed
     # Without post-processing the table agrees with evaluate.py ...
-    for key in ("dice", "dice_neoplastic", "dice_non-neoplastic", "mdice"):
+    for key in ("dice", "dice_neoplastic", "dice_non-neoplastic", "mdice", "class_dice", "class_dice_non-neoplastic"):
         assert table["none"]["mean"][key] == pytest.approx(evaluated[key])
     # ... and the full chain with a Segmenter that runs the same steps.
     segmenter = Segmenter.from_pretrained(tiny_3class, device="cpu", postprocess=chain)

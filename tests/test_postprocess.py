@@ -356,6 +356,11 @@ def test_postprocess_table_records_the_steps_that_helped(tiny_weights, data_root
     chain = ["remove_small_components", "fill_holes", "adaptive_morphology"]
     assert helpful_steps(table, chain, 0.001) == ["fill_holes"]
     assert helpful_steps(table, chain, 0.0) == ["remove_small_components", "fill_holes"]
+    # Multi-class tables are judged on the split-level class Dice, not on the per-image mean.
+    three = {"none": {"mean": {"dice": 0.8, "mdice": 0.6, "class_dice": 0.5}},
+             "region_class_consistency": {"mean": {"dice": 0.8, "mdice": 0.7, "class_dice": 0.49}},
+             "fill_holes": {"mean": {"dice": 0.8, "mdice": 0.6, "class_dice": 0.51}}}
+    assert helpful_steps(three, ["fill_holes", "region_class_consistency"], 0.001) == ["fill_holes"]
     folder = tmp_path / "w"
     shutil.copytree(tiny_weights, folder)
     split = tmp_path / "two.txt"
