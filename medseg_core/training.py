@@ -508,7 +508,8 @@ def main(argv: list[str] | None = None) -> Path:
 def _finish(saved: SegModel, cfg: dict[str, Any], args: argparse.Namespace, output_dir: Path, model_dir: Path,
             progress: Progress, seconds: float, accelerator: Accelerator) -> None:
     """Write the training summary and the model card; push to the Hub when asked."""
-    device = "GPU" if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    device = "GPU" if torch.cuda.is_available() else f"CPU ({threads} thread{'' if threads == 1 else 's'})"
     summary = {"best_val_dice": progress.best_dice, "best_epoch": progress.best_epoch, "epochs": progress.epoch,
                "steps": progress.step, "seconds": seconds, "device": device,
                "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
