@@ -37,7 +37,7 @@ from medseg_core.data import Sample, read_sample_mask, read_split
 from medseg_core.inference import Segmenter
 from medseg_core.io import read_image, read_mask
 from medseg_core.labels import LabelSchema
-from medseg_core.metrics import dice_score
+from medseg_core.metrics import class_planes, dice_score
 from medseg_core.single_image import SingleImageConfig, roi_from_ground_truth, segment_single_image, write_result
 
 log = logging.getLogger("medseg.bench.single_image")
@@ -54,14 +54,18 @@ def pick_samples(data_root: str, splits: list[str], n: int) -> list[Sample]:
     return picked
 
 
+def class_union(mask: np.ndarray, schema: LabelSchema, classes: list[str]) -> np.ndarray:
+    """(H, W) bool: the union of ``classes`` in a mask in ``schema``'s layout (class indices or a 0/1 stack)."""
+    planes = class_planes(mask, len(schema.foreground), schema.multilabel)
+    return np.any([planes[schema.foreground.index(c)] for c in classes], axis=0)
+
+
 def lesion_target(sample: Sample, schema: LabelSchema | None, classes: list[str] | None,
                   shape: tuple[int, int]) -> np.ndarray:
     """The ground-truth lesion (H, W) bool: any foreground (binary data), or the union of ``classes``."""
     if not classes:
         return read_mask(sample.mask) > 0
-    mask = read_sample_mask(sample, schema, shape)
-    planes = mask if schema.multilabel else [mask == k + 1 for k in range(len(schema.foreground))]
-    return np.any([planes[schema.foreground.index(c)] > 0 for c in classes], axis=0)
+    return class_union(read_sample_mask(sample, schema, shape), schema, classes)
 
 
 def image_shape(sample: Sample) -> tuple[int, int]:
@@ -78,19 +82,6 @@ def pick_with_classes(data_root: str, splits: list[str], n: int, schema: LabelSc
     if len(found) > n:
         found = [found[j] for j in np.unique(np.linspace(0, len(found) - 1, num=n).round().astype(int))]
     return found
-
-
-def predicted_lesion(result: Any, schema: LabelSchema, classes: list[str] | None) -> np.ndarray:
-    """A model's lesion (H, W) bool: any foreground, or the union of ``classes`` that its schema knows."""
-    if not classes:
-        return result.mask > 0
-    if schema.multilabel:
-        planes = [result.mask[schema.foreground.index(c)] for c in classes if c in schema.foreground]
-    else:
-        planes = [result.mask == schema.foreground.index(c) + 1 for c in classes if c in schema.foreground]
-    if not planes:
-        raise SystemExit(f"--baseline knows none of the classes {', '.join(classes)}")
-    return np.any(planes, axis=0)
 
 
 def summarise(values: list[float]) -> dict[str, float]:
@@ -157,6 +148,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                else pick_samples(args.data, args.splits, args.n))
     baseline = (Segmenter.from_pretrained(args.baseline, device=args.device, postprocess="none")  # raw masks
                 if args.baseline else None)
+    missing = [c for c in args.classes or () if baseline is not None and c not in baseline.schema.foreground]
+    if missing:
+        raise SystemExit(f"--baseline {args.baseline} has no class {', '.join(missing)}")
     config = SingleImageConfig(steps=args.steps, max_side=args.max_side, seed=args.seed, device=args.device)
     rows = []
     for s in tqdm(samples, desc="single-image evaluation"):
@@ -172,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "seconds": result.seconds, "cpu_seconds": cpu_seconds}
         if baseline is not None:
             start, cpu_start = time.perf_counter(), time.process_time()
-            pred = predicted_lesion(baseline(image), baseline.schema, args.classes)
+            mask = baseline(image).mask
+            pred = class_union(mask, baseline.schema, args.classes) if args.classes else mask > 0
             row["baseline_seconds"] = time.perf_counter() - start
             row["baseline_cpu_seconds"] = time.process_time() - cpu_start
             row["baseline_dice"] = dice_score(pred, target)

@@ -26,6 +26,7 @@ __all__ = [
     "iou_score",
     "per_class_metrics",
     "class_pixel_counts",
+    "class_planes",
     "segmentation_metrics",
     "split_class_dice",
     "threshold_sweep_dice",
@@ -98,7 +99,7 @@ def binary_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     }
 
 
-def _planes(mask: np.ndarray, count: int, multilabel: bool) -> list[np.ndarray]:
+def class_planes(mask: np.ndarray, count: int, multilabel: bool) -> list[np.ndarray]:
     """Boolean maps of foreground classes: ``mask == c`` for class indices (H, W), ``mask[k]`` for 0/1 stacks."""
     return [mask[k] > 0 for k in range(count)] if multilabel else [mask == c for c in range(1, count + 1)]
 
@@ -121,7 +122,8 @@ def per_class_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int | N
     """
     names = _names(num_classes, class_names)
     out: dict[str, float] = {}
-    for name, p, t in zip(names, _planes(pred, len(names), multilabel), _planes(target, len(names), multilabel)):
+    k = len(names)
+    for name, p, t in zip(names, class_planes(pred, k, multilabel), class_planes(target, k, multilabel)):
         out[f"dice_{name}"] = dice_score(p, t)
         out[f"iou_{name}"] = iou_score(p, t)
     out["mdice"] = float(np.mean([out[f"dice_{n}"] for n in names]))
@@ -147,7 +149,8 @@ def class_pixel_counts(pred: np.ndarray, target: np.ndarray, num_classes: int | 
     calls it, counted twice where both do), the sums behind :func:`split_class_dice`."""
     names = _names(num_classes, class_names)
     out: dict[str, int] = {}
-    for name, p, t in zip(names, _planes(pred, len(names), multilabel), _planes(target, len(names), multilabel)):
+    k = len(names)
+    for name, p, t in zip(names, class_planes(pred, k, multilabel), class_planes(target, k, multilabel)):
         out[f"n_inter_{name}"] = int((p & t).sum())
         out[f"n_total_{name}"] = int(p.sum() + t.sum())
     return out

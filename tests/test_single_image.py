@@ -277,3 +277,7 @@ def test_single_image_eval_takes_the_lesion_from_chosen_classes_of_multilabel_ma
     assert saved["per_image"][0]["id"].startswith("edd2020/") and 0.0 <= saved["per_image"][0]["dice"] <= 1.0
     bad = run_script("bench/single_image_eval.py", "--splits", "edd-test", "--classes", "HGD", expect=2)
     assert "--classes needs --recipe" in bad.stderr
+    binary = run_script("bench/single_image_eval.py", "--data", data_root, "--splits", "edd-test", "--classes", "HGD",
+                        "--recipe", ROOT / "train" / "configs" / "unet_lite0_edd2020.yaml", "--n", "1",
+                        "--baseline", ROOT / "weights" / "unet_lite0.polyp", expect=1)
+    assert "has no class HGD" in binary.stderr
