@@ -33,6 +33,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 LITE0 = ["--model.encoder", "tf_efficientnet_lite0", "--model.encoder_weights", "imagenet"]
 ABLATION = ["unet", "unet_tdc", "dynasiam", "dynasiam_nodfi"]
+# What a row keeps of each evaluation; multi-class and multi-label models add mdice / miou and the split-level
+# class_dice_<class> (and their mean, class_dice).
+TEST_KEYS = ("n", "dice", "iou", "accuracy", "precision", "recall", "hd95", "ms_per_image", "mdice", "miou")
 
 
 def entries(tdc_root: Path) -> dict[str, dict[str, Any]]:
@@ -82,21 +85,37 @@ def commands(name: str, entry: dict[str, Any], args: argparse.Namespace, extra: 
 
 def _same_budget(args: argparse.Namespace, extra: list[str]) -> list[str]:
     """Overrides that hold a run on the 4x larger TDC-enriched set to the steps (and warm-up steps) of the others."""
-    from medseg_core.config import load_config
     from medseg_core.data import read_split
 
-    cfg = load_config(ROOT / args.config, extra)
+    cfg = _recipe(args, extra)
     t = cfg["train"]
     steps = int(t["epochs"] * (len(read_split(args.data, cfg["data"]["train_split"])) // t["batch_size"]))
     views = 4  # original + texture + detail + colour of every image
     return ["--max-steps", str(steps), "--train.warmup_epochs", f"{t['warmup_epochs'] / views:g}"]
 
 
-def tdc_commands(args: argparse.Namespace, tdc_root: Path) -> list[list[str]]:
-    """The TDC-enriched training set (original + 3 views of every polyp-train image) and the original polyp-val."""
-    return [["python", "-m", "medseg_core.enhance", "--data-root", args.data, "--split", "polyp-train",
+def _recipe(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    """The one recipe after the ``--section.key value`` overrides among ``extra`` (``--seed`` and the other
+    ``train.py`` options are not recipe keys)."""
+    from medseg_core.config import load_config
+
+    overrides = [a for i, a in enumerate(extra) if (a.startswith("--") and "." in a)
+                 or (i and extra[i - 1].startswith("--") and "." in extra[i - 1])]
+    return load_config(ROOT / args.config, overrides)
+
+
+def _splits(args: argparse.Namespace, extra: list[str]) -> tuple[str, str]:
+    """The recipe's training and validation splits (after any overrides)."""
+    data = _recipe(args, extra)["data"]
+    return data["train_split"], data["val_split"]
+
+
+def tdc_commands(args: argparse.Namespace, extra: list[str], tdc_root: Path) -> list[list[str]]:
+    """The TDC-enriched training set (original + 3 views of every training image) and the original validation set."""
+    train_split, val_split = _splits(args, extra)
+    return [["python", "-m", "medseg_core.enhance", "--data-root", args.data, "--split", train_split,
              "--out", str(tdc_root), "--no-progress"],
-            ["python", "-m", "medseg_core.enhance", "--data-root", args.data, "--split", "polyp-val",
+            ["python", "-m", "medseg_core.enhance", "--data-root", args.data, "--split", val_split,
              "--views", "original", "--out", str(tdc_root), "--no-progress"]]
 
 
@@ -120,7 +139,7 @@ def _claim(run_dir: Path) -> bool:
 
 
 def run_entry(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argparse.Namespace,
-              tdc_root: Path) -> None:
+              extra: list[str], tdc_root: Path) -> None:
     run_dir = Path(args.out) / name
     if (run_dir / "train_summary.json").is_file() and all(
             Path(c[c.index("--json") + 1]).is_file() for c in cmds["evaluate"].values()):
@@ -131,8 +150,8 @@ def run_entry(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argp
     try:
         log_file = run_dir / "zoo.log"
         print(f"{name}:", flush=True)
-        if "data_root" in entry and not (tdc_root / "splits" / "polyp-val.txt").is_file():
-            for cmd in tdc_commands(args, tdc_root):
+        if "data_root" in entry and not (tdc_root / "splits" / f"{_splits(args, extra)[1]}.txt").is_file():
+            for cmd in tdc_commands(args, extra, tdc_root):
                 _run(cmd, log_file)
         if not (run_dir / "train_summary.json").is_file():
             _run(cmds["train"], log_file)
@@ -160,7 +179,9 @@ def collect(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argpar
         encoder = f"{config['encoder'].replace('tf_efficientnet_lite', 'Lite')}, {weights}"
     else:
         encoder = "own, random init"
-    row: dict[str, Any] = {"entry": name, "arch": entry["arch"], "encoder": encoder,
+    train = cmds["train"]
+    seed = int(train[train.index("--seed") + 1]) if "--seed" in train else 0
+    row: dict[str, Any] = {"entry": name, "seed": seed, "arch": entry["arch"], "encoder": encoder,
                            "params_m": params / 1e6, "input_size": config.get("input_size"),
                            "steps": summary["steps"], "epochs": summary["epochs"],
                            "best_epoch": summary["best_epoch"], "val_dice": summary["best_val_dice"],
@@ -172,12 +193,34 @@ def collect(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argpar
         path = Path(cmd[cmd.index("--json") + 1])
         if path.is_file():
             res = json.loads(path.read_text())
-            row["test"][Path(split).stem] = {k: res[k] for k in ("n", "dice", "iou", "accuracy", "precision", "recall",
-                                                      "hd95", "ms_per_image") if k in res}
+            row["test"][Path(split).stem] = {k: v for k, v in res.items() if k in TEST_KEYS or k.startswith("class_dice")}
     return row
 
 
+def markdown_classes(rows: list[dict[str, Any]], splits: list[str]) -> str:
+    """The table of multi-class / multi-label entries: a line per entry and test split, the lesion metrics (any class
+    against background), mDice (mean per-image Dice over classes) and the split-level Dice of every class."""
+    classes = list(dict.fromkeys(k[len("class_dice_"):] for r in rows for t in r["test"].values()
+                                 for k in t if k.startswith("class_dice_")))
+    head = ["entry", "seed", "split", "lesion Dice", "IoU", "acc", "mDice", *classes, "class Dice", "val score",
+            "steps", "train min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        for s in (Path(s).stem for s in splits):
+            t = r["test"].get(s)
+            if t is None:
+                continue
+            cells = [r["entry"], str(r.get("seed", 0)), s,
+                     *[f"{t[k]:.4f}" if k in t else "-" for k in
+                       ("dice", "iou", "accuracy", "mdice", *[f"class_dice_{c}" for c in classes], "class_dice")],
+                     f"{r['val_dice']:.4f}", str(r["steps"]), f"{r['train_minutes']:.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, Any]], splits: list[str], ablation: bool = False) -> str:
+    if any(k.startswith("class_dice") for r in rows for t in r["test"].values() for k in t):
+        return markdown_classes(rows, splits)
     splits = [Path(s).stem for s in splits]
     short = {s: s.replace("test-", "") for s in splits}
     if ablation:
@@ -202,7 +245,7 @@ def markdown(rows: list[dict[str, Any]], splits: list[str], ablation: bool = Fal
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args, extra = parse_args(argv)
-    tdc_root = Path(args.out) / "polyp-tdc"
+    tdc_root = Path(args.out) / f"{_splits(args, extra)[0]}-tdc"
     known = entries(tdc_root)
     names = ABLATION if args.ablation else (args.models or [n for n in known if n not in ("unet_tdc",
                                                                                           "dynasiam_nodfi")])
@@ -213,7 +256,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.dry_run:
         for n in names:
             if "data_root" in known[n]:
-                for cmd in tdc_commands(args, tdc_root):
+                for cmd in tdc_commands(args, extra, tdc_root):
                     print(shlex.join(cmd))
             print(shlex.join(all_cmds[n]["train"]))
             for cmd in all_cmds[n]["evaluate"].values():
@@ -221,7 +264,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return []
     if not args.collect:
         for n in names:
-            run_entry(n, known[n], all_cmds[n], args, tdc_root)
+            run_entry(n, known[n], all_cmds[n], args, extra, tdc_root)
     rows = [r for n in names if (r := collect(n, known[n], all_cmds[n], args)) is not None]
     if not rows:
         print("nothing finished yet")

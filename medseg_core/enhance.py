@@ -14,7 +14,8 @@ Command line (``python -m medseg_core.enhance --help``):
       python -m medseg_core.enhance --data-root ../shared/data --split polyp-train --out OUT
 
   Layout (what ``medseg_core.data.read_split`` reads): ``OUT/<folder>/images/<stem>_<view>.png`` and, beside it,
-  a byte-identical copy of the mask as ``OUT/<folder>/masks/<stem>_<view><ext>``; the split file
+  a byte-identical copy of the mask as ``OUT/<folder>/masks/<stem>_<view><ext>`` (per-class mask files, as in
+  EDD2020, as ``<stem>_<view>_<class><ext>``); the split file
   ``OUT/splits/<name>.txt`` lists ``<folder>/<stem>_<view>``. ``<folder>`` is ``--name`` for a folder of images
   and the dataset folder for a split; the split file is named after ``--name`` (default: the split's name).
   Train with ``--data.root OUT --data.train_split <name>``; write the validation split into the same root with
@@ -260,8 +261,21 @@ def stack_views(img: np.ndarray, views: Sequence[str]) -> np.ndarray:
 # Command line: dataset enrichment and the figure.
 
 
+def _mask_copies(stem: str, mask: Path | tuple[Path, ...] | None) -> list[tuple[Path, str]]:
+    """The mask files of one sample, each with what follows ``<stem>_<view>`` in its copy's name: one file
+    (``<stem>`` or ``<stem>_mask``: the extension) or, for ``per_class_files`` datasets, ``<stem>_<class>`` per class
+    (``_<class>`` and the extension)."""
+    if mask is None:
+        return []
+    if isinstance(mask, tuple):
+        return [(p, p.name[len(stem):]) for p in mask]
+    if mask.suffix.lower() == ".csv":
+        raise ValueError(f"{mask}: run-length (masks.csv) datasets cannot be enriched; decode them to PNG masks first")
+    return [(mask, mask.suffix)]
+
+
 def write_enriched(
-    samples: Sequence[tuple[str, Path, Path | None]],
+    samples: Sequence[tuple[str, Path, Path | tuple[Path, ...] | None]],
     out_dir: str | Path,
     split_name: str,
     views: Sequence[str] = VIEWS,
@@ -270,7 +284,8 @@ def write_enriched(
     """Write every sample's views as a dataset ``medseg_core.data.read_split`` reads, and its split file.
 
     Args:
-        samples: ``("<folder>/<stem>", image path, mask path or None)`` per image.
+        samples: ``("<folder>/<stem>", image path, mask path(s) or None)`` per image; per-class mask files
+            (``<stem>_<class>.png``) are copied as ``<stem>_<view>_<class>.png``.
         out_dir: the new data root.
         split_name: the split file written, ``<out_dir>/splits/<split_name>.txt``.
         views: which views to write (``original`` is a lossless PNG copy).
@@ -292,9 +307,9 @@ def write_enriched(
         image = read_image(image_path)
         for view in views:
             write_png(out / folder / "images" / f"{stem}_{view}.png", _VIEW_FUNCTIONS[view](image))
-            if mask_path is not None:
+            for src, tail in _mask_copies(stem, mask_path):
                 (out / folder / "masks").mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(mask_path, out / folder / "masks" / f"{stem}_{view}{Path(mask_path).suffix}")
+                shutil.copyfile(src, out / folder / "masks" / f"{stem}_{view}{tail}")
             lines.append(f"{folder}/{stem}_{view}")
     split_file = out / "splits" / f"{split_name}.txt"
     split_file.parent.mkdir(parents=True, exist_ok=True)

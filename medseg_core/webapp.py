@@ -442,9 +442,23 @@ def preview(upload: Any) -> np.ndarray | None:
 # ---- tabs ----------------------------------------------------------------------------------------------------------
 
 
-def _examples(target: gr.components.Component, label: str = "Example images (PolypGen, CC BY 4.0)") -> None:
-    if EXAMPLES:
+def example_model(example: Path, models: list[str]) -> str | None:
+    """The model an example image is shown with: the shipped weights named after its dataset (the file name's prefix,
+    ``edd2020_ACB0004.jpg`` -> ``*.edd2020``), else the default model."""
+    dataset = example.name.split("_", 1)[0].lower()
+    return next((m for m in models if m.rsplit(".", 1)[-1].lower() == dataset), default_model(models))
+
+
+def _examples(target: gr.components.Component, model: gr.components.Component | None = None,
+              models: list[str] | None = None,
+              label: str = "Example images (PolypGen, CC BY 4.0; EDD2020, CC BY-NC-SA 4.0)") -> None:
+    """The example images; with ``model``, clicking one also picks the model made for its kind of image."""
+    if not EXAMPLES:
+        return
+    if model is None:
         gr.Examples([[str(p)] for p in EXAMPLES], inputs=[target], label=label)
+    else:
+        gr.Examples([[str(p), example_model(p, models or [])] for p in EXAMPLES], inputs=[target, model], label=label)
 
 
 def _model_options(models: list[str], prefix: str) -> tuple[gr.Dropdown, gr.Checkbox, gr.Checkbox]:
@@ -468,7 +482,7 @@ def segment_tab(models: list[str]) -> None:
             truth = gr.File(label="Ground-truth mask (optional: shows Dice, IoU, HD95)", type="filepath",
                             file_types=["image"])
             run = gr.Button("Segment", variant="primary", elem_id="segment-button")
-            _examples(upload)
+            _examples(upload, model, models)
         with gr.Column(scale=2):
             slider = gr.ImageSlider(label="Before / after", type="numpy", elem_id="segment-slider")
             summary = gr.Markdown(elem_id="segment-summary")
@@ -495,7 +509,7 @@ def compare_tab(models: list[str]) -> None:
                 tta = gr.Checkbox(False, label="Test-time augmentation")
                 post = gr.Checkbox(False, label="Post-processing (recorded chain)")
             run = gr.Button("Compare", variant="primary")
-            _examples(upload, "Example images")
+            _examples(upload, label="Example images")
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Overlays", columns=2, height="auto")
             table = gr.Markdown()
@@ -552,7 +566,7 @@ def enhance_tab() -> None:
         with gr.Column(scale=1):
             upload = gr.File(label="Image", file_types=IMAGE_TYPES, type="filepath", elem_id="enhance-upload")
             run = gr.Button("Enhance", variant="primary")
-            _examples(upload, "Example images")
+            _examples(upload, label="Example images")
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Views", columns=2, height="auto")
     run.click(enhance, inputs=upload, outputs=gallery, api_name="enhance", **_HEAVY)

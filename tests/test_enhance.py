@@ -190,3 +190,24 @@ def test_cli_help_and_bad_arguments(capsys):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2, argv
+
+
+def test_enrichment_keeps_per_class_mask_files_of_a_multilabel_dataset(data_root, tmp_path):
+    """EDD2020 stores one mask file per class present (<stem>_<class>.png): every view gets all of them."""
+    from medseg_core.data import read_sample_mask
+    from medseg_core.labels import LabelSchema
+
+    schema = LabelSchema(task="multilabel", class_names=("BE", "suspicious", "HGD", "cancer", "polyp"),
+                         mask_encoding="per_class_files")
+    source = next(s for s in read_split(data_root, "edd-train") if len(s.mask) >= 2)
+    (tmp_path / "one.txt").write_text(source.id + "\n")
+    out = tmp_path / "out"
+    main(["--data-root", str(data_root), "--split", str(tmp_path / "one.txt"), "--name", "one", "--out", str(out),
+          "--views", "original", "color", "--no-progress"])
+    enriched = read_split(out, "one")
+    assert [s.id for s in enriched] == [f"{source.id}_original", f"{source.id}_color"]
+    shape = read_image(source.image).shape[:2]
+    truth = read_sample_mask(source, schema, shape)
+    for s in enriched:
+        assert len(s.mask) == len(source.mask)
+        assert np.array_equal(read_sample_mask(s, schema, shape), truth)

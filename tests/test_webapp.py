@@ -241,3 +241,14 @@ def test_video_handler_returns_the_clip_plot_and_csv(app_module, data_root, tmp_
         app_module.video(str(tmp_path / "not_a_video.mp4"), "tiny_unet.test", 0.0, progress=_NoProgress())
     with pytest.raises(gr.Error, match="Upload a video"):
         app_module.video(None, "tiny_unet.test", 0.0, progress=_NoProgress())
+
+
+def test_an_example_image_is_shown_with_the_model_for_its_kind_of_image(app_module):
+    from pathlib import Path
+
+    models = ["unet_lite0.polyp", "unet_lite0.edd2020", "unet_lite0.neopolyp"]
+    assert app_module.example_model(Path("examples/edd2020_ACB0004.jpg"), models) == "unet_lite0.edd2020"
+    assert app_module.example_model(Path("examples/polypgen_C3_EndoCV2021_00394.jpg"), models) == "unet_lite0.polyp"
+    assert app_module.example_model(Path("examples/edd2020_ACB0004.jpg"), ["tiny_unet.test"]) == "tiny_unet.test"
+    shipped = {p.name.split("_", 1)[0] for p in app_module.EXAMPLES}
+    assert {"polypgen", "edd2020"} <= shipped

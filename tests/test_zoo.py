@@ -46,3 +46,36 @@ def test_a_tiny_zoo_run_trains_evaluates_and_tabulates(data_root, tmp_path):
     mtime = (tmp_path / "zoo" / "unet" / "train_summary.json").stat().st_mtime
     assert "| unet |" in run_script("bench/zoo.py", *args).stdout
     assert (tmp_path / "zoo" / "unet" / "train_summary.json").stat().st_mtime == mtime
+
+
+def test_the_gastroscopy_study_takes_its_splits_from_the_recipe(data_root):
+    printed = run_script("bench/zoo.py", "--ablation", "--config", "train/configs/zoo_edd2020.yaml", "--data",
+                         data_root, "--test-splits", "edd-test", "--out", "runs/x", "--seed", "1",
+                         "--dry-run").stdout.splitlines()
+    enhance = [line for line in printed if "medseg_core.enhance" in line]
+    assert len(enhance) == 2 and "--split edd-train" in enhance[0] and "--split edd-val --views original" in enhance[1]
+    tdc = next(line for line in printed if "train/train.py" in line and "unet_tdc" in line)
+    n_train = len((data_root / "splits" / "edd-train.txt").read_text().split())
+    assert "--data.root runs/x/edd-train-tdc" in tdc and f"--max-steps {15 * (n_train // 8)}" in tdc
+    assert all("--seed 1" in line for line in printed if "train/train.py" in line)
+
+
+def test_a_multilabel_entry_is_tabulated_per_class(data_root, tmp_path):
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    ids = (data_root / "splits" / "edd-train.txt").read_text().split()
+    train.write_text("\n".join(ids[:8]) + "\n")
+    test.write_text("\n".join(ids[8:10]) + "\n")
+    args = ["--models", "unet", "--config", "train/configs/zoo_edd2020.yaml", "--data", data_root, "--out",
+            tmp_path / "zoo", "--test-splits", test, "--json", tmp_path / "zoo.json", "--seed", "3",
+            "--data.train_split", train, "--data.val_split", test, "--model.input_size", "64",
+            "--train.epochs", "1", "--train.batch_size", "4", "--data.cache_max_side", "96",
+            "--model.encoder_weights", "random"]
+    table = run_script("bench/zoo.py", *args).stdout
+    row = json.loads((tmp_path / "zoo.json").read_text())["rows"][0]
+    assert row["seed"] == 3 and row["steps"] == 2
+    result = row["test"]["test"]
+    assert {f"class_dice_{c}" for c in ("BE", "suspicious", "HGD", "cancer", "polyp")} <= set(result)
+    assert {"dice", "iou", "accuracy", "mdice", "class_dice"} <= set(result)
+    head = next(line for line in table.splitlines() if line.startswith("| entry"))
+    assert "| lesion Dice | IoU | acc | mDice | BE | suspicious | HGD | cancer | polyp | class Dice |" in head
+    assert f"| unet | 3 | test | {result['dice']:.4f} |" in table
