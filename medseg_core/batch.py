@@ -188,7 +188,9 @@ def build_parser(prog: str = "medseg-segment", folder_flag: bool = False) -> arg
                    help="a name under weights/, a weights folder, or a Hub repo id (default: %(default)s)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     add_postprocess_argument(p)
-    p.add_argument("--threshold", type=float, default=0.5, help="lesion probability threshold (binary models)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold of every class (default: the per-class thresholds recorded with "
+                        "the weights, else 0.5)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

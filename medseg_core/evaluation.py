@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask-encoding", choices=MASK_ENCODINGS, default=None,
                    help="how the masks store classes (default: the mask_encoding of the weights' label schema)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="probability threshold of every class, e.g. 0.5 for the untuned figure (default: the "
+                        "per-class thresholds recorded with the weights, else 0.5)")
     add_postprocess_argument(p)
     p.add_argument("--pranet-mean-dice", action="store_true",
                    help="also report the PraNet-protocol Dice averaged over thresholds 0..255 (labelled as such)")
@@ -134,9 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     state = PartialState()
     segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device), precision=args.precision,
-                                          backend=args.backend,
-                                          postprocess=args.postprocess)
-    log.info("post-processing: %s", " ".join(segmenter.postprocess) or "none")
+                                          backend=args.backend, postprocess=args.postprocess,
+                                          threshold=args.threshold)
+    log.info("post-processing: %s; threshold %s", " ".join(segmenter.postprocess) or "none", segmenter.threshold)
     samples = read_split(args.data, args.split) if args.split else pairs_from_folders(args.images, args.masks)
     samples = samples[: args.limit]
     started = time.time()
@@ -161,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "inference_precision": args.precision,
         "backend": segmenter.backend.name,
         "postprocess": list(segmenter.postprocess),
+        "threshold": segmenter.threshold,
         "labels": segmenter.schema.to_config(),
         "per_image": rows,
     }

@@ -225,6 +225,17 @@ def recorded_postprocess(folder: str | os.PathLike) -> dict[str, Any]:
     return {"steps": steps, "refiner": refiner}
 
 
+def record_thresholds(folder: str | os.PathLike, thresholds: Sequence[float]) -> Path:
+    """Write per-class probability thresholds (chosen on a validation split by ``bench/threshold_table.py``) into a
+    multi-label weights folder's ``config.json``; ``Segmenter.from_pretrained`` then uses them."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    config["thresholds"] = [round(float(t), 4) for t in thresholds]
+    validate_model_config(config, Path(folder).name)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def record_postprocess(folder: str | os.PathLike, steps: Sequence[str], refiner: str | None = None) -> Path:
     """Write the chosen post-processing chain (and the refiner it needs) into a weights folder's ``config.json``.
 
@@ -300,8 +311,8 @@ Load it with `medseg_core.load_model("{name}")` or `medseg_core.Segmenter.from_p
 {recipe}
 
 ## Measured metrics
-Per-image metrics at the original image resolution, threshold 0.5, averaged over images
-(`train/evaluate.py`; HD95 in pixels):
+Per-image metrics at the original image resolution, threshold 0.5 unless a row names per-class thresholds,
+averaged over images (`train/evaluate.py`; HD95 in pixels; `class_dice_*` over all pixels of the split):
 
 {measured}
 

@@ -131,6 +131,21 @@ def make_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4,
     return out
 
 
+def check_thresholds(threshold: float | Sequence[float], schema: LabelSchema) -> float | list[float]:
+    """A threshold, or one per class of a multi-label schema, each strictly between 0 and 1; ValueError if not."""
+    values = [threshold] if isinstance(threshold, (int, float)) else list(threshold)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0 for v in values):
+        raise ValueError(f"thresholds must be numbers strictly between 0 and 1, got {values}")
+    if len(values) == 1:
+        return float(values[0])
+    if not schema.multilabel:
+        raise ValueError(f"per-class thresholds need a multi-label schema; this one is {schema.task}")
+    if len(values) != len(schema.foreground):
+        raise ValueError(f"{len(values)} thresholds for {len(schema.foreground)} classes "
+                         f"({', '.join(schema.foreground)}); give one per class")
+    return [float(v) for v in values]
+
+
 @dataclass
 class SegResult:
     """What a segmentation returns, all at the input image's resolution (H, W).
@@ -161,7 +176,10 @@ class Segmenter:
     Args:
         model: a :class:`SegModel`; its config gives input size and normalisation.
         device: torch device; CUDA when available by default.
-        threshold: lesion probability above which a pixel is lesion (binary models).
+        threshold: probability above which a pixel is lesion (binary models) or belongs to a class (multi-label
+            models): one number, or one per class of a multi-label schema (``from_pretrained`` takes the
+            per-class thresholds recorded in ``config.json`` by ``bench/threshold_table.py --record``, if any).
+            Multi-class models take the most probable class and have no threshold.
         postprocess: the default post-processing of every call: ``"recorded"`` (``recorded_postprocess``, the
             default), ``"none"`` or step names (see ``medseg_core.postprocess``).
         recorded_postprocess: the chain recorded with the weights (``from_pretrained`` reads it from config.json).
@@ -181,7 +199,7 @@ class Segmenter:
         self,
         model: SegModel,
         device: str | torch.device | None = None,
-        threshold: float = 0.5,
+        threshold: float | Sequence[float] = 0.5,
         postprocess: PostprocessSpec = "recorded",
         recorded_postprocess: Sequence[str] = (),
         schema: LabelSchema | None = None,
@@ -202,7 +220,6 @@ class Segmenter:
                                       device=self.device, precision=precision, onnx_path=onnx_path)
         # TorchBackend already moved the model (channels-last, eval); other engines only read its config here.
         self.model = model.eval()
-        self.threshold = threshold
         self.recorded_postprocess = resolve_postprocess("none" if not recorded_postprocess else
                                                         list(recorded_postprocess))
         self.postprocess = resolve_postprocess(postprocess, self.recorded_postprocess)
@@ -212,6 +229,7 @@ class Segmenter:
             raise ValueError(f"the {self.schema.task} schema of {self.name} ({len(self.schema.class_names)} classes) "
                              f"does not fit a model with {model.num_classes} outputs")
         self.class_names = self.schema.class_names
+        self.threshold = check_thresholds(threshold, self.schema)
         # Normalisation of 0..255 values, one (mean, std) per RGB channel, repeated for each stacked view.
         repeats = max(1, model.in_channels // len(model.mean))
         self._mean = np.tile(np.asarray(model.mean, np.float32) * np.float32(255), repeats)
@@ -235,7 +253,10 @@ class Segmenter:
         kwargs["recorded_postprocess"] = recorded["steps"]
         if kwargs.get("refiner") is None and recorded["refiner"]:
             kwargs["refiner"] = functools.partial(load_model, recorded["refiner"])
-        kwargs.setdefault("schema", schema_from_config(json.loads((folder / "config.json").read_text())))
+        config = json.loads((folder / "config.json").read_text())
+        kwargs.setdefault("schema", schema_from_config(config))
+        if kwargs.get("threshold") is None:
+            kwargs["threshold"] = config.get("thresholds") or 0.5
         kwargs.setdefault("backend", "auto")
         kwargs.setdefault("onnx_path", folder / ONNX_FILENAME if (folder / ONNX_FILENAME).is_file() else None)
         return cls(load_model(folder), device=device, **kwargs)
@@ -329,7 +350,7 @@ class Segmenter:
         """Class indices from probabilities: threshold the lesion probability (binary) or argmax (multi-class);
         for multi-label models each class's probability thresholded, a 0/1 stack (K, H, W)."""
         if self.schema.multilabel:
-            return (probs > self.threshold).astype(np.uint8)
+            return (probs > np.asarray(self.threshold, np.float32).reshape(-1, 1, 1)).astype(np.uint8)
         if probs.shape[0] == 2:
             return (probs[1] > self.threshold).astype(np.uint8)
         return probs.argmax(0).astype(np.uint8)

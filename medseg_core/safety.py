@@ -84,6 +84,7 @@ EXTRA_CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "colours": (list,),
     "colors": (list,),
     "mask_encoding": (str,),
+    "thresholds": (list,),
 }
 _NAME = re.compile(r"^[A-Za-z0-9_][\w.+-]{0,127}$")
 #: Ranges of well-known integer arguments; any other integer must lie in [0, _MAX_INT].
@@ -169,6 +170,9 @@ def validate_model_config(config: Any, source: str = "the weights") -> dict[str,
                                      f"{arch!r} nor one of {', '.join(sorted(EXTRA_CONFIG_KEYS))})")
         if key in ("refiner", "class_names", "colours", "colors"):
             continue  # checked by helper_folder / the label schema
+        if key == "thresholds" and not all(isinstance(v, float) and 0.0 < v < 1.0 for v in value):
+            raise UnsafeWeightsError(f"{source}: config.json field 'thresholds' = {str(value)[:80]} must list "
+                                     "numbers strictly between 0 and 1")
         _check_value(key, value, source)
     return config
 

@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> Path:
     metrics = {}
     for path in args.eval:
         result = json.loads(Path(path).read_text())
-        metrics[f"{result['split']} (n={result['n']})"] = {k: v for k, v in result.items() if isinstance(v, float)}
+        label = f"{result['split']} (n={result['n']})"
+        if isinstance(result.get("threshold"), list):  # the per-class thresholds recorded with the weights
+            label += ", thresholds " + " / ".join(f"{t:g}" for t in result["threshold"])
+        metrics[label] = {k: v for k, v in result.items() if isinstance(v, float) and k != "threshold"}
     notes = Path(args.notes_file).read_text() if args.notes_file else ""
     return write_model_card(folder, name=args.name, config=config, data=data, recipe=recipe, metrics=metrics,
                             notes=notes)
