@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--test-splits", nargs="+", default=["test-kvasir", "test-clinicdb", "test-polypgen"])
     p.add_argument("--out", default="runs/zoo", help="one folder per entry: the run, its log and evaluations")
     p.add_argument("--collect", action="store_true", help="train nothing; tabulate the finished entries")
+    p.add_argument("--tune-thresholds", action="store_true",
+                   help="multi-label recipes: also choose per-class thresholds on the validation split "
+                        "(bench/threshold_table.py --record) and evaluate the test splits with them")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--json", default=None, help="write the table (and the commands) to this JSON file")
     p.add_argument("--markdown", default=None, help="write the table as Markdown to this file")
@@ -77,10 +80,29 @@ def commands(name: str, entry: dict[str, Any], args: argparse.Namespace, extra: 
              *entry["overrides"], *extra]
     if "data_root" in entry:
         train += _same_budget(args, extra)
-    evaluate = {split: ["python", "train/evaluate.py", "--model", str(run_dir / "model"), "--data", args.data,
-                        "--split", split, "--json", str(run_dir / "eval" / f"{Path(split).stem}.json")]
-                for split in args.test_splits}
-    return {"train": train, "evaluate": evaluate}
+    def evaluate(suffix: str, threshold: list[str]) -> dict[str, list[str]]:
+        return {split: ["python", "train/evaluate.py", "--model", str(run_dir / "model"), "--data", args.data,
+                        "--split", split, *threshold, "--json",
+                        str(run_dir / "eval" / f"{Path(split).stem}{suffix}.json")] for split in args.test_splits}
+
+    # Raw evaluation at threshold 0.5 even once per-class thresholds are recorded in the model's config.json.
+    cmds: dict[str, Any] = {"train": train, "evaluate": evaluate("", ["--threshold", "0.5"])}
+    if args.tune_thresholds:
+        cmds["thresholds"] = ["python", "bench/threshold_table.py", "--model", str(run_dir / "model"), "--data",
+                              args.data, "--split", _splits(args, extra)[1], "--record", "--no-progress", "--json",
+                              str(run_dir / "eval" / "thresholds.json")]
+        cmds["evaluate_thresholds"] = evaluate("_thresholds", [])
+    return cmds
+
+
+def _after_training(cmds: dict[str, Any]) -> list[list[str]]:
+    """The commands that follow training, in order, each writing the JSON named after its ``--json``."""
+    return [*cmds["evaluate"].values(), *([cmds["thresholds"]] if "thresholds" in cmds else []),
+            *cmds.get("evaluate_thresholds", {}).values()]
+
+
+def _output(cmd: list[str]) -> Path:
+    return Path(cmd[cmd.index("--json") + 1])
 
 
 def _same_budget(args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -141,8 +163,7 @@ def _claim(run_dir: Path) -> bool:
 def run_entry(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argparse.Namespace,
               extra: list[str], tdc_root: Path) -> None:
     run_dir = Path(args.out) / name
-    if (run_dir / "train_summary.json").is_file() and all(
-            Path(c[c.index("--json") + 1]).is_file() for c in cmds["evaluate"].values()):
+    if (run_dir / "train_summary.json").is_file() and all(_output(c).is_file() for c in _after_training(cmds)):
         return
     if not _claim(run_dir):
         print(f"{name}: claimed by another process (remove {run_dir / '.claim'} if none runs)", flush=True)
@@ -155,8 +176,8 @@ def run_entry(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argp
                 _run(cmd, log_file)
         if not (run_dir / "train_summary.json").is_file():
             _run(cmds["train"], log_file)
-        for cmd in cmds["evaluate"].values():
-            if not Path(cmd[cmd.index("--json") + 1]).is_file():
+        for cmd in _after_training(cmds):
+            if not _output(cmd).is_file():
                 _run(cmd, log_file)
     finally:
         (run_dir / ".claim").unlink(missing_ok=True)
@@ -189,17 +210,23 @@ def collect(name: str, entry: dict[str, Any], cmds: dict[str, Any], args: argpar
                            "commands": {"train": shlex.join(cmds["train"]),
                                         **{s: shlex.join(c) for s, c in cmds["evaluate"].items()}},
                            "test": {}}
-    for split, cmd in cmds["evaluate"].items():
-        path = Path(cmd[cmd.index("--json") + 1])
-        if path.is_file():
-            res = json.loads(path.read_text())
-            row["test"][Path(split).stem] = {k: v for k, v in res.items() if k in TEST_KEYS or k.startswith("class_dice")}
+    if "thresholds" in cmds and _output(cmds["thresholds"]).is_file():
+        row["commands"]["thresholds"] = shlex.join(cmds["thresholds"])
+        row["thresholds"] = json.loads(_output(cmds["thresholds"]).read_text())["thresholds"]
+        row["test_thresholds"] = {}
+    for key, evaluations in (("test", cmds["evaluate"]), ("test_thresholds", cmds.get("evaluate_thresholds", {}))):
+        for split, cmd in evaluations.items():
+            if key in row and _output(cmd).is_file():
+                res = json.loads(_output(cmd).read_text())
+                row[key][Path(split).stem] = {k: v for k, v in res.items()
+                                              if k in TEST_KEYS or k.startswith("class_dice")}
     return row
 
 
-def markdown_classes(rows: list[dict[str, Any]], splits: list[str]) -> str:
+def markdown_classes(rows: list[dict[str, Any]], splits: list[str], key: str = "test") -> str:
     """The table of multi-class / multi-label entries: a line per entry and test split, the lesion metrics (any class
-    against background), mDice (mean per-image Dice over classes) and the split-level Dice of every class."""
+    against background), mDice (mean per-image Dice over classes) and the split-level Dice of every class; ``key``
+    ``test_thresholds`` for the evaluations at the per-class thresholds chosen on the validation split."""
     classes = list(dict.fromkeys(k[len("class_dice_"):] for r in rows for t in r["test"].values()
                                  for k in t if k.startswith("class_dice_")))
     head = ["entry", "seed", "split", "lesion Dice", "IoU", "acc", "mDice", *classes, "class Dice", "val score",
@@ -207,7 +234,7 @@ def markdown_classes(rows: list[dict[str, Any]], splits: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         for s in (Path(s).stem for s in splits):
-            t = r["test"].get(s)
+            t = r.get(key, {}).get(s)
             if t is None:
                 continue
             cells = [r["entry"], str(r.get("seed", 0)), s,
@@ -220,7 +247,11 @@ def markdown_classes(rows: list[dict[str, Any]], splits: list[str]) -> str:
 
 def markdown(rows: list[dict[str, Any]], splits: list[str], ablation: bool = False) -> str:
     if any(k.startswith("class_dice") for r in rows for t in r["test"].values() for k in t):
-        return markdown_classes(rows, splits)
+        table = markdown_classes(rows, splits)
+        if any(r.get("test_thresholds") for r in rows):
+            table += ("\n\nAt per-class thresholds chosen on the validation split (bench/threshold_table.py):\n\n"
+                      + markdown_classes(rows, splits, "test_thresholds"))
+        return table
     splits = [Path(s).stem for s in splits]
     short = {s: s.replace("test-", "") for s in splits}
     if ablation:
@@ -259,7 +290,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 for cmd in tdc_commands(args, extra, tdc_root):
                     print(shlex.join(cmd))
             print(shlex.join(all_cmds[n]["train"]))
-            for cmd in all_cmds[n]["evaluate"].values():
+            for cmd in _after_training(all_cmds[n]):
                 print(shlex.join(cmd))
         return []
     if not args.collect:

@@ -69,10 +69,17 @@ def test_a_multilabel_entry_is_tabulated_per_class(data_root, tmp_path):
             tmp_path / "zoo", "--test-splits", test, "--json", tmp_path / "zoo.json", "--seed", "3",
             "--data.train_split", train, "--data.val_split", test, "--model.input_size", "64",
             "--train.epochs", "1", "--train.batch_size", "4", "--data.cache_max_side", "96",
-            "--model.encoder_weights", "random"]
+            "--model.encoder_weights", "random", "--tune-thresholds"]
     table = run_script("bench/zoo.py", *args).stdout
     row = json.loads((tmp_path / "zoo.json").read_text())["rows"][0]
     assert row["seed"] == 3 and row["steps"] == 2
+    # Raw figures at 0.5 although thresholds are now recorded; the tuned ones evaluated with those thresholds.
+    config = json.loads((tmp_path / "zoo" / "unet" / "model" / "config.json").read_text())
+    assert len(row["thresholds"]) == 5 and config["thresholds"] == row["thresholds"]
+    assert "--threshold 0.5" in row["commands"][str(test)] and "--record" in row["commands"]["thresholds"]
+    tuned = row["test_thresholds"]["test"]
+    assert tuned["class_dice"] >= row["test"]["test"]["class_dice"]  # chosen on this very split (val = test here)
+    assert "At per-class thresholds chosen on the validation split" in table
     result = row["test"]["test"]
     assert {f"class_dice_{c}" for c in ("BE", "suspicious", "HGD", "cancer", "polyp")} <= set(result)
     assert {"dice", "iou", "accuracy", "mdice", "class_dice"} <= set(result)
