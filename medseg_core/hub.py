@@ -284,15 +284,20 @@ def write_model_card(
     recipe: str,
     metrics: Mapping[str, Mapping[str, float]] | None = None,
     notes: str = "",
+    license: str = "apache-2.0",
+    tags: Sequence[str] = ("polyp",),
 ) -> Path:
-    """Write ``README.md`` for a weights folder: what the model is, the data and split, recipe, measured metrics."""
+    """Write ``README.md`` for a weights folder: what the model is, the data and split, recipe, measured metrics.
+
+    ``license`` is the Hub licence identifier of the weights (weights trained on non-commercial data, e.g. EDD2020's
+    CC BY-NC-SA 4.0, carry ``cc-by-nc-sa-4.0``); ``tags`` are added to the card's Hub tags."""
     cls = get_model_class(config["arch"])
     measured = _metrics_table(metrics) if metrics else "Not measured yet: run `train/evaluate.py` and add it here."
     text = f"""---
 library_name: medseg
-license: apache-2.0
+license: {license}
 pipeline_tag: image-segmentation
-tags: [medical-imaging, image-segmentation, endoscopy, polyp]
+tags: [{', '.join(['medical-imaging', 'image-segmentation', 'endoscopy', *tags])}]
 ---
 
 # {name}

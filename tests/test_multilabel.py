@@ -161,3 +161,20 @@ def test_thresholds_chosen_on_a_split_are_recorded_and_used(edd_model, data_root
     (model / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsafeWeightsError, match="thresholds"):
         Segmenter.from_pretrained(resolve_weights(model), device="cpu")
+
+
+def test_the_shipped_gastroscopy_model_outlines_the_lesion_of_its_example(data_root):
+    """weights/unet_lite0.edd2020 on the app's EDD2020 example (a test image, BE and cancer overlapping)."""
+    from medseg_core.data import read_sample_mask, read_split
+    from medseg_core.metrics import dice_score
+
+    seg = Segmenter.from_pretrained("unet_lite0.edd2020", device="cpu")
+    assert seg.schema.multilabel and seg.schema.foreground == tuple(EDD_CLASSES) and len(seg.threshold) == 5
+    image = read_image(ROOT / "examples" / "edd2020_ACB0004.jpg")
+    sample = next(s for s in read_split(data_root, "edd-test") if s.id == "edd2020/EDD2020_ACB0004")
+    truth = read_sample_mask(sample, seg.schema, image.shape[:2])
+    result = seg(image, postprocess="none")
+    assert result.mask.shape == truth.shape and set(result.stats["classes"]) == set(EDD_CLASSES)
+    assert dice_score(result.mask.any(0), truth.any(0)) > 0.5
+    card = (ROOT / "weights" / "unet_lite0.edd2020" / "README.md").read_text()
+    assert "license: cc-by-nc-sa-4.0" in card and "edd-test (n=77)" in card

@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--summary", help="train_summary.json of the training run")
     p.add_argument("--eval", nargs="*", default=[], help="JSON files written by train/evaluate.py --json")
     p.add_argument("--notes-file", help="markdown appended to the card (history of the run, caveats)")
+    p.add_argument("--license", default="apache-2.0",
+                   help="Hub licence identifier of the weights, e.g. cc-by-nc-sa-4.0 for weights trained on "
+                        "non-commercial data (default: apache-2.0)")
+    p.add_argument("--tags", nargs="+", default=["polyp"], help="Hub tags besides medical-imaging, "
+                   "image-segmentation and endoscopy (default: polyp)")
     args = p.parse_args(argv)
     folder = Path(args.weights)
     config = json.loads((folder / "config.json").read_text())
@@ -41,7 +46,7 @@ def main(argv: list[str] | None = None) -> Path:
         metrics[label] = {k: v for k, v in result.items() if isinstance(v, float) and k != "threshold"}
     notes = Path(args.notes_file).read_text() if args.notes_file else ""
     return write_model_card(folder, name=args.name, config=config, data=data, recipe=recipe, metrics=metrics,
-                            notes=notes)
+                            notes=notes, license=args.license, tags=args.tags)
 
 
 if __name__ == "__main__":
