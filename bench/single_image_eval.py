@@ -106,12 +106,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--roi-erode", type=float, default=0.25, help="erosion of the lesion, x its equivalent radius")
     p.add_argument("--roi-points", type=int, default=8, help="outline points whose hull is the ROI")
     p.add_argument("--baseline", default=None, help="also run this trained model (e.g. weights/unet_lite0.polyp)")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="run only --baseline on the same images (no single-image training), e.g. for a new model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--save", default=None, help="folder for every image's ROI, mask, overlay and sampling record")
     p.add_argument("--json", default=None, help="write the summary and per-image rows to this JSON file")
     p.add_argument("--csv", default=None, help="write per-image rows to this CSV file")
     args = p.parse_args(argv)
+    if args.baseline_only and not args.baseline:
+        p.error("--baseline-only needs --baseline")
     if args.classes and not args.recipe:
         p.error("--classes needs --recipe (it says how the masks are stored and which classes exist)")
     return args
@@ -120,10 +124,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def summary_of(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Dice distribution and time per image of the method (and of the baseline, when it ran)."""
     summary: dict[str, Any] = {"n": len(rows), "splits": args.splits, "classes": args.classes, "steps": args.steps,
-                               "max_side": args.max_side,
-                               "single_image": {**summarise([r["dice"] for r in rows]),
-                                                "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
-                                                "cpu_seconds_per_image": float(np.mean([r["cpu_seconds"] for r in rows]))}}
+                               "max_side": args.max_side}
+    if not args.baseline_only:
+        summary["single_image"] = {**summarise([r["dice"] for r in rows]),
+                                   "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
+                                   "cpu_seconds_per_image": float(np.mean([r["cpu_seconds"] for r in rows]))}
     if args.baseline:
         summary["baseline"] = {"model": args.baseline, **summarise([r["baseline_dice"] for r in rows]),
                                "seconds_per_image": float(np.mean([r["baseline_seconds"] for r in rows])),
@@ -156,14 +161,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for s in tqdm(samples, desc="single-image evaluation"):
         image = read_image(s.image)
         target = lesion_target(s, schema, args.classes, image.shape[:2])
-        rng = np.random.default_rng([args.seed, len(rows)])
-        roi = roi_from_ground_truth(target, rng, args.roi_erode, args.roi_points)
-        cpu_start = time.process_time()
-        result = segment_single_image(image, roi, config, show_progress=False)
-        cpu_seconds = time.process_time() - cpu_start
-        row: dict[str, Any] = {"id": s.id, "roi_fraction_of_lesion": float(roi.sum() / max(1, target.sum())),
-                               "complement": result.complement, "dice": dice_score(result.mask, target),
-                               "seconds": result.seconds, "cpu_seconds": cpu_seconds}
+        row: dict[str, Any] = {"id": s.id}
+        if not args.baseline_only:
+            rng = np.random.default_rng([args.seed, len(rows)])
+            roi = roi_from_ground_truth(target, rng, args.roi_erode, args.roi_points)
+            cpu_start = time.process_time()
+            result = segment_single_image(image, roi, config, show_progress=False)
+            row.update({"roi_fraction_of_lesion": float(roi.sum() / max(1, target.sum())),
+                        "complement": result.complement, "dice": dice_score(result.mask, target),
+                        "seconds": result.seconds, "cpu_seconds": time.process_time() - cpu_start})
         if baseline is not None:
             start, cpu_start = time.perf_counter(), time.process_time()
             mask = baseline(image).mask
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["baseline_cpu_seconds"] = time.process_time() - cpu_start
             row["baseline_dice"] = dice_score(pred, target)
         rows.append(row)
-        if args.save:
+        if args.save and not args.baseline_only:
             stem = s.id.replace("/", "__")
             write_result(result, args.save, stem)
             (Path(args.save) / "rois").mkdir(parents=True, exist_ok=True)

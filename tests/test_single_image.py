@@ -281,3 +281,16 @@ def test_single_image_eval_takes_the_lesion_from_chosen_classes_of_multilabel_ma
                         "--recipe", ROOT / "train" / "configs" / "unet_lite0_edd2020.yaml", "--n", "1",
                         "--baseline", ROOT / "weights" / "unet_lite0.polyp", expect=1)
     assert "has no class HGD" in binary.stderr
+
+
+def test_single_image_eval_can_measure_a_model_alone_on_the_same_images(data_root, tmp_path):
+    """--baseline-only: the shipped gastroscopy model on the images the single-image table used, no training."""
+    recipe = ROOT / "train" / "configs" / "unet_lite0_edd2020.yaml"
+    run_script("bench/single_image_eval.py", "--data", data_root, "--splits", "edd-test", "--classes", "BE", "HGD",
+               "cancer", "--recipe", recipe, "--n", "2", "--baseline", "unet_lite0.edd2020", "--baseline-only",
+               "--json", tmp_path / "b.json")
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert "single_image" not in saved and saved["baseline"]["model"] == "unet_lite0.edd2020"
+    assert [set(r) for r in saved["per_image"]] == [{"id", "baseline_dice", "baseline_seconds",
+                                                    "baseline_cpu_seconds"}] * 2
+    assert "needs --baseline" in run_script("bench/single_image_eval.py", "--baseline-only", expect=2).stderr
