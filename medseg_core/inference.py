@@ -132,10 +132,10 @@ def make_overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4,
 
 
 def check_thresholds(threshold: float | Sequence[float], schema: LabelSchema) -> float | list[float]:
-    """A threshold, or one per class of a multi-label schema, each strictly between 0 and 1; ValueError if not."""
+    """A threshold, or one per class of a multi-label schema, each from 0 to 1; ValueError if not."""
     values = [threshold] if isinstance(threshold, (int, float)) else list(threshold)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0 for v in values):
-        raise ValueError(f"thresholds must be numbers strictly between 0 and 1, got {values}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"thresholds must be numbers from 0 to 1, got {values}")
     if len(values) == 1:
         return float(values[0])
     if not schema.multilabel:

@@ -170,9 +170,10 @@ def validate_model_config(config: Any, source: str = "the weights") -> dict[str,
                                      f"{arch!r} nor one of {', '.join(sorted(EXTRA_CONFIG_KEYS))})")
         if key in ("refiner", "class_names", "colours", "colors"):
             continue  # checked by helper_folder / the label schema
-        if key == "thresholds" and not all(isinstance(v, float) and 0.0 < v < 1.0 for v in value):
+        if key == "thresholds" and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+                                           for v in value):
             raise UnsafeWeightsError(f"{source}: config.json field 'thresholds' = {str(value)[:80]} must list "
-                                     "numbers strictly between 0 and 1")
+                                     "numbers from 0 to 1")
         _check_value(key, value, source)
     return config
 

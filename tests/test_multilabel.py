@@ -121,8 +121,8 @@ def test_per_class_thresholds_are_checked_and_applied(edd_model):
     schema = seg.schema
     with pytest.raises(ValueError, match="5 classes"):
         check_thresholds([0.5, 0.5], schema)
-    with pytest.raises(ValueError, match="strictly between 0 and 1"):
-        check_thresholds([0.5, 0.5, 0.5, 1.0, 0.5], schema)
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        check_thresholds([0.5, 0.5, 0.5, 1.5, 0.5], schema)
     with pytest.raises(ValueError, match="multi-label"):
         check_thresholds([0.3, 0.6], LabelSchema("multiclass", ("background", "a", "b")))
     assert check_thresholds(0.3, schema) == 0.3
