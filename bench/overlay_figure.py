@@ -43,7 +43,8 @@ def figure(segmenter: Segmenter, data: str | Path, ids: list[str], tile_width: i
            postprocess: str = "none") -> np.ndarray:
     """Rows of (image, expert masks, model) tiles ``tile_width`` wide, and a legend of the model's classes."""
     schema = segmenter.schema
-    colours = list(schema.foreground_colours if schema.multilabel else schema.colours[1:])
+    colours = list(schema.foreground_colours if schema.multilabel else schema.colours[1:])  # the legend's
+    palette = colours if schema.multilabel else list(schema.colours)  # what make_overlay indexes
     names = list(schema.foreground)
     by_id = {}
     for split_file in sorted((Path(data) / "splits").glob("*.txt")):
@@ -61,7 +62,6 @@ def figure(segmenter: Segmenter, data: str | Path, ids: list[str], tile_width: i
         image = read_image(sample.image)
         truth = read_sample_mask(sample, schema, image.shape[:2])
         result = segmenter(image, postprocess=postprocess)
-        palette = colours if schema.multilabel else list(schema.colours)
         tiles = [image, make_overlay(image, truth, colours=palette), result.overlay]
         h = max(1, round(image.shape[0] * tile_width / image.shape[1]))
         tiles = [cv2.resize(t, (tile_width, h), interpolation=cv2.INTER_AREA) for t in tiles]

@@ -25,24 +25,23 @@ from medseg_core.data import read_sample_mask, read_split
 from medseg_core.hub import record_thresholds, resolve_weights
 from medseg_core.inference import Segmenter
 from medseg_core.io import read_image
+from medseg_core.metrics import class_pixel_counts, split_class_dice
 
 DEFAULT_GRID = [round(0.05 * k, 2) for k in range(1, 20)]
 
 
 def sweep(segmenter: Segmenter, samples: list, grid: list[float], progress: bool = True) -> np.ndarray:
-    """Split-level Dice (len(grid), K) of every class at every threshold, on raw masks (the counts of
-    ``train/evaluate.py``'s ``class_dice_<class>``)."""
-    thresholds = np.asarray(grid, np.float32).reshape(-1, 1, 1, 1)
-    k = len(segmenter.schema.foreground)
-    inter, total = np.zeros((len(grid), k)), np.zeros((len(grid), k))
+    """Split-level Dice (len(grid), K) of every class at every threshold, on raw masks: the pixel counts and the
+    ``class_dice_<class>`` of ``train/evaluate.py`` (:func:`medseg_core.metrics.split_class_dice`)."""
+    names = segmenter.schema.foreground
+    rows: list[list[dict[str, int]]] = [[] for _ in grid]
     for sample in tqdm(samples, desc="threshold sweep", unit="image", disable=not progress):
         image = read_image(sample.image)
-        truth = read_sample_mask(sample, segmenter.schema, image.shape[:2]).astype(bool)
+        truth = read_sample_mask(sample, segmenter.schema, image.shape[:2])
         probs, _ = segmenter.predict_probs(image)
-        masks = probs[None] > thresholds  # (T, K, H, W)
-        inter += (masks & truth[None]).sum((2, 3))
-        total += masks.sum((2, 3)) + truth.sum((1, 2))[None]
-    return 2 * inter / np.maximum(total, 1)  # as medseg_core.metrics.split_class_dice: 0 for a class never seen
+        for t, threshold in enumerate(grid):
+            rows[t].append(class_pixel_counts(probs > threshold, truth, class_names=names, multilabel=True))
+    return np.array([[split_class_dice(r)[f"class_dice_{n}"] for n in names] for r in rows])
 
 
 def choose(dice: np.ndarray, grid: list[float]) -> list[float]:

@@ -117,12 +117,12 @@ def _same_budget(args: argparse.Namespace, extra: list[str]) -> list[str]:
 
 
 def _recipe(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
-    """The one recipe after the ``--section.key value`` overrides among ``extra`` (``--seed`` and the other
-    ``train.py`` options are not recipe keys)."""
+    """The one recipe after the overrides among ``extra``, told apart from ``train.py``'s own options (``--seed``,
+    ``--max-steps``, ...) by ``train.py``'s own parser."""
     from medseg_core.config import load_config
+    from medseg_core.training import parse_args as train_args
 
-    overrides = [a for i, a in enumerate(extra) if (a.startswith("--") and "." in a)
-                 or (i and extra[i - 1].startswith("--") and "." in extra[i - 1])]
+    _, overrides = train_args(["--config", str(ROOT / args.config), *extra])
     return load_config(ROOT / args.config, overrides)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .cli import add_postprocess_argument, postprocess_from_args, setup_logging
+from .cli import add_postprocess_argument, add_threshold_argument, postprocess_from_args, setup_logging
 from .inference import ImageInputError, Segmenter, load_image_file
 from .io import IMAGE_EXTENSIONS, write_mask, write_png
 from .labels import LabelSchema
@@ -188,9 +188,7 @@ def build_parser(prog: str = "medseg-segment", folder_flag: bool = False) -> arg
                    help="a name under weights/, a weights folder, or a Hub repo id (default: %(default)s)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     add_postprocess_argument(p)
-    p.add_argument("--threshold", type=float, default=None,
-                   help="probability threshold of every class (default: the per-class thresholds recorded with "
-                        "the weights, else 0.5)")
+    add_threshold_argument(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -1,4 +1,5 @@
-"""Command-line pieces every medseg command shares: the ``--postprocess`` argument and logging set-up."""
+"""Command-line pieces every medseg command shares: the ``--postprocess`` and ``--threshold`` arguments and logging
+set-up."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 
 from .postprocess import POSTPROCESSING_STEPS, PostprocessSpec, resolve_postprocess
 
-__all__ = ["add_postprocess_argument", "postprocess_from_args", "setup_logging"]
+__all__ = ["add_postprocess_argument", "add_threshold_argument", "postprocess_from_args", "setup_logging"]
 
 
 def add_postprocess_argument(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,21 @@ def add_postprocess_argument(parser: argparse.ArgumentParser) -> None:
         help="'recorded' (default: the chain recorded in the weights' config.json), 'none' (raw masks), or step "
         f"names in order: {', '.join(POSTPROCESSING_STEPS)}",
     )
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability from 0 to 1")
+    return value
+
+
+def add_threshold_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threshold P``, the same at every command: one probability for every class, instead of the per-class
+    thresholds recorded in the weights' config.json (or 0.5 when none are)."""
+    parser.add_argument("--threshold", type=_probability, default=None,
+                        help="probability threshold of every class, e.g. 0.5 for the untuned figure (default: the "
+                             "per-class thresholds recorded with the weights, else 0.5)")
 
 
 def postprocess_from_args(parser: argparse.ArgumentParser, values: list[str]) -> PostprocessSpec:

@@ -24,7 +24,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from .cli import add_postprocess_argument, postprocess_from_args, setup_logging
+from .cli import add_postprocess_argument, add_threshold_argument, postprocess_from_args, setup_logging
 from .data import Sample, pairs_from_folders, read_sample_mask, read_split
 from .inference import Segmenter
 from .io import decode_mask, read_image
@@ -54,9 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask-encoding", choices=MASK_ENCODINGS, default=None,
                    help="how the masks store classes (default: the mask_encoding of the weights' label schema)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="probability threshold of every class, e.g. 0.5 for the untuned figure (default: the "
-                        "per-class thresholds recorded with the weights, else 0.5)")
+    add_threshold_argument(p)
     add_postprocess_argument(p)
     p.add_argument("--pranet-mean-dice", action="store_true",
                    help="also report the PraNet-protocol Dice averaged over thresholds 0..255 (labelled as such)")

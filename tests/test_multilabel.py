@@ -157,6 +157,9 @@ def test_thresholds_chosen_on_a_split_are_recorded_and_used(edd_model, data_root
     assert tuned["threshold"] == saved["thresholds"] and untuned["threshold"] == 0.5
     assert tuned["class_dice"] == pytest.approx(saved["class_dice_at_thresholds"], abs=1e-6)
     assert untuned["class_dice"] == pytest.approx(saved["class_dice_at_0.5"], abs=1e-6)
+    with pytest.raises(SystemExit) as exc:  # the shared --threshold argument: a probability, or a usage error
+        evaluate(["--model", str(model), "--data", str(data_root), "--split", str(split), "--threshold", "1.5"])
+    assert exc.value.code == 2
     config["thresholds"] = [0.5, 0.5, 0.5, 2.0, 0.5]
     (model / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsafeWeightsError, match="thresholds"):
