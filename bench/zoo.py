@@ -11,7 +11,9 @@ on ``polyp-val``) followed by ``train/evaluate.py`` on every test split; the exa
 with the results, so any row can be re-run by hand. Models that take a timm encoder get the ImageNet
 EfficientNet-Lite0 (the one set of ImageNet weights reachable offline); DDANet, the ASPP net and FCT have their own
 encoders and start from random weights. Two more entries make the DynaSiam ablation: ``unet_tdc`` (a single-path
-U-Net trained on the TDC-enriched training set, written by ``python -m medseg_core.enhance``) and ``dynasiam_nodfi``.
+U-Net trained on the TDC-enriched training set, written by ``python -m medseg_core.enhance``) and ``dynasiam_nodfi``;
+``unet_seed004`` is U-Net with the NeoPolyp reference design's optimiser and schedule (Adam, lr x0.6 in steps,
+from ``train/configs/unet_lite0_neopolyp_seed004.yaml``) at this recipe's budget.
 
 Finished runs are not repeated: an entry whose model and evaluations exist is only collected. Several copies of
 this script may run at once (e.g. one per CPU core): each entry is claimed by one of them.
@@ -33,6 +35,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 LITE0 = ["--model.encoder", "tf_efficientnet_lite0", "--model.encoder_weights", "imagenet"]
 ABLATION = ["unet", "unet_tdc", "dynasiam", "dynasiam_nodfi"]
+# The NeoPolyp reference design's (seed 004) optimiser and schedule, taken from its recipe for entry unet_seed004.
+SEED004_RECIPE = "train/configs/unet_lite0_neopolyp_seed004.yaml"
+OPTIMISER_KEYS = ("optimizer", "lr", "weight_decay", "schedule", "gamma", "step_epochs")
 # What a row keeps of each evaluation; multi-class and multi-label models add mdice / miou and the split-level
 # class_dice_<class> (and their mean, class_dice).
 TEST_KEYS = ("n", "dice", "iou", "accuracy", "precision", "recall", "hd95", "ms_per_image", "mdice", "miou")
@@ -50,6 +55,7 @@ def entries(tdc_root: Path) -> dict[str, dict[str, Any]]:
         out[name] = {"arch": name, "overrides": LITE0 if takes_encoder else []}
     out["unet_tdc"] = {"arch": "unet", "data_root": str(tdc_root), "overrides": LITE0}
     out["dynasiam_nodfi"] = {"arch": "dynasiam", "overrides": [*LITE0, "--model.dfi", "false"]}
+    out["unet_seed004"] = {"arch": "unet", "optimiser_from": SEED004_RECIPE, "overrides": LITE0}
     return out
 
 
@@ -80,6 +86,8 @@ def commands(name: str, entry: dict[str, Any], args: argparse.Namespace, extra: 
              *entry["overrides"], *extra]
     if "data_root" in entry:
         train += _same_budget(args, extra)
+    if "optimiser_from" in entry:
+        train += _optimiser_of(entry["optimiser_from"], args, extra)
     def evaluate(suffix: str, threshold: list[str]) -> dict[str, list[str]]:
         return {split: ["python", "train/evaluate.py", "--model", str(run_dir / "model"), "--data", args.data,
                         "--split", split, *threshold, "--json",
@@ -114,6 +122,18 @@ def _same_budget(args: argparse.Namespace, extra: list[str]) -> list[str]:
     steps = int(t["epochs"] * (len(read_split(args.data, cfg["data"]["train_split"])) // t["batch_size"]))
     views = 4  # original + texture + detail + colour of every image
     return ["--max-steps", str(steps), "--train.warmup_epochs", f"{t['warmup_epochs'] / views:g}"]
+
+
+def _optimiser_of(recipe: str, args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Overrides that train with another recipe's optimiser and learning-rate schedule, its step schedule squeezed
+    into this budget: as many lr steps, at the same fractions of the run, as in that recipe's own epochs."""
+    from medseg_core.config import load_config
+
+    theirs = load_config(ROOT / recipe)["train"]
+    budget = _recipe(args, extra)["train"]["epochs"]
+    values = {k: theirs[k] for k in OPTIMISER_KEYS}
+    values["step_epochs"] = theirs["step_epochs"] * budget / theirs["epochs"]
+    return [arg for k, v in values.items() for arg in (f"--train.{k}", f"{v:g}" if isinstance(v, float) else str(v))]
 
 
 def _recipe(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
@@ -279,7 +299,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     tdc_root = Path(args.out) / f"{_splits(args, extra)[0]}-tdc"
     known = entries(tdc_root)
     names = ABLATION if args.ablation else (args.models or [n for n in known if n not in ("unet_tdc",
-                                                                                          "dynasiam_nodfi")])
+                                                                                          "dynasiam_nodfi",
+                                                                                          "unet_seed004")])
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"unknown entries {unknown}; known: {', '.join(known)}")

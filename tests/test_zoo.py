@@ -25,6 +25,18 @@ def test_tdc_entry_keeps_the_step_budget(data_root):
     assert f"--max-steps {3 * (n_train // 8)}" in train and "--train.warmup_epochs 0.0625" in train
 
 
+def test_the_seed004_entry_takes_that_recipe_optimiser_within_this_budget(data_root):
+    printed = run_script("bench/zoo.py", "--models", "unet", "unet_seed004", "--config",
+                         "train/configs/zoo_neopolyp.yaml", "--data", data_root, "--test-splits", "neopolyp-full-test",
+                         "--train.epochs", "6", "--dry-run").stdout.splitlines()
+    plain, seed = (line for line in printed if "train/train.py" in line)
+    assert "--train.optimizer" not in plain and "--train.schedule" not in plain
+    # The seed's recipe: Adam, weight decay 1e-4, lr x0.6 every 5 of its 24 epochs -> every 1.25 of 6 epochs here.
+    assert seed.endswith("--train.optimizer adam --train.lr 0.001 --train.weight_decay 0.0001 --train.schedule "
+                         "exponential --train.gamma 0.6 --train.step_epochs 1.25")
+    assert "--split neopolyp-full-test" in printed[-1]
+
+
 def test_a_tiny_zoo_run_trains_evaluates_and_tabulates(data_root, tmp_path):
     split = tmp_path / "two.txt"
     split.write_text("cvc-clinicdb/4\ncvc-clinicdb/5\n")
