@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
         "gamma": 0.6,
         "step_epochs": 5,
         "loss": "dice_ce",
+        # The Dice term summed over the whole batch instead of per image (nnU-Net's batch Dice; dice_ce and dice).
+        "batch_dice": False,
         "augment": 1.0,
         "num_workers": 0,
         "precision": "auto",
@@ -128,6 +130,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise RecipeError(f"train.{key} must be a positive integer; got {t[key]!r}")
+    if not isinstance(t["batch_dice"], bool):
+        raise RecipeError(f"train.batch_dice must be true or false; got {t['batch_dice']!r}")
+    if t["batch_dice"] and t["loss"] not in ("dice_ce", "dice"):
+        raise RecipeError(f"train.batch_dice applies to the dice_ce and dice losses, not {t['loss']!r}")
     if not isinstance(t["ema"], (int, float)) or not 0.0 <= t["ema"] < 1.0:
         raise RecipeError(f"train.ema must be a decay in [0, 1) (0: off); got {t['ema']!r}")
     scales = t["scales"]

@@ -40,7 +40,11 @@ class DiceLoss(nn.Module):
         softmax: apply a softmax over channels (multi-class).
         include_background: keep channel 0 in the mean (only meaningful with ``softmax``).
         smooth_nr, smooth_dr: added to numerator and denominator, so empty masks give a finite loss.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (an (N, C) tensor of per-image, per-class losses).
+        batch: sum intersection and areas over the whole batch before dividing (nnU-Net's "batch Dice"): a class
+            absent from an image then adds its false positives to the batch's sums instead of a loss of its own
+            near 1, which per image pushes a rare class towards never being drawn.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (an (N, C) tensor of per-image, per-class losses; (C,)
+            with ``batch``).
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class DiceLoss(nn.Module):
         include_background: bool = True,
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
+        batch: bool = False,
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
@@ -60,6 +65,7 @@ class DiceLoss(nn.Module):
         self.sigmoid, self.softmax = sigmoid, softmax
         self.include_background = include_background
         self.smooth_nr, self.smooth_dr = smooth_nr, smooth_dr
+        self.batch = batch
         self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -72,7 +78,7 @@ class DiceLoss(nn.Module):
         onehot = _one_hot(target, probs.shape[1])
         if not self.include_background and probs.shape[1] > 1:
             probs, onehot = probs[:, 1:], onehot[:, 1:]
-        dims = (2, 3)
+        dims = (0, 2, 3) if self.batch else (2, 3)
         inter = (probs * onehot).sum(dims)
         denom = probs.sum(dims) + onehot.sum(dims)
         loss = 1.0 - (2.0 * inter + self.smooth_nr) / (denom + self.smooth_dr)
@@ -85,7 +91,8 @@ class DiceLoss(nn.Module):
 
 class DiceCELoss(nn.Module):
     """Cross-entropy (BCE for one channel, CE for several) plus soft Dice, weighted. With ``multilabel``, BCE and
-    Dice per channel (each class its own sigmoid; targets (N, K, H, W))."""
+    Dice per channel (each class its own sigmoid; targets (N, K, H, W)); ``batch``: the Dice over the whole batch
+    (see :class:`DiceLoss`)."""
 
     def __init__(
         self,
@@ -94,6 +101,7 @@ class DiceCELoss(nn.Module):
         lambda_ce: float = 1.0,
         include_background: bool = False,
         multilabel: bool = False,
+        batch: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -101,7 +109,7 @@ class DiceCELoss(nn.Module):
         self.binary = num_classes == 1 or multilabel
         self.multilabel = multilabel
         self.dice = DiceLoss(sigmoid=self.binary, softmax=not self.binary,
-                             include_background=include_background or multilabel)
+                             include_background=include_background or multilabel, batch=batch)
         self.lambda_dice, self.lambda_ce = lambda_dice, lambda_ce
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -142,14 +150,17 @@ class DeepSupervisionLoss(nn.Module):
 
 
 def build_loss(name: str, num_classes: int, deep_supervision_weights: Sequence[float] | None = None,
-               multilabel: bool = False) -> nn.Module:
-    """The training loss named in a recipe, wrapped for deep supervision. ``multilabel``: BCE + Dice per class."""
+               multilabel: bool = False, batch_dice: bool = False) -> nn.Module:
+    """The training loss named in a recipe, wrapped for deep supervision. ``multilabel``: BCE + Dice per class;
+    ``batch_dice``: the Dice term over the whole batch instead of per image (``dice_ce`` and ``dice``)."""
+    if batch_dice and name not in ("dice_ce", "dice"):
+        raise ValueError(f"batch Dice applies to the dice_ce and dice losses, not {name!r}")
     if name == "dice_ce":
-        base: nn.Module = DiceCELoss(num_classes=num_classes, multilabel=multilabel)
+        base: nn.Module = DiceCELoss(num_classes=num_classes, multilabel=multilabel, batch=batch_dice)
     elif name == "ce":
         base = DiceCELoss(num_classes=num_classes, lambda_dice=0.0, multilabel=multilabel)
     elif name == "dice":
-        base = DiceCELoss(num_classes=num_classes, lambda_ce=0.0, multilabel=multilabel)
+        base = DiceCELoss(num_classes=num_classes, lambda_ce=0.0, multilabel=multilabel, batch=batch_dice)
     elif name == "structure" and multilabel:
         raise ValueError("the structure loss is for binary and multi-class models; use dice_ce for multi-label")
     elif name == "structure":

@@ -396,6 +396,7 @@ def recipe_text(cfg: dict[str, Any], summary: dict[str, Any] | None = None) -> s
         f"{t['channels_last']}."
     )
     extras = [f"initialised from `{t['init_from']}`" if t.get("init_from") else "",
+              "Dice term over the whole batch (batch Dice)" if t.get("batch_dice") else "",
               f"EMA of weights (decay {t['ema']})" if t.get("ema") else "",
               f"multi-scale training (x{', x'.join(str(f) for f in t['scales'])})" if t.get("scales") else ""]
     extra = "; ".join(e for e in extras if e)
@@ -451,7 +452,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
     scheduler = build_scheduler(optimizer, t, steps_per_epoch, total_steps)
-    loss_fn = build_loss(t["loss"], model.num_classes, multilabel=recipe_schema(cfg).multilabel)
+    loss_fn = build_loss(t["loss"], model.num_classes, multilabel=recipe_schema(cfg).multilabel,
+                         batch_dice=t["batch_dice"])
     model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
     progress = Progress()
     accelerator.register_for_checkpointing(progress)

@@ -23,6 +23,27 @@ def test_dice_loss_reduction_none_is_per_image_per_class():
     assert DiceLoss(softmax=True, include_background=False)(logits, target).item() == pytest.approx(per.mean().item())
 
 
+def test_batch_dice_sums_over_the_batch():
+    # Image 0 holds class 1, image 1 does not, and both predict a little of it: per image, the empty image's Dice
+    # of class 1 is ~0 (loss ~1); over the batch its false positives only enlarge the batch's denominator.
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    target[0, :2] = 1
+    logits = torch.full((2, 2, 4, 4), -5.0)
+    logits[:, 0] = 5.0
+    logits[0, 1, :2], logits[0, 0, :2] = 5.0, -5.0
+    logits[1, 1, 0, 0], logits[1, 0, 0, 0] = 5.0, -5.0  # one false-positive pixel in the empty image
+    p = logits.softmax(1)[:, 1]
+    t = (target == 1).float()
+    inter, denom = (p * t).sum(), p.sum() + t.sum()
+    batch = DiceLoss(softmax=True, include_background=False, batch=True, reduction="none")(logits, target)
+    assert batch.shape == (1,) and batch.item() == pytest.approx(1 - 2 * inter.item() / denom.item(), abs=1e-5)
+    per_image = DiceLoss(softmax=True, include_background=False, reduction="none")(logits, target)
+    assert per_image[1].item() > 0.99 and batch.item() < 0.1
+    with pytest.raises(ValueError, match="batch Dice"):
+        build_loss("structure", 3, batch_dice=True)
+    assert build_loss("dice_ce", 3, batch_dice=True).loss.dice.batch
+
+
 def test_incompatible_options_are_rejected():
     with pytest.raises(ValueError):
         DiceLoss(sigmoid=True, softmax=True)

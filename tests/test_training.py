@@ -191,8 +191,10 @@ def test_init_from_weights_of_another_shape_is_a_clear_error(trained, data_root,
     (["--train.ema", "1.0"], "decay in"),
     (["--train.scales", "0.5"], "list of factors"),
     (["--train.scales", "[0.1, 1.0]"], "between 0.25 and 2"),
+    (["--train.batch_dice", "yes please"], "true or false"),
+    (["--train.batch_dice", "true", "--train.loss", "structure"], "dice_ce and dice losses"),
 ])
-def test_ema_and_scales_are_checked(override, hint):
+def test_ema_scales_and_batch_dice_are_checked(override, hint):
     with pytest.raises(RecipeError, match=hint):
         load_config(CONFIG, override)
 
