@@ -461,13 +461,15 @@ def _examples(target: gr.components.Component, model: gr.components.Component | 
         gr.Examples([[str(p), example_model(p, models or [])] for p in EXAMPLES], inputs=[target, model], label=label)
 
 
-def _model_options(models: list[str], prefix: str) -> tuple[gr.Dropdown, gr.Checkbox, gr.Checkbox]:
+def _model_options(models: list[str], prefix: str, tta: bool = False) -> tuple[gr.Dropdown, gr.Checkbox, gr.Checkbox]:
+    """The model, TTA and post-processing controls; ``tta`` ticks TTA by default (single images: flip TTA raised
+    every shipped model's test Dice, at four network passes per image)."""
     typed = any_hub_model_allowed()  # free-typed names only when the operator allows any Hub repo
     model = gr.Dropdown(models, value=default_model(models), label="Model", allow_custom_value=typed,
                         info="shipped weights, or type a Hugging Face Hub repo id" if typed else "the offered models",
                         elem_id=f"{prefix}-model")
     with gr.Row():
-        tta = gr.Checkbox(False, label="Test-time augmentation (flips)")
+        tta = gr.Checkbox(tta, label="Test-time augmentation (flips; about 4x the time)", elem_id=f"{prefix}-tta")
         post = gr.Checkbox(False, label="Post-processing (the chain recorded with the model's weights)")
     return model, tta, post
 
@@ -477,7 +479,7 @@ def segment_tab(models: list[str]) -> None:
         with gr.Column(scale=1):
             upload = gr.File(label="Image", file_types=IMAGE_TYPES, type="filepath", elem_id="segment-upload")
             shown = gr.Image(label="Uploaded image", interactive=False, height=260)
-            model, tta, post = _model_options(models, "segment")
+            model, tta, post = _model_options(models, "segment", tta=True)
             show_views = gr.Checkbox(False, label="Show TDC-Enhance views")
             truth = gr.File(label="Ground-truth mask (optional: shows Dice, IoU, HD95)", type="filepath",
                             file_types=["image"])

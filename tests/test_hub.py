@@ -76,3 +76,26 @@ def test_hub_transfers_carry_a_helper_model_folder(tmp_path, tiny_weights):
     assert {"config.json", "model.safetensors", "model.onnx", "refiner/config.json",
             "refiner/model.safetensors"} <= kept
     assert "notes.txt" not in kept
+
+
+def test_model_card_rows_name_how_each_figure_was_measured(tmp_path, tiny_weights):
+    import json
+    import shutil
+
+    from conftest import run_script
+
+    folder = tmp_path / "tiny_unet.test"
+    shutil.copytree(tiny_weights, folder)
+    base = {"split": "test-kvasir", "n": 3, "dice": 0.5, "iou": 0.4, "threshold": 0.5, "tta": False,
+            "postprocess": []}
+    variants = {"raw": {}, "tta": {"tta": True, "dice": 0.6},
+                "pp": {"postprocess": ["remove_small_components", "fill_holes"], "dice": 0.55}}
+    files = []
+    for name, change in variants.items():
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({**base, **change}))
+    run_script("train/model_card.py", "--weights", folder, "--name", "tiny_unet.test", "--eval", *files)
+    card = (folder / "README.md").read_text()
+    assert "| test-kvasir (n=3) | 0.5000 |" in card
+    assert "| test-kvasir (n=3), flip TTA | 0.6000 |" in card
+    assert "| test-kvasir (n=3), post-processing remove_small_components + fill_holes | 0.5500 |" in card

@@ -164,6 +164,9 @@ def test_elem_ids_are_unique_and_the_compare_label_matches_its_check(app_module)
     assert len(ids) == len(set(ids)), sorted(ids)
     labels = [b.label for b in demo.blocks.values() if getattr(b, "label", None)]
     assert "Models (1-4)" in labels and "Models (2-4)" not in labels
+    # Single images get the most accurate setting (flip TTA) by default; folders and zips the fast one.
+    tta = {b.elem_id: b.value for b in demo.blocks.values() if str(getattr(b, "elem_id", "")).endswith("-tta")}
+    assert tta == {"segment-tta": True, "batch-tta": False}
 
 
 def test_enhance_handler(app_module):

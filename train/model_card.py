@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> Path:
         label = f"{result['split']} (n={result['n']})"
         if isinstance(result.get("threshold"), list):  # the per-class thresholds recorded with the weights
             label += ", thresholds " + " / ".join(f"{t:g}" for t in result["threshold"])
+        if result.get("tta"):
+            label += ", flip TTA"
+        if result.get("postprocess"):
+            label += ", post-processing " + " + ".join(result["postprocess"])
         metrics[label] = {k: v for k, v in result.items() if isinstance(v, float) and k != "threshold"}
     notes = Path(args.notes_file).read_text() if args.notes_file else ""
     return write_model_card(folder, name=args.name, config=config, data=data, recipe=recipe, metrics=metrics,
