@@ -298,9 +298,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args, extra = parse_args(argv)
     tdc_root = Path(args.out) / f"{_splits(args, extra)[0]}-tdc"
     known = entries(tdc_root)
-    names = ABLATION if args.ablation else (args.models or [n for n in known if n not in ("unet_tdc",
-                                                                                          "dynasiam_nodfi",
-                                                                                          "unet_seed004")])
+    # By default every registered model; the variants (unet_tdc, dynasiam_nodfi, unet_seed004) only when named.
+    names = ABLATION if args.ablation else (args.models or [n for n, e in known.items() if e["arch"] == n])
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"unknown entries {unknown}; known: {', '.join(known)}")
