@@ -202,6 +202,8 @@ class Progress:
 
     def __init__(self) -> None:
         self.epoch, self.step, self.best_dice, self.best_epoch = 0, 0, -1.0, -1
+        # With an EMA, the trained weights themselves are validated too: one run gives the with/without-EMA rows.
+        self.best_dice_no_ema, self.best_epoch_no_ema = -1.0, -1
 
     def state_dict(self) -> dict[str, float]:
         return dict(vars(self))
@@ -492,6 +494,8 @@ def main(argv: list[str] | None = None) -> Path:
                         step=progress.step)
         log.info("epoch %d/%d: train loss %.4f, val %s", progress.epoch, t["epochs"], train_loss,
                  ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+        if ema is not None:
+            _validate_without_ema(accelerator, model, val_dl, cfg, progress, output_dir / "model_no_ema")
         if val["score"] > progress.best_dice:
             progress.best_dice, progress.best_epoch = val["score"], progress.epoch
             if accelerator.is_main_process:
@@ -507,6 +511,19 @@ def main(argv: list[str] | None = None) -> Path:
     return model_dir
 
 
+def _validate_without_ema(accelerator: Accelerator, model, val_dl, cfg: dict[str, Any], progress: Progress,
+                          model_dir: Path) -> None:
+    """Validate the trained weights (not their average), log them as ``val_no_ema/*`` and keep the best in
+    ``model_dir``: what the same run gives without the EMA lever, at the cost of one more validation pass."""
+    val = evaluate(accelerator, model, val_dl, cfg)
+    accelerator.log({f"val_no_ema/{k}": v for k, v in val.items()}, step=progress.step)
+    log.info("epoch %d, without EMA: val %s", progress.epoch, ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+    if val["score"] > progress.best_dice_no_ema:
+        progress.best_dice_no_ema, progress.best_epoch_no_ema = val["score"], progress.epoch
+        if accelerator.is_main_process:
+            save_best(accelerator.unwrap_model(model), model_dir, recipe_schema(cfg).to_config())
+
+
 def _finish(saved: SegModel, cfg: dict[str, Any], args: argparse.Namespace, output_dir: Path, model_dir: Path,
             progress: Progress, seconds: float, accelerator: Accelerator) -> None:
     """Write the training summary and the model card; push to the Hub when asked."""
@@ -514,6 +531,8 @@ def _finish(saved: SegModel, cfg: dict[str, Any], args: argparse.Namespace, outp
     device = "GPU" if torch.cuda.is_available() else f"CPU ({threads} thread{'' if threads == 1 else 's'})"
     summary = {"best_val_dice": progress.best_dice, "best_epoch": progress.best_epoch, "epochs": progress.epoch,
                "steps": progress.step, "seconds": seconds, "device": device,
+               **({"best_val_dice_no_ema": progress.best_dice_no_ema, "best_epoch_no_ema": progress.best_epoch_no_ema}
+                  if cfg["train"]["ema"] else {}),
                "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
     (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     write_model_card(model_dir, name=cfg["name"], config={**saved.config, **recipe_schema(cfg).to_config()},

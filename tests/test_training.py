@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from conftest import ROOT
+from safetensors.torch import load_file
 
 from medseg_core import Segmenter, load_model, training
 from medseg_core.config import DEFAULTS, RecipeError, load_config
@@ -175,7 +176,26 @@ def test_fine_tuning_starts_from_the_given_weights_with_an_ema_and_several_scale
     card = (model_dir / "README.md").read_text()
     assert f"Initialised from `{first}`" in card and "EMA of weights (decay 0.9)" in card and "x0.5, x1.5" in card
     fresh = training.main(tiny_args(data_root, tmp_path / "fresh", "--train.lr", "0"))
+    assert "best_val_dice_no_ema" not in json.loads((tmp_path / "fresh" / "train_summary.json").read_text())
+    assert not (tmp_path / "fresh" / "model_no_ema").exists()
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), load_model(fresh).parameters()))
+
+
+def test_an_ema_run_also_keeps_its_trained_weights_as_the_without_ema_row(data_root, tmp_path):
+    """With an EMA, ``model/`` holds the average and ``model_no_ema/`` the trained weights themselves (those of the
+    last checkpoint here, where the one epoch is also the best), each with its validation score in the summary."""
+    # timm's EMA copies the weights for its first two updates: four steps (of one epoch) to make them differ.
+    model_dir = training.main(tiny_args(data_root, tmp_path, "--train.ema", "0.9", "--train.lr", "0.01",
+                                        "--train.max_train_samples", "8", max_steps=4))
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["best_epoch_no_ema"] == summary["best_epoch"] == 1
+    assert 0.0 <= summary["best_val_dice_no_ema"] <= 1.0
+    trained = load_file(next((tmp_path / "checkpoints").glob("checkpoint_*")) / "model.safetensors")
+    raw, average = load_model(tmp_path / "model_no_ema"), load_model(model_dir)
+    for name, value in raw.state_dict().items():
+        torch.testing.assert_close(value, trained[name], msg=name)
+    assert any(not torch.equal(value, average.state_dict()[name]) for name, value in raw.state_dict().items()
+               if value.is_floating_point())
 
 
 def test_init_from_weights_of_another_shape_is_a_clear_error(trained, data_root, tmp_path):
