@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask-encoding", choices=MASK_ENCODINGS, default=None,
                    help="how the masks store classes (default: the mask_encoding of the weights' label schema)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--tta-scales", type=float, nargs="+", metavar="F", default=None,
+                   help="run the TTA flips at these factors of the input size, e.g. 0.82 1 1.18 (implies --tta; "
+                        "default: the tta_scales recorded with the weights, else 1); torch backend only")
     add_threshold_argument(p)
     add_postprocess_argument(p)
     p.add_argument("--pranet-mean-dice", action="store_true",
@@ -71,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.images and not args.masks:
         p.error("--images needs --masks")
     args.postprocess = postprocess_from_args(p, args.postprocess)
+    args.tta = args.tta or args.tta_scales is not None
     return args
 
 
@@ -134,9 +138,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     setup_logging()
     state = PartialState()
-    segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device), precision=args.precision,
-                                          backend=args.backend, postprocess=args.postprocess,
-                                          threshold=args.threshold)
+    try:
+        segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device),
+                                              precision=args.precision, backend=args.backend,
+                                              postprocess=args.postprocess, threshold=args.threshold,
+                                              tta_scales=args.tta_scales)
+    except ValueError as err:  # a bad threshold, TTA scale or backend for these weights: say which
+        raise SystemExit(f"medseg-evaluate: {err}") from err
     log.info("post-processing: %s; threshold %s", " ".join(segmenter.postprocess) or "none", segmenter.threshold)
     samples = read_split(args.data, args.split) if args.split else pairs_from_folders(args.images, args.masks)
     samples = samples[: args.limit]
@@ -159,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ms_per_image": sum(r["ms"] for r in rows) / max(1, len(rows)),
         "seconds": time.time() - started,
         "tta": args.tta,
+        "tta_sizes": segmenter.tta_sizes if args.tta else [],
         "inference_precision": args.precision,
         "backend": segmenter.backend.name,
         "postprocess": list(segmenter.postprocess),

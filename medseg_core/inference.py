@@ -1,5 +1,6 @@
-"""``Segmenter``: the one inference path. image -> preprocess -> model (+flip TTA) -> probabilities -> resize back
--> post-processing -> mask, overlay, confidence and statistics. The app, ``evaluate.py`` and batch tools all call it.
+"""``Segmenter``: the one inference path. image -> preprocess -> model (+flip and scale TTA) -> probabilities -> resize
+back -> post-processing -> mask, overlay, confidence and statistics. The app, ``evaluate.py`` and batch tools all
+call it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
+import torch.nn.functional as F
 
 from .backends import ONNX_FILENAME, BackendName, create_backend
 from .enhance import stack_views
@@ -193,6 +195,10 @@ class Segmenter:
         backend: what runs the network (``medseg_core.backends``): ``"torch"`` (eager), ``"onnxruntime"`` (needs
             ``onnx_path``) or ``"auto"`` (onnxruntime when ``onnx_path`` exists and the package imports).
         onnx_path: the exported network (``model.onnx`` from ``medseg_core.export``) for the onnxruntime backend.
+        tta_scales: factors of the input size at which TTA runs its flips (``(1.0,)``, flips only, by default;
+            e.g. ``(0.82, 1.0, 1.18)``); each size is rounded to a multiple of 32, the encoders' largest stride.
+            Other sizes than the input size need the torch backend (an exported file has a fixed input size).
+            ``from_pretrained`` takes the ``tta_scales`` recorded in ``config.json``, if any.
     """
 
     def __init__(
@@ -208,6 +214,7 @@ class Segmenter:
         precision: str = "fp32",
         backend: BackendName = "torch",
         onnx_path: str | os.PathLike | None = None,
+        tta_scales: Sequence[float] = (1.0,),
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -230,6 +237,11 @@ class Segmenter:
                              f"does not fit a model with {model.num_classes} outputs")
         self.class_names = self.schema.class_names
         self.threshold = check_thresholds(threshold, self.schema)
+        self.tta_scales = [float(f) for f in tta_scales]
+        self.tta_sizes = tta_sizes(model.input_size, self.tta_scales)
+        if self.backend.name != "torch" and self.tta_sizes != [model.input_size]:
+            raise ValueError(f"TTA at other sizes than the input size ({model.input_size}) needs the torch backend; "
+                             f"{self.backend.name} runs a file exported at that size")
         # Normalisation of 0..255 values, one (mean, std) per RGB channel, repeated for each stacked view.
         repeats = max(1, model.in_channels // len(model.mean))
         self._mean = np.tile(np.asarray(model.mean, np.float32) * np.float32(255), repeats)
@@ -257,6 +269,8 @@ class Segmenter:
         kwargs.setdefault("schema", schema_from_config(config))
         if kwargs.get("threshold") is None:
             kwargs["threshold"] = config.get("thresholds") or 0.5
+        if kwargs.get("tta_scales") is None:
+            kwargs["tta_scales"] = config.get("tta_scales") or (1.0,)
         kwargs.setdefault("backend", "auto")
         kwargs.setdefault("onnx_path", folder / ONNX_FILENAME if (folder / ONNX_FILENAME).is_file() else None)
         return cls(load_model(folder), device=device, **kwargs)
@@ -274,13 +288,14 @@ class Segmenter:
         number of classes."""
         return len(self.schema.class_names)
 
-    def _preprocess(self, image: np.ndarray) -> np.ndarray:
-        """The network's input for one RGB image: ``float32`` (1, C, size, size), normalised.
+    def _preprocess(self, image: np.ndarray, size: int | None = None) -> np.ndarray:
+        """The network's input for one RGB image: ``float32`` (1, C, size, size), normalised; ``size`` is the
+        model's input size unless given (multi-scale TTA).
 
         The array is an (N, C, H, W) view of an (N, H, W, C) buffer, which is the channels-last layout eager
         PyTorch wants; onnxruntime makes it contiguous. Done in numpy/cv2 once, on the model's input size.
         """
-        size = self.model.input_size
+        size = size or self.model.input_size
         h, w = image.shape[:2]
         if (h, w) == (size, size):
             resized = image  # cv2.resize would return a copy of the same pixels
@@ -316,17 +331,24 @@ class Segmenter:
     def predict_probs(self, image: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Class probabilities (C, H, W) at the image's resolution, and the TTA disagreement (or None).
 
-        TTA averages the identity, horizontal, vertical and both flips; the disagreement is the standard
-        deviation of the lesion probability across those passes.
+        TTA averages the identity, horizontal, vertical and both flips, at each of ``tta_sizes`` (their outputs
+        resized to the input size); the disagreement is the standard deviation of the lesion probability across
+        those passes.
         """
         image = to_rgb_uint8(image)
-        x = self._preprocess(image)
         h, w = image.shape[:2]
         if not tta:
-            return _resize_channels(self._class_probs(x)[0].numpy(), w, h), None
+            return _resize_channels(self._class_probs(self._preprocess(image))[0].numpy(), w, h), None
         flips: list[tuple[int, ...]] = [(), (3,), (2,), (2, 3)]
-        passes = [self._class_probs(np.ascontiguousarray(np.flip(x, f)) if f else x) for f in flips]
-        passes = [p.flip(f) if f else p for p, f in zip(passes, flips)]
+        base = self.model.input_size
+        passes = []
+        for size in self.tta_sizes:
+            x = self._preprocess(image, size)
+            for f in flips:
+                p = self._class_probs(np.ascontiguousarray(np.flip(x, f)) if f else x)
+                p = p.flip(f) if f else p
+                passes.append(p if size == base else F.interpolate(p, size=(base, base), mode="bilinear",
+                                                                   align_corners=False))
         stacked = torch.cat(passes)
         probs = stacked.mean(0)
         lesion = stacked.amax(1) if self.schema.multilabel else 1 - stacked[:, 0]
@@ -416,9 +438,19 @@ class Segmenter:
             "mean_confidence": round(float(confidence[lesion].mean()), 4) if lesion.any() else None,
             "threshold": self.threshold,
             "tta": tta,
+            "tta_sizes": self.tta_sizes if tta else [],
             "postprocess": list(steps),
             "inference_ms": round(elapsed_ms, 1),
         }
+
+
+def tta_sizes(input_size: int, scales: Sequence[float], multiple: int = 32) -> list[int]:
+    """The network sizes of multi-scale TTA: each factor of ``input_size`` rounded to ``multiple`` (at least one
+    ``multiple``), in order, without repeats; ValueError for a factor outside 0.5-2 or an empty list."""
+    if not scales or any(not 0.5 <= f <= 2.0 for f in scales):
+        raise ValueError(f"TTA scales are factors of the input size from 0.5 to 2, got {list(scales)}")
+    sizes = [max(multiple, round(input_size * f / multiple) * multiple) if f != 1.0 else input_size for f in scales]
+    return list(dict.fromkeys(sizes))
 
 
 def _resize_channels(probs: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -85,6 +85,7 @@ EXTRA_CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "colors": (list,),
     "mask_encoding": (str,),
     "thresholds": (list,),
+    "tta_scales": (list,),
 }
 _NAME = re.compile(r"^[A-Za-z0-9_][\w.+-]{0,127}$")
 #: Ranges of well-known integer arguments; any other integer must lie in [0, _MAX_INT].
@@ -174,6 +175,10 @@ def validate_model_config(config: Any, source: str = "the weights") -> dict[str,
                                            for v in value):
             raise UnsafeWeightsError(f"{source}: config.json field 'thresholds' = {str(value)[:80]} must list "
                                      "numbers from 0 to 1")
+        if key == "tta_scales" and not (0 < len(value) <= 8 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0.5 <= v <= 2 for v in value)):
+            raise UnsafeWeightsError(f"{source}: config.json field 'tta_scales' = {str(value)[:80]} must list one "
+                                     "to eight factors from 0.5 to 2")
         _check_value(key, value, source)
     return config
 

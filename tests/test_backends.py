@@ -68,6 +68,10 @@ def test_bad_backend_requests_are_refused(tiny_weights, onnx_weights):
     model = load_model(tiny_weights)
     with pytest.raises(ValueError, match="backend must be one of"):
         Segmenter(model, device="cpu", backend="tensorrt")
+    # An exported file has one input size: scale TTA at others needs eager PyTorch.
+    with pytest.raises(ValueError, match="needs the torch backend"):
+        Segmenter.from_pretrained(onnx_weights, device="cpu", backend="onnxruntime", tta_scales=(0.5, 1.0))
+    assert Segmenter.from_pretrained(onnx_weights, device="cpu", backend="onnxruntime", tta_scales=(1.0,))
     with pytest.raises(ValueError, match="needs an .onnx file"):
         Segmenter.from_pretrained(tiny_weights, device="cpu", backend="onnxruntime")
     with pytest.raises(ValueError, match="torch backend only"):

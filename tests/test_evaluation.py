@@ -43,6 +43,19 @@ def test_evaluate_on_a_tiny_split(trained, data_root, tmp_path):
     assert (tmp_path / "rows.csv").read_text().startswith("id,dice")
 
 
+def test_tta_scales_imply_tta_and_are_recorded_in_the_json(trained, tmp_path):
+    _, model_dir = trained
+    out_json = tmp_path / "out.json"
+    result = evaluate_main(["--model", str(model_dir), "--images", str(ROOT / "examples"), "--masks",
+                            str(ROOT / "examples"), "--limit", "1", "--tta-scales", "0.5", "1",
+                            "--json", str(out_json)])
+    saved = json.loads(out_json.read_text())
+    assert result["tta"] is saved["tta"] is True and saved["tta_sizes"] == [32, 64]
+    with pytest.raises(SystemExit, match="from 0.5 to 2"):
+        evaluate_main(["--model", str(model_dir), "--images", str(ROOT / "examples"), "--masks",
+                       str(ROOT / "examples"), "--tta-scales", "4"])
+
+
 def test_evaluate_on_user_folders(trained, tmp_path):
     _, model_dir = trained
     examples = ROOT / "examples"

@@ -1,10 +1,13 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 from bad_inputs import build_corpus
 from conftest import ROOT
 
 from medseg_core import Segmenter, to_rgb_uint8
-from medseg_core.inference import ImageInputError, load_image_file, make_overlay
+from medseg_core.inference import ImageInputError, load_image_file, make_overlay, tta_sizes
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +36,40 @@ def test_tta_gives_a_disagreement_map_and_is_flip_equivariant(segmenter, example
     assert (result.disagreement >= 0).all()
     flipped = segmenter(example_image[:, ::-1].copy(), tta=True)
     assert np.allclose(flipped.confidence[:, ::-1], result.confidence, atol=1e-4)
+
+
+def test_scale_tta_averages_the_flips_of_each_size(tiny_weights, example_image, tmp_path):
+    """Flips at 0.5x and 1x the input size average to the mean of the two single-size TTAs (every resize in between
+    is linear); the sizes are reported, a recorded ``tta_scales`` is the default, and without ``tta`` the scales
+    change nothing."""
+    one, half, both = (Segmenter.from_pretrained(tiny_weights, device="cpu", tta_scales=s)
+                       for s in ((1.0,), (0.5,), (0.5, 1.0)))
+    assert (one.tta_sizes, half.tta_sizes, both.tta_sizes) == ([64], [32], [32, 64])
+    a, b, ab = (s(example_image, tta=True) for s in (one, half, both))
+    gap = np.abs(a.confidence - b.confidence).max()  # a random tiny net: small, but far above float error
+    assert gap > 1e-5 and np.abs(ab.confidence - (a.confidence + b.confidence) / 2).max() < gap / 100
+    assert ab.stats["tta_sizes"] == [32, 64] and both(example_image).stats["tta_sizes"] == []
+    assert np.array_equal(both(example_image).probs, one(example_image).probs)
+    flipped = both(example_image[:, ::-1].copy(), tta=True)
+    assert np.allclose(flipped.confidence[:, ::-1], ab.confidence, atol=1e-4)
+    recorded = tmp_path / "recorded"
+    shutil.copytree(tiny_weights, recorded)
+    config = json.loads((recorded / "config.json").read_text())
+    (recorded / "config.json").write_text(json.dumps({**config, "tta_scales": [0.5, 1.0]}))
+    assert Segmenter.from_pretrained(recorded, device="cpu").tta_sizes == [32, 64]
+
+
+@pytest.mark.parametrize(("size", "scales", "sizes"), [
+    (352, [0.82, 1.0, 1.18], [288, 352, 416]), (352, [1.0, 1.0], [352]), (64, [0.5, 0.51], [32]),
+])
+def test_tta_sizes_round_to_the_encoder_stride(size, scales, sizes):
+    assert tta_sizes(size, scales) == sizes
+
+
+@pytest.mark.parametrize("scales", [[], [0.3], [1.0, 2.5]])
+def test_tta_scales_out_of_range_are_refused(tiny_weights, scales):
+    with pytest.raises(ValueError, match="factors of the input size from 0.5 to 2"):
+        Segmenter.from_pretrained(tiny_weights, device="cpu", tta_scales=scales)
 
 
 def test_postprocessing_is_applied(segmenter, example_image):

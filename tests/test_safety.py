@@ -73,6 +73,8 @@ def _config(tiny_weights):
     ({"refiner": "../../.."}, "'refiner' = '../../..' must name a sub-folder"),
     ({"refiner": "/etc"}, "'refiner' = '/etc' must name a sub-folder"),
     ({"refiner": "owner/other-repo"}, "must name a sub-folder"),
+    ({"tta_scales": [1.0, 40.0]}, "'tta_scales' = [1.0, 40.0] must list one to eight factors from 0.5 to 2"),
+    ({"tta_scales": [1.0] * 100}, "'tta_scales'"),
 ])
 def test_hostile_config_values_are_refused_naming_the_field(tiny_weights, tmp_path, change, reason):
     folder = tmp_path / "hostile"
