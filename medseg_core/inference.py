@@ -28,6 +28,7 @@ from .io import to_rgb_uint8
 from .labels import LabelSchema, schema_from_config
 from .models import SegModel
 from .postprocess import PostprocessSpec, apply_postprocessing, resolve_postprocess
+from .safety import TTA_SCALE_RANGE
 
 __all__ = [
     "CLASS_COLOURS",
@@ -237,8 +238,7 @@ class Segmenter:
                              f"does not fit a model with {model.num_classes} outputs")
         self.class_names = self.schema.class_names
         self.threshold = check_thresholds(threshold, self.schema)
-        self.tta_scales = [float(f) for f in tta_scales]
-        self.tta_sizes = tta_sizes(model.input_size, self.tta_scales)
+        self.tta_sizes = tta_sizes(model.input_size, tta_scales)
         if self.backend.name != "torch" and self.tta_sizes != [model.input_size]:
             raise ValueError(f"TTA at other sizes than the input size ({model.input_size}) needs the torch backend; "
                              f"{self.backend.name} runs a file exported at that size")
@@ -447,8 +447,9 @@ class Segmenter:
 def tta_sizes(input_size: int, scales: Sequence[float], multiple: int = 32) -> list[int]:
     """The network sizes of multi-scale TTA: each factor of ``input_size`` rounded to ``multiple`` (at least one
     ``multiple``), in order, without repeats; ValueError for a factor outside 0.5-2 or an empty list."""
-    if not scales or any(not 0.5 <= f <= 2.0 for f in scales):
-        raise ValueError(f"TTA scales are factors of the input size from 0.5 to 2, got {list(scales)}")
+    low, high = TTA_SCALE_RANGE
+    if not scales or any(not low <= f <= high for f in scales):
+        raise ValueError(f"TTA scales are factors of the input size from {low:g} to {high:g}, got {list(scales)}")
     sizes = [max(multiple, round(input_size * f / multiple) * multiple) if f != 1.0 else input_size for f in scales]
     return list(dict.fromkeys(sizes))
 

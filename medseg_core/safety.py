@@ -39,6 +39,7 @@ __all__ = [
     "MAX_DISPLAY_SIDE",
     "MAX_IMAGE_SIDE",
     "MAX_INPUT_SIZE",
+    "TTA_SCALE_RANGE",
     "ExtractionBudget",
     "ImageTooLargeError",
     "RejectedInput",
@@ -87,6 +88,8 @@ EXTRA_CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "thresholds": (list,),
     "tta_scales": (list,),
 }
+#: Factors of the input size that multi-scale TTA (``tta_scales``) may use.
+TTA_SCALE_RANGE = (0.5, 2.0)
 _NAME = re.compile(r"^[A-Za-z0-9_][\w.+-]{0,127}$")
 #: Ranges of well-known integer arguments; any other integer must lie in [0, _MAX_INT].
 _INT_RANGES = {"input_size": (16, MAX_INPUT_SIZE), "num_classes": (1, MAX_CLASSES), "in_channels": (1, 16)}
@@ -175,8 +178,8 @@ def validate_model_config(config: Any, source: str = "the weights") -> dict[str,
                                            for v in value):
             raise UnsafeWeightsError(f"{source}: config.json field 'thresholds' = {str(value)[:80]} must list "
                                      "numbers from 0 to 1")
-        if key == "tta_scales" and not (0 < len(value) <= 8 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0.5 <= v <= 2 for v in value)):
+        if key == "tta_scales" and not (0 < len(value) <= 8 and all(isinstance(v, (int, float)) and not isinstance(
+                v, bool) and TTA_SCALE_RANGE[0] <= v <= TTA_SCALE_RANGE[1] for v in value)):
             raise UnsafeWeightsError(f"{source}: config.json field 'tta_scales' = {str(value)[:80]} must list one "
                                      "to eight factors from 0.5 to 2")
         _check_value(key, value, source)
