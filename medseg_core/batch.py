@@ -1,6 +1,6 @@
 """The one engine for segmenting many files: images, folders and zips in; masks, overlays and a CSV out.
 
-    medseg-segment IMAGE_OR_FOLDER_OR_ZIP [...] --out DIR [--model unet_lite0.polyp] [--tta] [--postprocess none]
+    medseg-segment IMAGE_OR_FOLDER_OR_ZIP [...] --out DIR [--model unet_lite2.polyp] [--tta] [--postprocess none]
 
 For every image ``<stem>.<ext>`` it writes what :func:`medseg_core.io.write_mask` writes (``<stem>_mask.png``: 0/255
 for binary models, class indices for multi-class ones, one ``<stem>_<class>.png`` per class for multi-label ones; and
@@ -43,7 +43,8 @@ MAX_ZIP_BYTES = 1_000_000_000
 #: statistics.csv columns. Timings are left out so that a run's files depend on its inputs and options only.
 BATCH_COLUMNS = ("file", "status", "width", "height", "lesion_pixels", "lesion_percent", "lesion_count",
                  "mean_confidence", "mask", "overlay", "error")
-DEFAULT_MODEL = "unet_lite0.polyp"
+DEFAULT_MODEL = "unet_lite2.polyp"  # the most accurate polyp model
+VIDEO_MODEL = "unet_lite0.polyp_fast"  # the one that keeps up with video on a CPU
 
 
 def _images_in(folder: Path) -> list[Path]:

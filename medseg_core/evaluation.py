@@ -1,6 +1,6 @@
 """Measure a model on a split or on any folder of images and masks, through the same Segmenter as the app.
 
-    medseg-evaluate --model unet_lite0.polyp --data ../shared/data --split test-kvasir --json out.json
+    medseg-evaluate --model unet_lite2.polyp --data ../shared/data --split test-kvasir --json out.json
     medseg-evaluate --model runs/x/model --images DIR --masks DIR --csv per_image.csv
     accelerate launch --num_processes 4 train/evaluate.py ...   (each process takes a share of the images)
 

@@ -1,7 +1,7 @@
 """Export a model to ONNX (``model.onnx`` beside its ``config.json``), check it against eager PyTorch on real
 images, and optionally quantise it to int8 (``model.int8.onnx``) with static calibration on training images.
 
-    python -m medseg_core.export --model unet_lite0.polyp --out /tmp/unet_onnx --check-split test-kvasir
+    python -m medseg_core.export --model unet_lite2.polyp --out /tmp/unet_onnx --check-split test-kvasir
     python -m medseg_core.export --model /tmp/unet_onnx --int8 --calib-split polyp-train --check-split test-kvasir
 
 A weights folder that holds ``model.onnx`` is run by onnxruntime when ``Segmenter.from_pretrained(...,

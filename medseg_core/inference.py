@@ -174,7 +174,7 @@ class SegResult:
 
 
 class Segmenter:
-    """Runs a model on RGB images: ``Segmenter.from_pretrained("unet_lite0.polyp")(image)``.
+    """Runs a model on RGB images: ``Segmenter.from_pretrained("unet_lite2.polyp")(image)``.
 
     Args:
         model: a :class:`SegModel`; its config gives input size and normalisation.

@@ -1,10 +1,10 @@
 """Endoscopy video through the same ``Segmenter``: decode (PyAV), segment, write an H.264 MP4 with the overlay and a
 CSV of per-frame statistics.
 
-    summary = segment_video(Segmenter.from_pretrained("unet_lite0.polyp"), "clip.mp4", "out.mp4", "frames.csv")
+    summary = segment_video(Segmenter.from_pretrained("unet_lite0.polyp_fast"), "clip.mp4", "out.mp4", "frames.csv")
     chart = plot_lesion_area(summary.rows)          # RGB image: lesion area (% of frame) over time
 
-    python -m medseg_core.video clip.mp4 --out out.mp4 --csv frames.csv --model unet_lite0.polyp
+    python -m medseg_core.video clip.mp4 --out out.mp4 --csv frames.csv --model unet_lite0.polyp_fast
 
 Decoding runs in a thread ahead of the network (a bounded queue), so reading frame n+1 overlaps segmenting frame n;
 frames go through the network ``batch_size`` at a time. ``smoothing`` is an exponential moving average of the
@@ -30,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .batch import VIDEO_MODEL
 from .cli import setup_logging
 from .inference import Segmenter
 
@@ -406,7 +407,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output MP4")
     p.add_argument("--csv", help="per-frame statistics CSV")
     p.add_argument("--plot", help="also write the lesion-area chart to this PNG")
-    p.add_argument("--model", default="unet_lite0.polyp", help="weights folder, weights/ name or Hub repo id")
+    p.add_argument("--model", default=os.environ.get("MEDSEG_VIDEO_MODEL", VIDEO_MODEL),
+                   help=f"weights folder, weights/ name or Hub repo id (default: the fast {VIDEO_MODEL})")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto", help="network engine")
     p.add_argument("--postprocess", nargs="*", default=None,
                    help="'recorded' (default: the chain in the weights' config), 'none', or step names")

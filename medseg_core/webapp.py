@@ -35,7 +35,7 @@ import gradio as gr
 import numpy as np
 
 from . import hub
-from .batch import expand_inputs, segment_files, write_results_zip
+from .batch import DEFAULT_MODEL, VIDEO_MODEL, expand_inputs, segment_files, write_results_zip
 from .evaluation import scores_against_mask_image
 from .hub import UnsafeWeightsError, WeightsNotFoundError, list_local_weights
 from .inference import MAX_IMAGE_PIXELS, ImageInputError, Segmenter, SegResult, load_image_file
@@ -112,8 +112,12 @@ def any_hub_model_allowed() -> bool:
     return os.environ.get(ALLOW_ANY_HUB_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def default_model(models: list[str]) -> str | None:
-    wanted = os.environ.get("MEDSEG_DEFAULT_MODEL", "unet_lite0.polyp")
+def default_model(models: list[str], video: bool = False) -> str | None:
+    """The model a tab opens with, when offered: ``MEDSEG_DEFAULT_MODEL`` (the most accurate polyp model) for
+    images, ``MEDSEG_VIDEO_MODEL`` (the fast one) for video, which falls back to the image default; else the first."""
+    wanted = os.environ.get("MEDSEG_DEFAULT_MODEL", DEFAULT_MODEL)
+    if video and os.environ.get("MEDSEG_VIDEO_MODEL", VIDEO_MODEL) in models:
+        wanted = os.environ.get("MEDSEG_VIDEO_MODEL", VIDEO_MODEL)
     return wanted if wanted in models else (models[0] if models else None)
 
 
@@ -608,8 +612,8 @@ def video_tab(models: list[str]) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Video clip", file_types=VIDEO_TYPES, type="filepath", elem_id="video-upload")
-            model = gr.Dropdown(models, value=default_model(models), label="Model", allow_custom_value=True,
-                                elem_id="video-model")
+            model = gr.Dropdown(models, value=default_model(models, video=True), label="Model",
+                                allow_custom_value=True, elem_id="video-model")
             smoothing = gr.Slider(0.0, 0.9, value=0.0, step=0.1, label="Temporal smoothing (0 = off)",
                                   info="exponential average of each frame's probabilities with the previous ones")
             run = gr.Button("Segment video", variant="primary", elem_id="video-button")

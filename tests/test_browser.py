@@ -27,7 +27,7 @@ def _free_port() -> int:
 def server(tiny_weights, tmp_path_factory):
     weights = tmp_path_factory.mktemp("browser-weights")
     shutil.copytree(tiny_weights, weights / "tiny_unet.test")
-    real = ROOT / "weights" / "unet_lite0.polyp"
+    real = ROOT / "weights" / "unet_lite2.polyp"
     if (real / "model.safetensors").is_file():  # the screenshot shows the shipped model when there is one
         shutil.copytree(real, weights / real.name)
     mp = pytest.MonkeyPatch()
@@ -90,7 +90,7 @@ def test_a_video_clip_is_segmented_and_plays_in_the_browser(page, server, tmp_pa
     page.goto(server, wait_until="domcontentloaded")
     page.get_by_role("tab", name="Video").click()
     page.locator("#video-upload input[type=file]").set_input_files(str(clip))
-    if not (ROOT / "weights" / "unet_lite0.polyp" / "model.safetensors").is_file():  # else the shipped default
+    if not (ROOT / "weights" / "unet_lite2.polyp" / "model.safetensors").is_file():  # else the shipped default
         page.locator("#video-model input").fill("tiny_unet.test")
         page.locator("#video-model input").press("Enter")
     page.locator("#video-button").click()

@@ -79,14 +79,16 @@ def test_postprocessing_is_applied(segmenter, example_image):
     assert cleaned.stats["lesion_count"] <= plain.stats["lesion_count"]
 
 
-def test_shipped_default_segments_the_example_polyps():
-    weights = ROOT / "weights" / "unet_lite0.polyp"
+@pytest.mark.parametrize("name", ["unet_lite2.polyp", "unet_lite0.polyp_fast"])
+def test_shipped_polyp_models_segment_the_example_polyps(name):
+    """The accurate default and the fast video model, from their fp16-stored weights, on the app's examples."""
+    weights = ROOT / "weights" / name
     if not (weights / "model.safetensors").is_file():
-        pytest.skip("no shipped default weights yet")
+        pytest.skip("no shipped weights yet")
     from medseg_core.io import read_image, read_mask
     from medseg_core.metrics import dice_score
 
-    seg = Segmenter.from_pretrained("unet_lite0.polyp", device="cpu")
+    seg = Segmenter.from_pretrained(name, device="cpu")
     dices = []
     for path in sorted((ROOT / "examples").glob("polypgen_*.jpg")):
         truth = read_mask(path.with_name(path.stem + "_mask.png"))

@@ -148,5 +148,5 @@ def test_shipped_weights_carry_their_label_schema():
         assert config["task"] in ("binary", "multiclass", "multilabel") and config["class_names"], folder
         schema = schema_from_config(config)
         assert schema.outputs_ok(config["num_classes"])
-    neopolyp = schema_from_config(json.loads((ROOT / "weights/unet_lite0.neopolyp/config.json").read_text()))
+    neopolyp = schema_from_config(json.loads((ROOT / "weights/unet_lite2.neopolyp/config.json").read_text()))
     assert neopolyp == BKAI_NEOPOLYP

@@ -28,6 +28,12 @@ def test_models_come_from_weights_dir_and_env(app_module, monkeypatch):
     monkeypatch.setenv("MEDSEG_HUB_MODELS", "owner/repo-a, owner/repo-b")
     assert app_module.available_models() == ["tiny_unet.test", "owner/repo-a", "owner/repo-b"]
     assert app_module.default_model(["x", "y"]) == "x"
+    shipped = ["unet_lite0.polyp_fast", "unet_lite2.polyp"]
+    assert app_module.default_model(shipped) == "unet_lite2.polyp"  # images: the most accurate
+    assert app_module.default_model(shipped, video=True) == "unet_lite0.polyp_fast"  # video: the fast one
+    assert app_module.default_model(["unet_lite2.polyp", "y"], video=True) == "unet_lite2.polyp"
+    monkeypatch.setenv("MEDSEG_VIDEO_MODEL", "y")
+    assert app_module.default_model(["unet_lite2.polyp", "y"], video=True) == "y"
 
 
 def test_segment_handler(app_module):
@@ -249,9 +255,9 @@ def test_video_handler_returns_the_clip_plot_and_csv(app_module, data_root, tmp_
 def test_an_example_image_is_shown_with_the_model_for_its_kind_of_image(app_module):
     from pathlib import Path
 
-    models = ["unet_lite0.polyp", "unet_lite0.edd2020", "unet_lite0.neopolyp"]
+    models = ["unet_lite0.edd2020", "unet_lite0.polyp_fast", "unet_lite2.neopolyp", "unet_lite2.polyp"]
     assert app_module.example_model(Path("examples/edd2020_ACB0004.jpg"), models) == "unet_lite0.edd2020"
-    assert app_module.example_model(Path("examples/polypgen_C3_EndoCV2021_00394.jpg"), models) == "unet_lite0.polyp"
+    assert app_module.example_model(Path("examples/polypgen_C3_EndoCV2021_00394.jpg"), models) == "unet_lite2.polyp"
     assert app_module.example_model(Path("examples/edd2020_ACB0004.jpg"), ["tiny_unet.test"]) == "tiny_unet.test"
     shipped = {p.name.split("_", 1)[0] for p in app_module.EXAMPLES}
     assert {"polypgen", "edd2020"} <= shipped
