@@ -122,7 +122,8 @@ class OnnxRuntimeBackend:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No busy-waiting after a run: ONNX Runtime's spinning threads would hold the cores that PyTorch's own pool
-        # needs for the pre- and post-processing around the network (on 2 cores that tripled their time).
+        # needs for the pre- and post-processing around the network (on 2 cores the whole path took about twice the
+        # network's time).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if providers is None:
             providers = ["CPUExecutionProvider"]

@@ -116,8 +116,9 @@ def default_model(models: list[str], video: bool = False) -> str | None:
     """The model a tab opens with, when offered: ``MEDSEG_DEFAULT_MODEL`` (the most accurate polyp model) for
     images, ``MEDSEG_VIDEO_MODEL`` (the fast one) for video, which falls back to the image default; else the first."""
     wanted = os.environ.get("MEDSEG_DEFAULT_MODEL", DEFAULT_MODEL)
-    if video and os.environ.get("MEDSEG_VIDEO_MODEL", VIDEO_MODEL) in models:
-        wanted = os.environ.get("MEDSEG_VIDEO_MODEL", VIDEO_MODEL)
+    video_model = os.environ.get("MEDSEG_VIDEO_MODEL", VIDEO_MODEL)
+    if video and video_model in models:
+        wanted = video_model
     return wanted if wanted in models else (models[0] if models else None)
 
 
