@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the TTA flips at these factors of the input size, e.g. 0.82 1 1.18 (implies --tta; "
                         "default: the tta_scales recorded with the weights, else 1); torch backend only")
     add_threshold_argument(p)
+    p.add_argument("--class-bias", type=float, nargs="+", metavar="B", default=None,
+                   help="multi-class models: one log-odds offset per class for choosing a lesion's class, e.g. 0 0 0 "
+                        "for plain argmax (default: the class_bias recorded with the weights, else none)")
     add_postprocess_argument(p)
     p.add_argument("--pranet-mean-dice", action="store_true",
                    help="also report the PraNet-protocol Dice averaged over thresholds 0..255 (labelled as such)")
@@ -142,10 +145,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device),
                                               precision=args.precision, backend=args.backend,
                                               postprocess=args.postprocess, threshold=args.threshold,
-                                              tta_scales=args.tta_scales)
-    except ValueError as err:  # a bad threshold, TTA scale or backend for these weights: say which
+                                              tta_scales=args.tta_scales, class_bias=args.class_bias)
+    except ValueError as err:  # a bad threshold, TTA scale, class bias or backend for these weights: say which
         raise SystemExit(f"medseg-evaluate: {err}") from err
-    log.info("post-processing: %s; threshold %s", " ".join(segmenter.postprocess) or "none", segmenter.threshold)
+    log.info("post-processing: %s; threshold %s; class bias %s", " ".join(segmenter.postprocess) or "none",
+             segmenter.threshold, segmenter.class_bias)
     samples = read_split(args.data, args.split) if args.split else pairs_from_folders(args.images, args.masks)
     samples = samples[: args.limit]
     started = time.time()
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "backend": segmenter.backend.name,
         "postprocess": list(segmenter.postprocess),
         "threshold": segmenter.threshold,
+        "class_bias": segmenter.class_bias,
         "labels": segmenter.schema.to_config(),
         "per_image": rows,
     }

@@ -31,7 +31,9 @@ __all__ = [
     "load_model",
     "parse_hub_spec",
     "push_model",
+    "record_class_bias",
     "record_postprocess",
+    "record_thresholds",
     "recorded_postprocess",
     "resolve_hub_weights",
     "resolve_weights",
@@ -225,15 +227,27 @@ def recorded_postprocess(folder: str | os.PathLike) -> dict[str, Any]:
     return {"steps": steps, "refiner": refiner}
 
 
-def record_thresholds(folder: str | os.PathLike, thresholds: Sequence[float]) -> Path:
-    """Write per-class probability thresholds (chosen on a validation split by ``bench/threshold_table.py``) into a
-    multi-label weights folder's ``config.json``; ``Segmenter.from_pretrained`` then uses them."""
+def _record_numbers(folder: str | os.PathLike, key: str, values: Sequence[float]) -> Path:
+    """Write a list of numbers under ``key`` into a weights folder's ``config.json``, validated before it is
+    written."""
     path = Path(folder) / "config.json"
     config = json.loads(path.read_text())
-    config["thresholds"] = [round(float(t), 4) for t in thresholds]
+    config[key] = [round(float(v), 4) for v in values]
     validate_model_config(config, Path(folder).name)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def record_thresholds(folder: str | os.PathLike, thresholds: Sequence[float]) -> Path:
+    """Write per-class probability thresholds (chosen on a validation split by ``bench/threshold_table.py``) into a
+    multi-label weights folder's ``config.json``; ``Segmenter.from_pretrained`` then uses them."""
+    return _record_numbers(folder, "thresholds", thresholds)
+
+
+def record_class_bias(folder: str | os.PathLike, bias: Sequence[float]) -> Path:
+    """Write a multi-class model's per-class log-odds offsets (chosen on a validation split by
+    ``bench/class_bias.py``) into its ``config.json``; ``Segmenter.from_pretrained`` then uses them."""
+    return _record_numbers(folder, "class_bias", bias)
 
 
 def record_postprocess(folder: str | os.PathLike, steps: Sequence[str], refiner: str | None = None) -> Path:

@@ -198,6 +198,11 @@ class Segmenter:
         onnx_path: the exported network (``model.onnx`` from ``medseg_core.export``) for the onnxruntime backend.
         tta_scales: factors of the input size at which TTA runs its flips (``(1.0,)``, flips only, by default;
             e.g. ``(0.82, 1.0, 1.18)``); each size is rounded to a multiple of 32, the encoders' largest stride.
+        class_bias: multi-class models only: one log-odds offset per class, added when choosing *which* lesion
+            class a lesion pixel (and, with ``region_class_consistency``, a lesion region) takes; where the lesion
+            is (any class against background) and the reported probabilities are unchanged. It corrects a rare
+            class's under-prediction (logit adjustment); ``bench/class_bias.py`` chooses it on a validation split
+            and records it in ``config.json``, which ``from_pretrained`` reads. None or zeros: plain argmax.
             Other sizes than the input size need the torch backend (an exported file has a fixed input size).
             ``from_pretrained`` takes the ``tta_scales`` recorded in ``config.json``, if any.
     """
@@ -216,6 +221,7 @@ class Segmenter:
         backend: BackendName = "torch",
         onnx_path: str | os.PathLike | None = None,
         tta_scales: Sequence[float] = (1.0,),
+        class_bias: Sequence[float] | None = None,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -239,6 +245,7 @@ class Segmenter:
         self.class_names = self.schema.class_names
         self.threshold = check_thresholds(threshold, self.schema)
         self.tta_sizes = tta_sizes(model.input_size, tta_scales)
+        self.class_bias = check_class_bias(class_bias, self.schema)
         if self.backend.name != "torch" and self.tta_sizes != [model.input_size]:
             raise ValueError(f"TTA at other sizes than the input size ({model.input_size}) needs the torch backend; "
                              f"{self.backend.name} runs a file exported at that size")
@@ -269,6 +276,8 @@ class Segmenter:
         kwargs.setdefault("schema", schema_from_config(config))
         if kwargs.get("threshold") is None:
             kwargs["threshold"] = config.get("thresholds") or 0.5
+        if kwargs.get("class_bias") is None:
+            kwargs["class_bias"] = config.get("class_bias")
         if kwargs.get("tta_scales") is None:
             kwargs["tta_scales"] = config.get("tta_scales") or (1.0,)
         kwargs.setdefault("backend", "auto")
@@ -375,7 +384,18 @@ class Segmenter:
             return (probs > np.asarray(self.threshold, np.float32).reshape(-1, 1, 1)).astype(np.uint8)
         if probs.shape[0] == 2:
             return (probs[1] > self.threshold).astype(np.uint8)
-        return probs.argmax(0).astype(np.uint8)
+        if self.class_bias is None:
+            return probs.argmax(0).astype(np.uint8)
+        lesion = probs.argmax(0) > 0
+        return np.where(lesion, 1 + self.decision_probs(probs)[1:].argmax(0), 0).astype(np.uint8)
+
+    def decision_probs(self, probs: np.ndarray) -> np.ndarray:
+        """What class decisions read: the probabilities with each lesion class's scaled by ``exp(class_bias)``
+        (the background's left as it is, so lesion extent is unchanged); ``probs`` itself without a bias."""
+        if self.class_bias is None:
+            return probs
+        scale = np.exp(np.asarray(self.class_bias, np.float32))
+        return probs * (scale / scale[0]).reshape(-1, 1, 1)
 
     def __call__(self, image: np.ndarray, tta: bool = False, postprocess: PostprocessSpec | None = None) -> SegResult:
         """Segment one image (any of the layouts :func:`to_rgb_uint8` accepts).
@@ -396,7 +416,7 @@ class Segmenter:
         if steps:
             if "refine" in steps and self.refiner is None:
                 raise ValueError(f"the 'refine' step needs a refiner, and the weights of {self.name} name none")
-            mask = self._postprocess(mask, steps, probs, image)
+            mask = self._postprocess(mask, steps, self.decision_probs(probs), image)
         confidence = (probs.max(0) if self.schema.multilabel else 1.0 - probs[0]).astype(np.float32)
         elapsed_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
         colours = self.schema.foreground_colours if self.schema.multilabel else self.schema.colours
@@ -442,6 +462,20 @@ class Segmenter:
             "postprocess": list(steps),
             "inference_ms": round(elapsed_ms, 1),
         }
+
+
+def check_class_bias(bias: Sequence[float] | None, schema: LabelSchema) -> list[float] | None:
+    """A multi-class model's per-class log-odds offsets, checked (one finite number per class); None when absent
+    or all equal (a common offset changes no decision). ValueError for other schemas or a wrong length."""
+    if bias is None:
+        return None
+    values = [float(b) for b in bias]
+    if schema.task != "multiclass":
+        raise ValueError(f"class_bias is for multi-class models; this one is {schema.task}")
+    if len(values) != len(schema.class_names) or not all(np.isfinite(values)):
+        raise ValueError(f"class_bias needs one finite number per class ({len(schema.class_names)}: "
+                         f"{', '.join(schema.class_names)}), got {bias}")
+    return None if len(set(values)) == 1 else values
 
 
 def tta_sizes(input_size: int, scales: Sequence[float], multiple: int = 32) -> list[int]:

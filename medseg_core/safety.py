@@ -87,7 +87,10 @@ EXTRA_CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "mask_encoding": (str,),
     "thresholds": (list,),
     "tta_scales": (list,),
+    "class_bias": (list,),
 }
+#: Largest magnitude of a recorded ``class_bias`` entry (a log-odds offset).
+MAX_CLASS_BIAS = 10.0
 #: Factors of the input size that multi-scale TTA (``tta_scales``) may use.
 TTA_SCALE_RANGE = (0.5, 2.0)
 _NAME = re.compile(r"^[A-Za-z0-9_][\w.+-]{0,127}$")
@@ -182,6 +185,10 @@ def validate_model_config(config: Any, source: str = "the weights") -> dict[str,
                 v, bool) and TTA_SCALE_RANGE[0] <= v <= TTA_SCALE_RANGE[1] for v in value)):
             raise UnsafeWeightsError(f"{source}: config.json field 'tta_scales' = {str(value)[:80]} must list one "
                                      "to eight factors from 0.5 to 2")
+        if key == "class_bias" and not (0 < len(value) <= MAX_CLASSES and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_CLASS_BIAS for v in value)):
+            raise UnsafeWeightsError(f"{source}: config.json field 'class_bias' = {str(value)[:80]} must list one "
+                                     f"number per class, each from -{MAX_CLASS_BIAS:g} to {MAX_CLASS_BIAS:g}")
         _check_value(key, value, source)
     return config
 

@@ -65,6 +65,19 @@ def tiny_weights(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_3class(tmp_path_factory) -> Path:
+    """A tiny saved 3-class model folder (random weights) with the NeoPolyp label schema; tests that write into
+    it copy it first."""
+    from medseg_core import create_model
+    from medseg_core.labels import BKAI_NEOPOLYP
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights") / "tiny_unet.neopolyp"
+    create_model("unet", **{**TINY_UNET, "num_classes": 3}).save_pretrained(folder, config=BKAI_NEOPOLYP.to_config())
+    return folder
+
+
 def run_script(script: str | Path, *args: str, timeout: float = 600, expect: int = 0) -> subprocess.CompletedProcess:
     """Run a repository script (``train/...``, ``bench/...``) as a user would, with this interpreter; assert its exit
     status and return the finished process (stdout and stderr as text)."""

@@ -7,10 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-from conftest import ROOT, TINY_UNET, run_script
+from conftest import ROOT, run_script
 
-from medseg_core import Segmenter, create_model
+from medseg_core import Segmenter
 from medseg_core.data import read_split
 from medseg_core.io import decode_mask, read_image, read_mask
 from medseg_core.labels import BKAI_NEOPOLYP
@@ -77,14 +76,6 @@ def test_neopolyp_recipe():
         assert (ROOT / cfg["data"][key]).is_file()
     model = build_model({**cfg, "model": {**cfg["model"], "encoder_weights": "random"}})
     assert model.num_classes == 3
-
-
-@pytest.fixture(scope="module")
-def tiny_3class(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("weights") / "tiny_unet.neopolyp"
-    create_model("unet", **{**TINY_UNET, "num_classes": 3}).save_pretrained(folder, config=BKAI_NEOPOLYP.to_config())
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> Path:
         label = f"{result['split']} (n={result['n']})"
         if isinstance(result.get("threshold"), list):  # the per-class thresholds recorded with the weights
             label += ", thresholds " + " / ".join(f"{t:g}" for t in result["threshold"])
+        if result.get("class_bias"):  # the class bias recorded with the weights
+            label += ", class bias " + " / ".join(f"{b:g}" for b in result["class_bias"])
         if result.get("tta"):
             label += ", flip TTA"
         if result.get("postprocess"):
