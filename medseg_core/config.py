@@ -53,6 +53,12 @@ DEFAULTS: dict[str, Any] = {
         # The Dice term summed over the whole batch instead of per image (nnU-Net's batch Dice; dice_ce and dice).
         "batch_dice": False,
         "augment": 1.0,
+        # Magnitude of the colour augmentation (brightness, contrast, saturation, hue, gamma ranges) as a factor of
+        # the default's: 2 doubles every range, for images from other centres and light sources; 0: none.
+        "augment_colour": 1.0,
+        # Probability of replacing a training image by a lesion-free crop of it (a negative example, see
+        # medseg_core.transforms.LesionFreeCrop); 0: never.
+        "negative_crops": 0.0,
         "num_workers": 0,
         "precision": "auto",
         "channels_last": True,
@@ -134,6 +140,12 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise RecipeError(f"train.batch_dice must be true or false; got {t['batch_dice']!r}")
     if t["batch_dice"] and t["loss"] not in ("dice_ce", "dice"):
         raise RecipeError(f"train.batch_dice applies to the dice_ce and dice losses, not {t['loss']!r}")
+    if isinstance(t["augment_colour"], bool) or not isinstance(t["augment_colour"], (int, float)) \
+            or not 0.0 <= t["augment_colour"] <= 3.0:
+        raise RecipeError(f"train.augment_colour must be a factor from 0 to 3; got {t['augment_colour']!r}")
+    if isinstance(t["negative_crops"], bool) or not isinstance(t["negative_crops"], (int, float)) \
+            or not 0.0 <= t["negative_crops"] <= 1.0:
+        raise RecipeError(f"train.negative_crops must be a probability from 0 to 1; got {t['negative_crops']!r}")
     if not isinstance(t["ema"], (int, float)) or not 0.0 <= t["ema"] < 1.0:
         raise RecipeError(f"train.ema must be a decay in [0, 1) (0: off); got {t['ema']!r}")
     scales = t["scales"]

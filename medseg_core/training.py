@@ -128,8 +128,10 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
     schema = recipe_schema(cfg)
     with accelerator.main_process_first():
         show = accelerator.is_local_main_process and not cfg["_no_progress"]
-        train_ds = SegDataset(train_samples, train_transform(size, mean, std, train["augment"], views),
-                              cache_max_side=data["cache_max_side"], progress=show, schema=schema)
+        augment = train_transform(size, mean, std, train["augment"], views, train["augment_colour"],
+                                  train["negative_crops"])
+        train_ds = SegDataset(train_samples, augment, cache_max_side=data["cache_max_side"], progress=show,
+                              schema=schema)
         val_ds = SegDataset(val_samples, eval_transform(size, mean, std, views), cache_max_side=data["cache_max_side"],
                             progress=show, schema=schema)
     loader_kw = {"num_workers": train["num_workers"], "persistent_workers": train["num_workers"] > 0}
@@ -393,7 +395,9 @@ def recipe_text(cfg: dict[str, Any], summary: dict[str, Any] | None = None) -> s
     }[t.get("schedule", "cosine")]
     text = (
         f"{t['epochs']} epochs, batch {t['batch_size']}, {_OPTIMIZER_NAMES[t.get('optimizer', 'adamw')]} lr {t['lr']} "
-        f"(weight decay {t['weight_decay']}, {schedule}), loss `{t['loss']}`, augmentation strength {t['augment']}, "
+        f"(weight decay {t['weight_decay']}, {schedule}), loss `{t['loss']}`, augmentation strength {t['augment']}"
+        f"{'' if t.get('augment_colour', 1.0) == 1.0 else ', colour ranges x' + format(t['augment_colour'], 'g')}"
+        f"{', lesion-free crops p=' + format(t['negative_crops'], 'g') if t.get('negative_crops') else ''}, "
         f"input {cfg['model'].get('input_size', 'default')} px, precision `{t['precision']}`, channels-last "
         f"{t['channels_last']}."
     )

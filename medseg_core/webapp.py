@@ -468,14 +468,15 @@ def _examples(target: gr.components.Component, model: gr.components.Component | 
 
 def _model_options(models: list[str], prefix: str, tta: bool = False) -> tuple[gr.Dropdown, gr.Checkbox, gr.Checkbox]:
     """The model, TTA and post-processing controls; ``tta`` ticks TTA by default (single images: flip TTA raised
-    every shipped model's test Dice, at four network passes per image)."""
+    every shipped model's test Dice, at four network passes per image). Post-processing is ticked: it runs the
+    chain recorded with the weights, which was chosen on a validation split (none, for models it did not help)."""
     typed = any_hub_model_allowed()  # free-typed names only when the operator allows any Hub repo
     model = gr.Dropdown(models, value=default_model(models), label="Model", allow_custom_value=typed,
                         info="shipped weights, or type a Hugging Face Hub repo id" if typed else "the offered models",
                         elem_id=f"{prefix}-model")
     with gr.Row():
         tta = gr.Checkbox(tta, label="Test-time augmentation (flips; about 4x the time)", elem_id=f"{prefix}-tta")
-        post = gr.Checkbox(False, label="Post-processing (the chain recorded with the model's weights)")
+        post = gr.Checkbox(True, label="Post-processing (the chain recorded with the model's weights)")
     return model, tta, post
 
 
@@ -514,7 +515,7 @@ def compare_tab(models: list[str]) -> None:
             chosen = gr.Dropdown(models, value=models[:2], multiselect=True, max_choices=4, label="Models (1-4)")
             with gr.Row():
                 tta = gr.Checkbox(False, label="Test-time augmentation")
-                post = gr.Checkbox(False, label="Post-processing (recorded chain)")
+                post = gr.Checkbox(True, label="Post-processing (recorded chain)")
             run = gr.Button("Compare", variant="primary")
             _examples(upload, label="Example images")
         with gr.Column(scale=2):

@@ -77,6 +77,56 @@ def test_augmentation_keeps_masks_binary_and_aligned():
             assert (bright & (m > 0)).sum() / m.sum() > 0.6
 
 
+def test_colour_augmentation_ranges_scale_with_the_colour_factor():
+    """``colour`` scales the colour jitter and gamma ranges; 0 turns them off and leaves the geometry alone."""
+    import albumentations as A
+
+    def colour_steps(colour):
+        t = train_transform(64, (0.0,) * 3, (1.0,) * 3, colour=colour)
+        return {type(s).__name__: s for s in t.transforms if isinstance(s, (A.ColorJitter, A.RandomGamma))}
+
+    default, double, off = colour_steps(1.0), colour_steps(2.0), colour_steps(0.0)
+    assert default["ColorJitter"].brightness == pytest.approx((0.8, 1.2))
+    assert double["ColorJitter"].brightness == pytest.approx((0.6, 1.4))
+    assert double["ColorJitter"].hue == pytest.approx((-0.04, 0.04))
+    assert tuple(double["RandomGamma"].gamma_limit) == (60, 140)
+    assert tuple(default["RandomGamma"].gamma_limit) == (80, 120)
+    assert off["ColorJitter"].p == 0 and off["RandomGamma"].p == 0 and default["ColorJitter"].p == 0.6
+    image = np.full((64, 64, 3), 120, np.uint8)
+    out = train_transform(64, (0.0,) * 3, (1.0,) * 3, strength=0.0, colour=2.0)(image=image, mask=image[..., 0] * 0)
+    assert np.allclose(out["image"].numpy(), 120 / 255)  # strength 0: no augmentation at all, whatever the colour
+
+
+def test_lesion_free_crops_hold_no_lesion_and_keep_image_and_masks_aligned():
+    import albumentations as A
+
+    from medseg_core.transforms import LesionFreeCrop
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (120, 180, 3), dtype=np.uint8)
+    mask = np.zeros((120, 180), np.uint8)
+    mask[30:90, 60:120] = 1
+    crop = A.Compose([LesionFreeCrop(p=1.0)], seed=0)
+    cropped = 0
+    for _ in range(40):
+        out = crop(image=image, mask=mask, masks=[mask * 255])
+        if out["image"].shape == image.shape:  # no lesion-free square found this time: left as it is
+            assert np.array_equal(out["mask"], mask)
+            continue
+        cropped += 1
+        h, w = out["mask"].shape
+        assert h == w and out["image"].shape[:2] == (h, w) and not out["mask"].any() and not out["masks"][0].any()
+        # the crop is a window of the original image
+        ys, xs = np.nonzero((image[..., 0] == out["image"][0, 0, 0]) & (image[..., 1] == out["image"][0, 0, 1]))
+        assert any(np.array_equal(image[y:y + h, x:x + w], out["image"]) for y, x in zip(ys, xs))
+    assert cropped > 10
+    full = np.ones((50, 50), np.uint8)  # all lesion: never cropped
+    assert crop(image=image[:50, :50], mask=full)["image"].shape == (50, 50, 3)
+    in_pipeline = train_transform(64, (0.5,) * 3, (0.5,) * 3, negative_crops=0.5)
+    assert isinstance(in_pipeline.transforms[0], LesionFreeCrop) and in_pipeline.transforms[0].p == 0.5
+    assert not any(isinstance(t, LesionFreeCrop) for t in train_transform(64, (0.5,) * 3, (0.5,) * 3).transforms)
+
+
 def test_user_folder_pairs(tmp_path):
     import cv2
 

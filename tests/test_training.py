@@ -72,6 +72,8 @@ def test_overrides_and_bad_arguments(tmp_path):
     (["--train.optimizer", "adagrad"], "adamw, adam, sgd"),
     (["--train.schedule", "poly"], "cosine, exponential, constant"),
     (["--train.epochs", "0"], "positive integer"),
+    (["--train.augment_colour", "5"], "factor from 0 to 3"),
+    (["--train.negative_crops", "1.5"], "probability from 0 to 1"),
     (["--model.arch", "unett"], "did you mean unet"),
 ])
 def test_unknown_recipe_keys_and_values_are_errors_with_a_hint(override, hint):
