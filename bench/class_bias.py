@@ -18,11 +18,11 @@ report on a test split.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from medseg_core.cli import warn_if_test_split, write_json
 from medseg_core.data import read_sample_mask, read_split
 from medseg_core.hub import record_class_bias, record_postprocess, recorded_postprocess, resolve_weights
 from medseg_core.inference import Segmenter
@@ -113,12 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
               "classes": list(segmenter.schema.class_names), "grid": args.grid, "class_dice_plain": plain,
               "results": results, "chosen": {"postprocess": best["chain"], "class_bias": best["bias"],
                                              "class_dice": best["class_dice"]}}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     if args.record:
-        if "test" in Path(args.split).stem:
-            print("warning: chosen on a test split; report test figures measured on other images")
+        warn_if_test_split(args.split, "class bias and post-processing")
         folder = resolve_weights(args.model)
         record_class_bias(folder, best["bias"])
         refiner = recorded_postprocess(folder)["refiner"] if "refine" in best["chain"] else None

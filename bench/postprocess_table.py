@@ -14,7 +14,6 @@ reported number).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from medseg_core.cli import warn_if_test_split, write_json
 from medseg_core.data import Sample, read_sample_mask, read_split
 from medseg_core.hub import load_model, record_postprocess, resolve_weights
 from medseg_core.inference import Segmenter
@@ -150,9 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         path = record_postprocess(folder, steps, args.refiner if "refine" in steps else None)
         result["recorded"] = steps
         print(f"recorded post-processing in {path}: {' '.join(steps) or 'none (no step helped)'}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        warn_if_test_split(args.split, "post-processing")
+    write_json(args.json, result)
     return result
 
 

@@ -15,12 +15,12 @@ was made on.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from medseg_core.cli import warn_if_test_split, write_json
 from medseg_core.data import read_sample_mask, read_split
 from medseg_core.hub import record_thresholds, resolve_weights
 from medseg_core.inference import Segmenter
@@ -81,12 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"model": str(args.model), "split": Path(args.split).stem, "n": len(samples), "grid": grid,
               "classes": list(schema.foreground), "dice": dice.round(6).tolist(), "thresholds": chosen,
               "class_dice_at_0.5": float(at_half.mean()), "class_dice_at_thresholds": float(at_chosen.mean())}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     if args.record:
-        if "test" in Path(args.split).stem:
-            print("warning: thresholds chosen on a test split; report test figures measured on other images")
+        warn_if_test_split(args.split, "thresholds")
         print(f"recorded in {record_thresholds(resolve_weights(args.model), chosen)}")
     return result
 

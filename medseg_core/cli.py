@@ -1,14 +1,19 @@
-"""Command-line pieces every medseg command shares: the ``--postprocess`` and ``--threshold`` arguments and logging
-set-up."""
+"""Command-line pieces every medseg command shares: the ``--postprocess`` and ``--threshold`` arguments, logging
+set-up, writing a result JSON, and the warning when a setting is chosen on a test split."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+from pathlib import Path
+from typing import Any
 
 from .postprocess import POSTPROCESSING_STEPS, PostprocessSpec, resolve_postprocess
 
-__all__ = ["add_postprocess_argument", "add_threshold_argument", "postprocess_from_args", "setup_logging"]
+__all__ = ["add_postprocess_argument", "add_threshold_argument", "postprocess_from_args", "setup_logging",
+           "warn_if_test_split", "write_json"]
 
 
 def add_postprocess_argument(parser: argparse.ArgumentParser) -> None:
@@ -46,3 +51,16 @@ def postprocess_from_args(parser: argparse.ArgumentParser, values: list[str]) ->
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def write_json(path: str | os.PathLike | None, result: Any) -> None:
+    """Write a command's result (``--json PATH``), creating the folder; nothing when ``path`` is None."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
+
+
+def warn_if_test_split(split: str, what: str) -> None:
+    """Say so when a setting about to be recorded with the weights was chosen on a test split."""
+    if "test" in Path(split).stem:
+        print(f"warning: {what} chosen on a test split; report test figures measured on other images")

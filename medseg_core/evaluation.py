@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from .cli import add_postprocess_argument, add_threshold_argument, postprocess_from_args, setup_logging
+from .cli import add_postprocess_argument, add_threshold_argument, postprocess_from_args, setup_logging, write_json
 from .data import Sample, pairs_from_folders, read_sample_mask, read_split
 from .inference import Segmenter
 from .io import decode_mask, read_image
@@ -181,9 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "per_image": rows,
     }
     print(format_table(title, means, len(rows)))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
