@@ -198,13 +198,13 @@ class Segmenter:
         onnx_path: the exported network (``model.onnx`` from ``medseg_core.export``) for the onnxruntime backend.
         tta_scales: factors of the input size at which TTA runs its flips (``(1.0,)``, flips only, by default;
             e.g. ``(0.82, 1.0, 1.18)``); each size is rounded to a multiple of 32, the encoders' largest stride.
+            Other sizes than the input size need the torch backend (an exported file has a fixed input size).
+            ``from_pretrained`` takes the ``tta_scales`` recorded in ``config.json``, if any.
         class_bias: multi-class models only: one log-odds offset per class, added when choosing *which* lesion
             class a lesion pixel (and, with ``region_class_consistency``, a lesion region) takes; where the lesion
             is (any class against background) and the reported probabilities are unchanged. It corrects a rare
             class's under-prediction (logit adjustment); ``bench/class_bias.py`` chooses it on a validation split
             and records it in ``config.json``, which ``from_pretrained`` reads. None or zeros: plain argmax.
-            Other sizes than the input size need the torch backend (an exported file has a fixed input size).
-            ``from_pretrained`` takes the ``tta_scales`` recorded in ``config.json``, if any.
     """
 
     def __init__(
