@@ -2,17 +2,17 @@
 
     python bench/class_bias.py --model weights/unet_lite2.neopolyp --split neopolyp-full-val --json out.json [--record]
 
-A multi-class model trained on a split where one lesion class is rare (NeoPolyp's non-neoplastic polyps: about one
-lesion pixel in seven) leans towards the common class: a whole non-neoplastic polyp comes out neoplastic. Adding a
-log-odds offset to the rare class when choosing a lesion's class (never where the lesion is) corrects that lean.
-This sweeps the offset of every lesion class but the first over ``--grid`` (one at a time, the others held at their
-best so far), under each post-processing chain of ``--chains`` (the per-region vote of
-``region_class_consistency`` decides a polyp's class as a whole), and measures the mean split-level Dice of the
-lesion classes (``class_dice`` of ``train/evaluate.py``). The best pair (the smaller offsets on a tie) is printed
-beside plain argmax; ``--record`` writes the offsets (``class_bias``) and the chain (``postprocess``) into the
-weights' ``config.json``, which ``Segmenter.from_pretrained``, the app and ``train/evaluate.py`` then use
-(``--class-bias 0 0 0 --postprocess none`` there gives the untuned figure). Choose on a validation split and
-report on a test split.
+A multi-class model trained on a split where one lesion class is rare (NeoPolyp's non-neoplastic polyps: in 172 of
+the 560 training images, against 412 for neoplastic ones) leans towards the common class: a whole non-neoplastic
+polyp comes out neoplastic. Adding a log-odds offset to the rare class when choosing a lesion's class (never where
+the lesion is) corrects that lean. This sweeps the offset of every lesion class but the first over ``--grid`` (one
+at a time, the others held at their best so far), under each post-processing chain of ``--chains`` (the per-region
+vote of ``region_class_consistency`` decides a polyp's class as a whole), and measures the mean split-level Dice of
+the lesion classes (``class_dice`` of ``train/evaluate.py``). The best pair (the smaller offsets on a tie) is
+printed beside plain argmax; ``--record`` writes the offsets (``class_bias``) and the chain (``postprocess``) into
+the weights' ``config.json``, which ``Segmenter.from_pretrained``, the app and ``train/evaluate.py`` then use
+(``--class-bias 0 0 0 --postprocess none`` there gives the untuned figure). Choose on a validation split and report
+on a test split.
 """
 
 from __future__ import annotations
