@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from medseg_core.cli import warn_if_test_split, write_json
 from medseg_core.data import read_sample_mask, read_split
 from medseg_core.hub import record_class_bias, record_postprocess, recorded_postprocess, resolve_weights
-from medseg_core.inference import Segmenter
+from medseg_core.inference import Segmenter, check_class_bias
 from medseg_core.io import read_image
 from medseg_core.metrics import class_pixel_counts, split_class_dice
 from medseg_core.postprocess import resolve_postprocess
@@ -45,10 +45,10 @@ def cached_probs(segmenter: Segmenter, samples: list, progress: bool = True) -> 
 
 def class_dice(segmenter: Segmenter, cache: list[tuple], bias: list[float], chain: list[str]) -> float:
     """Mean split-level Dice of the lesion classes with this bias and post-processing chain."""
-    segmenter.class_bias = bias if len(set(bias)) > 1 else None
+    segmenter.class_bias = check_class_bias(bias, segmenter.schema)
     names = segmenter.schema.foreground
-    rows = [class_pixel_counts(segmenter.result_from_probs(image, probs, chain or "none").mask, truth,
-                               class_names=names) for image, truth, probs in cache]
+    rows = [class_pixel_counts(segmenter.processed_mask(image, probs, chain or "none")[0], truth, class_names=names)
+            for image, truth, probs in cache]
     return split_class_dice(rows)["class_dice"]
 
 

@@ -47,6 +47,14 @@ DEFAULT_MODEL = "unet_lite2.polyp"  # the most accurate polyp model
 VIDEO_MODEL = "unet_lite0.polyp_fast"  # the one that keeps up with video on a CPU
 
 
+def default_model_name(video: bool = False) -> str:
+    """The model commands and the app start with: ``MEDSEG_DEFAULT_MODEL`` (else :data:`DEFAULT_MODEL`), or for
+    video ``MEDSEG_VIDEO_MODEL`` (else :data:`VIDEO_MODEL`)."""
+    if video:
+        return os.environ.get("MEDSEG_VIDEO_MODEL", VIDEO_MODEL)
+    return os.environ.get("MEDSEG_DEFAULT_MODEL", DEFAULT_MODEL)
+
+
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
@@ -185,7 +193,7 @@ def build_parser(prog: str = "medseg-segment", folder_flag: bool = False) -> arg
     else:
         p.add_argument("inputs", nargs="+", help="image files, folders of images, zip archives")
     p.add_argument("--out", required=True, help="folder to write masks, overlays and statistics.csv to (created)")
-    p.add_argument("--model", default=os.environ.get("MEDSEG_DEFAULT_MODEL", DEFAULT_MODEL),
+    p.add_argument("--model", default=default_model_name(),
                    help="a name under weights/, a weights folder, or a Hub repo id (default: %(default)s)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     add_postprocess_argument(p)

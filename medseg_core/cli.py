@@ -63,4 +63,5 @@ def write_json(path: str | os.PathLike | None, result: Any) -> None:
 def warn_if_test_split(split: str, what: str) -> None:
     """Say so when a setting about to be recorded with the weights was chosen on a test split."""
     if "test" in Path(split).stem:
-        print(f"warning: {what} chosen on a test split; report test figures measured on other images")
+        logging.getLogger("medseg").warning("%s chosen on a test split (%s); report test figures measured on other "
+                                            "images", what, split)

@@ -140,20 +140,22 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise RecipeError(f"train.batch_dice must be true or false; got {t['batch_dice']!r}")
     if t["batch_dice"] and t["loss"] not in ("dice_ce", "dice"):
         raise RecipeError(f"train.batch_dice applies to the dice_ce and dice losses, not {t['loss']!r}")
-    if isinstance(t["augment_colour"], bool) or not isinstance(t["augment_colour"], (int, float)) \
-            or not 0.0 <= t["augment_colour"] <= 3.0:
-        raise RecipeError(f"train.augment_colour must be a factor from 0 to 3; got {t['augment_colour']!r}")
-    if isinstance(t["negative_crops"], bool) or not isinstance(t["negative_crops"], (int, float)) \
-            or not 0.0 <= t["negative_crops"] <= 1.0:
-        raise RecipeError(f"train.negative_crops must be a probability from 0 to 1; got {t['negative_crops']!r}")
-    if not isinstance(t["ema"], (int, float)) or not 0.0 <= t["ema"] < 1.0:
-        raise RecipeError(f"train.ema must be a decay in [0, 1) (0: off); got {t['ema']!r}")
+    _check_number(t, "augment_colour", 0.0, 3.0, "a factor from 0 to 3")
+    _check_number(t, "negative_crops", 0.0, 1.0, "a probability from 0 to 1")
+    _check_number(t, "ema", 0.0, 1.0, "a decay in [0, 1) (0: off)", below_hi=True)
     scales = t["scales"]
     if scales is not None and (not isinstance(scales, list) or not scales
                                or not all(isinstance(f, (int, float)) and 0.25 <= f <= 2.0 for f in scales)):
         raise RecipeError(f"train.scales must be a list of factors between 0.25 and 2, e.g. [0.75, 1.0, 1.25]; "
                           f"got {scales!r}")
     recipe_schema(cfg)
+
+
+def _check_number(t: Mapping[str, Any], key: str, lo: float, hi: float, what: str, below_hi: bool = False) -> None:
+    """``train.<key>`` must be a number from ``lo`` to ``hi`` (``hi`` excluded with ``below_hi``)."""
+    v = t[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi or (below_hi and v == hi):
+        raise RecipeError(f"train.{key} must be {what}; got {v!r}")
 
 
 def recipe_schema(cfg: Mapping[str, Any]) -> LabelSchema:

@@ -411,12 +411,7 @@ class Segmenter:
                           started: float | None = None) -> SegResult:
         """Everything after the network, for probabilities (C, H, W) already at the RGB ``image``'s size: the mask,
         post-processing, confidence, overlay and statistics (``__call__`` and video frames share it)."""
-        mask = self.mask_from_probs(probs)
-        steps = self.postprocess if postprocess is None else resolve_postprocess(postprocess, self.recorded_postprocess)
-        if steps:
-            if "refine" in steps and self.refiner is None:
-                raise ValueError(f"the 'refine' step needs a refiner, and the weights of {self.name} name none")
-            mask = self._postprocess(mask, steps, self.decision_probs(probs), image)
+        mask, steps = self.processed_mask(image, probs, postprocess)
         confidence = (probs.max(0) if self.schema.multilabel else 1.0 - probs[0]).astype(np.float32)
         elapsed_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
         colours = self.schema.foreground_colours if self.schema.multilabel else self.schema.colours
@@ -428,6 +423,18 @@ class Segmenter:
             stats=self.statistics(mask, confidence, elapsed_ms, tta, steps),
             disagreement=disagreement,
         )
+
+    def processed_mask(self, image: np.ndarray, probs: np.ndarray,
+                       postprocess: PostprocessSpec | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+        """The mask of :meth:`result_from_probs` alone (class decision and post-processing, no overlay or
+        statistics), and the post-processing steps it ran."""
+        mask = self.mask_from_probs(probs)
+        steps = self.postprocess if postprocess is None else resolve_postprocess(postprocess, self.recorded_postprocess)
+        if steps:
+            if "refine" in steps and self.refiner is None:
+                raise ValueError(f"the 'refine' step needs a refiner, and the weights of {self.name} name none")
+            mask = self._postprocess(mask, steps, self.decision_probs(probs), image)
+        return mask, steps
 
     def _postprocess(self, mask: np.ndarray, steps: Sequence[str], probs: np.ndarray, image: np.ndarray) -> np.ndarray:
         if not self.schema.multilabel:

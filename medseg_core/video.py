@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .batch import VIDEO_MODEL
+from .batch import VIDEO_MODEL, default_model_name
 from .cli import setup_logging
 from .inference import Segmenter
 
@@ -407,7 +407,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output MP4")
     p.add_argument("--csv", help="per-frame statistics CSV")
     p.add_argument("--plot", help="also write the lesion-area chart to this PNG")
-    p.add_argument("--model", default=os.environ.get("MEDSEG_VIDEO_MODEL", VIDEO_MODEL),
+    p.add_argument("--model", default=default_model_name(video=True),
                    help=f"weights folder, weights/ name or Hub repo id (default: the fast {VIDEO_MODEL})")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto", help="network engine")
     p.add_argument("--postprocess", nargs="*", default=None,

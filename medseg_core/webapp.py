@@ -35,7 +35,7 @@ import gradio as gr
 import numpy as np
 
 from . import hub
-from .batch import DEFAULT_MODEL, VIDEO_MODEL, expand_inputs, segment_files, write_results_zip
+from .batch import default_model_name, expand_inputs, segment_files, write_results_zip
 from .evaluation import scores_against_mask_image
 from .hub import UnsafeWeightsError, WeightsNotFoundError, list_local_weights
 from .inference import MAX_IMAGE_PIXELS, ImageInputError, Segmenter, SegResult, load_image_file
@@ -115,10 +115,9 @@ def any_hub_model_allowed() -> bool:
 def default_model(models: list[str], video: bool = False) -> str | None:
     """The model a tab opens with, when offered: ``MEDSEG_DEFAULT_MODEL`` (the most accurate polyp model) for
     images, ``MEDSEG_VIDEO_MODEL`` (the fast one) for video, which falls back to the image default; else the first."""
-    wanted = os.environ.get("MEDSEG_DEFAULT_MODEL", DEFAULT_MODEL)
-    video_model = os.environ.get("MEDSEG_VIDEO_MODEL", VIDEO_MODEL)
-    if video and video_model in models:
-        wanted = video_model
+    wanted = default_model_name()
+    if video and default_model_name(video=True) in models:
+        wanted = default_model_name(video=True)
     return wanted if wanted in models else (models[0] if models else None)
 
 

@@ -84,3 +84,13 @@ def test_class_bias_script_chooses_records_and_evaluate_uses_it(tiny_3class, dat
     assert tuned["class_dice"] == pytest.approx(chosen["class_dice"], abs=1e-6)
     assert untuned["class_dice"] == pytest.approx(saved["class_dice_plain"], abs=1e-6)
     assert run_script("bench/class_bias.py", "--model", model, "--split", split, "--grid", "20", expect=2)
+
+
+def test_recording_a_choice_made_on_a_test_split_warns(caplog):
+    from medseg_core.cli import warn_if_test_split
+
+    with caplog.at_level("WARNING", logger="medseg"):
+        warn_if_test_split("neopolyp-full-val", "class bias")
+        assert not caplog.records
+        warn_if_test_split("splits/neopolyp-full-test.txt", "class bias")
+    assert len(caplog.records) == 1 and "class bias chosen on a test split" in caplog.records[0].getMessage()

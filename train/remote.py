@@ -24,6 +24,7 @@ import tarfile
 from pathlib import Path
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
 
 from medseg_core.models.encoders import LITE_WEIGHTS
@@ -78,20 +79,13 @@ def best_model(run: Path) -> Path:
 def collect(run: Path, out: Path, tag: str, limit: int = SHARD_LIMIT) -> list[Path]:
     model = best_model(run)
     state = load_file(model / "model.safetensors")
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > limit:
-            shards.append({})
-            size = 0
-        shards[-1][key] = tensor
-        size += nbytes
+    # huggingface_hub's grouping: each shard under the limit unless one tensor alone is larger.
+    split = split_torch_state_dict_into_shards(state, max_shard_size=limit)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for i, shard in enumerate(shards):
+    for i, names in enumerate(split.filename_to_tensors.values()):
         written.append(out / f"{tag}_{i}.safetensors")
-        save_file(shard, written[-1], metadata={"format": "pt"})
+        save_file({k: state[k] for k in names}, written[-1], metadata={"format": "pt"})
     meta = out / f"{tag}_meta.tar.gz"
     with tarfile.open(meta, "w:gz") as tar:
         tar.add(model, arcname="model", filter=lambda ti: None if ti.name.endswith(".safetensors") else ti)
