@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
         # Probability of replacing a training image by a lesion-free crop of it (a negative example, see
         # medseg_core.transforms.LesionFreeCrop); 0: never.
         "negative_crops": 0.0,
+        # Repeat-factor sampling (medseg_core.data.repeat_factors): images holding a foreground class found in fewer
+        # than this fraction of the training images are drawn more often, by sqrt(threshold / fraction); 0: off.
+        "repeat_factor_threshold": 0.0,
         "num_workers": 0,
         "precision": "auto",
         "channels_last": True,
@@ -142,6 +145,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise RecipeError(f"train.batch_dice applies to the dice_ce and dice losses, not {t['loss']!r}")
     _check_number(t, "augment_colour", 0.0, 3.0, "a factor from 0 to 3")
     _check_number(t, "negative_crops", 0.0, 1.0, "a probability from 0 to 1")
+    _check_number(t, "repeat_factor_threshold", 0.0, 1.0, "a fraction from 0 to 1 (0: off)")
     _check_number(t, "ema", 0.0, 1.0, "a decay in [0, 1) (0: off)", below_hi=True)
     scales = t["scales"]
     if scales is not None and (not isinstance(scales, list) or not scales

@@ -30,6 +30,7 @@ __all__ = [
     "pairs_from_folders",
     "read_sample_mask",
     "read_split",
+    "repeat_factors",
 ]
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,25 @@ class SegDataset(Dataset):
                 0).astype(np.uint16)
         return mask
 
+    def class_presence(self) -> np.ndarray:
+        """(N, K) bool: which foreground classes each sample's mask holds (K = classes - 1; for a multi-label schema
+        K = every class). Read from the cache when there is one, otherwise from the files."""
+        num = len(self.schema.class_names) if self.schema is not None else int(self._mask(0).max()) + 1
+        multilabel = self.schema is not None and self.schema.multilabel
+        presence = np.zeros((len(self), num if multilabel else num - 1), bool)
+        for i in range(len(self)):
+            mask = self._mask(i)
+            if multilabel:
+                presence[i] = [(mask >> k & 1).any() for k in range(num)]
+            else:
+                present = np.unique(mask)
+                present = present[(present > 0) & (present < num)]
+                presence[i, present - 1] = True
+        return presence
+
+    def _mask(self, i: int) -> np.ndarray:
+        return self._cache[i][1] if self._cache is not None else self._load(i)[1]
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -304,6 +324,25 @@ class SegDataset(Dataset):
             bits = torch.arange(len(self.schema.class_names))
             mask = (mask[None] >> bits[:, None, None]) & 1
         return {"image": image, "mask": mask.long(), "id": self.samples[i].id}
+
+
+def repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
+    """Repeat-factor sampling (Gupta et al., LVIS, CVPR 2019): how often each image should be drawn per epoch.
+
+    For class ``c`` present in a fraction ``f_c`` of the images, ``r_c = max(1, sqrt(threshold / f_c))``; an image
+    takes the largest ``r_c`` of the classes it holds (1 when it holds none). Classes in at least ``threshold`` of
+    the images are not oversampled; rarer ones are, by the square root of how much rarer.
+
+    Args:
+        presence: (N, K) bool, from :meth:`SegDataset.class_presence`.
+        threshold: ``t`` in (0, 1].
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"the repeat-factor threshold must be in (0, 1]; got {threshold}")
+    presence = np.asarray(presence, bool)
+    freq = presence.mean(0)
+    per_class = np.where(freq > 0, np.sqrt(threshold / np.maximum(freq, 1e-12)), 1.0).clip(min=1.0)
+    return np.where(presence, per_class[None], 1.0).max(1, initial=1.0)
 
 
 # UW-Madison GI tract MRI (Kaggle 2022): RLE masks of three organs in a CSV.

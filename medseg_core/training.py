@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from .checkpoint import NonFiniteLossError, find_latest_checkpoint, save_checkpoint, unreadable_samples
 from .cli import setup_logging
 from .config import RecipeError, load_config, recipe_schema
-from .data import SegDataset, read_split
+from .data import SegDataset, read_split, repeat_factors
 from .hub import push_model, resolve_weights, write_model_card
 from .losses import build_loss
 from .metrics import split_class_dice
@@ -135,8 +135,14 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
         val_ds = SegDataset(val_samples, eval_transform(size, mean, std, views), cache_max_side=data["cache_max_side"],
                             progress=show, schema=schema)
     loader_kw = {"num_workers": train["num_workers"], "persistent_workers": train["num_workers"] > 0}
-    train_dl = DataLoader(train_ds, batch_size=train["batch_size"], shuffle=True, drop_last=len(train_ds) >
-                          train["batch_size"], **loader_kw)
+    sampler = None
+    if train["repeat_factor_threshold"]:
+        factors = repeat_factors(train_ds.class_presence(), train["repeat_factor_threshold"])
+        log.info("repeat-factor sampling: %d of %d training images drawn more often (up to x%.2f)",
+                 int((factors > 1).sum()), len(factors), factors.max())
+        sampler = WeightedRandomSampler(torch.as_tensor(factors, dtype=torch.double), num_samples=len(train_ds))
+    train_dl = DataLoader(train_ds, batch_size=train["batch_size"], shuffle=sampler is None, sampler=sampler,
+                          drop_last=len(train_ds) > train["batch_size"], **loader_kw)
     val_dl = DataLoader(val_ds, batch_size=train["batch_size"], shuffle=False, **loader_kw)
     return train_dl, val_dl
 
@@ -397,7 +403,8 @@ def recipe_text(cfg: dict[str, Any], summary: dict[str, Any] | None = None) -> s
         f"{t['epochs']} epochs, batch {t['batch_size']}, {_OPTIMIZER_NAMES[t.get('optimizer', 'adamw')]} lr {t['lr']} "
         f"(weight decay {t['weight_decay']}, {schedule}), loss `{t['loss']}`, augmentation strength {t['augment']}"
         f"{'' if t.get('augment_colour', 1.0) == 1.0 else ', colour ranges x' + format(t['augment_colour'], 'g')}"
-        f"{', lesion-free crops p=' + format(t['negative_crops'], 'g') if t.get('negative_crops') else ''}, "
+        f"{', lesion-free crops p=' + format(t['negative_crops'], 'g') if t.get('negative_crops') else ''}"
+        f"{', repeat-factor sampling t=' + format(rft, 'g') if (rft := t.get('repeat_factor_threshold')) else ''}, "
         f"input {cfg['model'].get('input_size', 'default')} px, precision `{t['precision']}`, channels-last "
         f"{t['channels_last']}."
     )

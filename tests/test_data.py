@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_core.data import SegDataset, pairs_from_folders, read_split
+from medseg_core.data import SegDataset, pairs_from_folders, read_sample_mask, read_split, repeat_factors
 from medseg_core.io import decode_mask, read_image, read_mask
 from medseg_core.labels import BKAI_NEOPOLYP
 from medseg_core.transforms import eval_transform, train_transform
@@ -125,6 +125,25 @@ def test_lesion_free_crops_hold_no_lesion_and_keep_image_and_masks_aligned():
     in_pipeline = train_transform(64, (0.5,) * 3, (0.5,) * 3, negative_crops=0.5)
     assert isinstance(in_pipeline.transforms[0], LesionFreeCrop) and in_pipeline.transforms[0].p == 0.5
     assert not any(isinstance(t, LesionFreeCrop) for t in train_transform(64, (0.5,) * 3, (0.5,) * 3).transforms)
+
+
+def test_repeat_factors_oversample_images_of_the_rarer_class():
+    # Class 1 in 3 of 4 images, class 2 in 1 of 4, one image with no lesion.
+    presence = np.array([[1, 0], [1, 1], [1, 0], [0, 0]], bool)
+    r = repeat_factors(presence, 0.75)
+    assert r[0] == r[2] == r[3] == 1.0  # class 1 is at the threshold: not oversampled; no lesion: 1
+    assert r[1] == pytest.approx(np.sqrt(0.75 / 0.25))  # the image holding the rare class takes its factor
+    assert (repeat_factors(presence, 0.2) == 1.0).all()  # both classes above the threshold
+    with pytest.raises(ValueError, match="threshold"):
+        repeat_factors(presence, 0.0)
+
+
+def test_class_presence_reads_every_foreground_class(data_root):
+    samples = read_split(data_root, "neopolyp-train")[:8]
+    presence = SegDataset(samples, schema=BKAI_NEOPOLYP, progress=False).class_presence()
+    expected = [[bool((m == 1).any()), bool((m == 2).any())]
+                for m in (read_sample_mask(s, BKAI_NEOPOLYP, read_image(s.image).shape[:2]) for s in samples)]
+    assert presence.tolist() == expected and presence.any(0).all()  # both classes occur in these eight
 
 
 def test_user_folder_pairs(tmp_path):

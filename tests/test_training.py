@@ -74,11 +74,38 @@ def test_overrides_and_bad_arguments(tmp_path):
     (["--train.epochs", "0"], "positive integer"),
     (["--train.augment_colour", "5"], "factor from 0 to 3"),
     (["--train.negative_crops", "1.5"], "probability from 0 to 1"),
+    (["--train.repeat_factor_threshold", "2"], "fraction from 0 to 1"),
     (["--model.arch", "unett"], "did you mean unet"),
 ])
 def test_unknown_recipe_keys_and_values_are_errors_with_a_hint(override, hint):
     with pytest.raises(RecipeError, match=hint):
         load_config(CONFIG, override)
+
+
+def test_repeat_factor_sampling_draws_the_rarer_class_more_often(data_root):
+    from accelerate import Accelerator
+    from torch.utils.data import WeightedRandomSampler
+
+    from medseg_core.models import create_model
+
+    cfg = load_config(ROOT / "train" / "configs" / "unet_lite0_neopolyp_full_ft.yaml", [
+        "--data.root", str(data_root), "--data.train_split", "neopolyp-full-train", "--data.cache_max_side", "64",
+        "--train.max_train_samples", "24", "--train.max_val_samples", "2", "--train.repeat_factor_threshold", "1"])
+    cfg["_no_progress"] = True
+    model = create_model("unet", encoder="tf_efficientnet_lite0", encoder_weights="random", num_classes=3,
+                         input_size=64)
+    train_dl, _ = training.get_dataloaders(Accelerator(cpu=True), cfg, model)
+    sampler = train_dl.sampler
+    assert isinstance(sampler, WeightedRandomSampler) and sampler.num_samples == 24
+    presence = train_dl.dataset.class_presence()
+    weights = sampler.weights.numpy()
+    rare = presence[:, 1] & ~presence[:, 0]  # only the rarer (non-neoplastic) class
+    common = presence[:, 0] & ~presence[:, 1]
+    assert presence[:, 1].mean() < presence[:, 0].mean() and rare.any() and common.any()
+    assert weights[rare].min() > weights[common].max()
+    cfg["train"]["repeat_factor_threshold"] = 0.0
+    assert not isinstance(training.get_dataloaders(Accelerator(cpu=True), cfg, model)[0].sampler,
+                          WeightedRandomSampler)
 
 
 def test_every_shipped_recipe_loads():
