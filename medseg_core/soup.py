@@ -1,0 +1,154 @@
+"""Weight averaging across runs: model soups (Wortsman et al., ICML 2022).
+
+Fine-tunes that start from the same weights usually stay in one basin of the loss, so the average of their weights
+is itself a good model, often better than each, and more robust to data from elsewhere: for endoscopy, images
+from centres and scopes the training set never saw. No extra cost at inference: the soup is one network.
+
+* **uniform soup**: the mean of every ingredient's weights;
+* **greedy soup**: the ingredients sorted by their own validation score, best first; each joins the soup only if
+  the soup's validation score does not drop (ties join, as in the paper).
+
+Scores are on a validation split, raw masks (no post-processing, threshold 0.5, plain argmax): mean per-image Dice
+for binary models, the mean split-level class Dice for multi-class ones (the figure the trainer selects on), the
+mean per-image Dice for multi-label ones. Never choose on a test split.
+
+    python train/soup.py --models weights/unet_lite2.polyp runs/a/model runs/b/model --split polyp-val \\
+        --greedy --output runs/soup --json docs/results/soup.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .cli import setup_logging, warn_if_test_split, write_json
+from .data import Sample, read_split
+from .evaluation import evaluate_samples
+from .hub import load_model, resolve_weights
+from .inference import Segmenter
+from .metrics import mean_metrics, split_class_dice
+
+__all__ = ["average_weights", "greedy_soup", "main", "score_weights"]
+
+log = logging.getLogger(__name__)
+
+#: config.json keys that must agree for weights to be averaged (the network's shape and outputs).
+_SAME = ("arch", "encoder", "num_classes", "in_channels", "decoder_channels", "input_size", "task", "class_names")
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "config.json").read_text())
+
+
+def average_weights(folders: Sequence[str | Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the weights in ``folders`` (each ``model.safetensors`` + ``config.json``), in fp32;
+    integer tensors (BatchNorm's batch counters) are taken from the first. The configs must describe the same
+    network, and every folder must hold the same tensors."""
+    if not folders:
+        raise ValueError("no weights to average")
+    paths = [resolve_weights(f) for f in folders]
+    first = _config(paths[0])
+    for p in paths[1:]:
+        other = _config(p)
+        differ = [k for k in _SAME if first.get(k) != other.get(k)]
+        if differ:
+            raise ValueError(f"{p} is another network than {paths[0]} (config differs in {', '.join(differ)})")
+    total: dict[str, torch.Tensor] = {}
+    for p in paths:
+        state = load_file(p / "model.safetensors")
+        if total and state.keys() != total.keys():
+            raise ValueError(f"{p} holds other tensors than {paths[0]}")
+        for k, v in state.items():
+            if not v.is_floating_point():
+                total.setdefault(k, v)
+            else:
+                total[k] = total[k] + v.float() if k in total else v.float().clone()
+    return {k: v / len(paths) if v.is_floating_point() else v for k, v in total.items()}
+
+
+def score_weights(state: dict[str, torch.Tensor], template: str | Path, samples: Sequence[Sample],
+                  device: str = "cpu") -> float:
+    """The validation score (see the module docstring) of ``state`` loaded into the network of ``template``."""
+    model = load_model(template)
+    model.load_state_dict(state)
+    segmenter = Segmenter(model, device=device, postprocess="none")
+    rows = evaluate_samples(segmenter, samples, progress=False)
+    if segmenter.schema.task == "multiclass":
+        return split_class_dice(rows)["class_dice"]
+    return mean_metrics([{k: v for k, v in r.items() if k not in ("id", "ms") and not k.startswith("n_")}
+                         for r in rows])["dice"]
+
+
+def greedy_soup(folders: Sequence[str | Path], samples: Sequence[Sample],
+                device: str = "cpu") -> tuple[list[str], dict[str, float], float]:
+    """Greedy soup: (the chosen folders, each ingredient's own score, the soup's score)."""
+    own = {str(f): score_weights(average_weights([f]), f, samples, device) for f in folders}
+    for f, s in own.items():
+        log.info("ingredient %s: %.4f", f, s)
+    ranked = sorted(own, key=own.get, reverse=True)
+    chosen, best = [ranked[0]], own[ranked[0]]
+    for f in ranked[1:]:
+        score = score_weights(average_weights([*chosen, f]), ranked[0], samples, device)
+        log.info("soup + %s: %.4f (%s)", f, score, "kept" if score >= best else "left out")
+        if score >= best:
+            chosen, best = [*chosen, f], score
+    return chosen, own, best
+
+
+def save_soup(state: dict[str, torch.Tensor], template: str | Path, output: Path, fp16: bool = False) -> None:
+    """Write the soup as a weights folder: ``template``'s config.json, the averaged ``model.safetensors``."""
+    output.mkdir(parents=True, exist_ok=True)
+    shutil.copy(resolve_weights(template) / "config.json", output / "config.json")
+    tensors = {k: v.half() if fp16 and v.is_floating_point() else v.contiguous() for k, v in state.items()}
+    save_file(tensors, output / "model.safetensors", metadata={"format": "pt"})
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="medseg-soup", description=__doc__.split("\n\n")[0] + " Averages the weights "
+                                "of runs of one network, uniformly or greedily on a validation split.")
+    p.add_argument("--models", nargs="+", required=True,
+                   help="weights folders (or weights/ names) of one network, e.g. fine-tunes from the same start")
+    p.add_argument("--output", type=Path, required=True, help="folder to write the soup to")
+    p.add_argument("--greedy", action="store_true",
+                   help="greedy soup chosen on --split (default: the uniform soup of every model)")
+    p.add_argument("--data", default="../shared/data", help="dataset root holding splits/")
+    p.add_argument("--split", help="validation split that scores the ingredients and the soup (needed by --greedy)")
+    p.add_argument("--fp16", action="store_true", help="store the averaged tensors in fp16")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="write the ingredients, their scores and the soup's to this JSON file")
+    args = p.parse_args(argv)
+    if args.greedy and not args.split:
+        p.error("--greedy needs --split (a validation split)")
+    setup_logging()
+    try:
+        samples = read_split(args.data, args.split) if args.split else []
+        if args.split:
+            warn_if_test_split(args.split, "the soup's ingredients")
+        if args.greedy:
+            chosen, own, score = greedy_soup(args.models, samples, args.device)
+        else:
+            chosen, own, score = list(args.models), {}, None
+        state = average_weights(chosen)
+        if score is None and samples:
+            score = score_weights(state, chosen[0], samples, args.device)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"medseg-soup: {err}") from err
+    save_soup(state, chosen[0], args.output, args.fp16)
+    result = {"output": str(args.output), "kind": "greedy" if args.greedy else "uniform", "split": args.split,
+              "ingredients": own or list(args.models), "chosen": chosen, "soup_score": score, "fp16": args.fp16}
+    print(f"{result['kind']} soup of {len(chosen)}: {', '.join(chosen)}"
+          + (f"; {args.split} score {score:.4f}" if score is not None else "") + f" -> {args.output}")
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Model soups (medseg_core.soup, train/soup.py): the average itself, the greedy rule, the command on real images."""
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_UNET, run_script
+from safetensors.torch import load_file
+
+from medseg_core import Segmenter, create_model, soup
+
+
+@pytest.fixture(scope="module")
+def three_tiny(tmp_path_factory):
+    """Three tiny binary U-Nets with different random weights, and one with another number of outputs."""
+    root = tmp_path_factory.mktemp("soup")
+    folders = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        folders.append(root / f"m{seed}")
+        create_model("unet", **TINY_UNET).save_pretrained(folders[-1])
+    create_model("unet", **{**TINY_UNET, "num_classes": 3}).save_pretrained(root / "other")
+    return folders, root / "other"
+
+
+def test_the_soup_is_the_mean_of_the_weights(three_tiny):
+    folders, other = three_tiny
+    states = [load_file(f / "model.safetensors") for f in folders[:2]]
+    avg = soup.average_weights(folders[:2])
+    assert avg.keys() == states[0].keys()
+    for k, v in avg.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (states[0][k].float() + states[1][k].float()) / 2)
+        else:  # BatchNorm's counters: the first model's
+            assert torch.equal(v, states[0][k])
+    assert any(not torch.equal(avg[k], states[0][k]) for k in avg if avg[k].is_floating_point())
+    with pytest.raises(ValueError, match="another network.*num_classes"):
+        soup.average_weights([folders[0], other])
+
+
+def test_greedy_soup_keeps_only_ingredients_that_do_not_lower_the_score(three_tiny, monkeypatch):
+    folders = [str(f) for f in three_tiny[0]]
+    first_weight = next(k for k, v in load_file(three_tiny[0][0] / "model.safetensors").items()
+                        if v.is_floating_point() and v.numel() > 1)
+    own = {f: load_file(f"{f}/model.safetensors")[first_weight].float().mean().item() for f in folders}
+    target = min(own.values())  # scores rise as the soup's mean weight nears the lowest ingredient's
+
+    def score(state, template, samples, device):
+        return -abs(state[first_weight].mean().item() - target)
+
+    monkeypatch.setattr(soup, "score_weights", score)
+    chosen, scores, best = soup.greedy_soup(folders, [], "cpu")
+    ranked = sorted(folders, key=lambda f: abs(own[f] - target))
+    assert chosen[0] == ranked[0] and best == pytest.approx(0.0, abs=1e-6)  # the best ingredient alone scores 0
+    assert chosen == [ranked[0]]  # any addition moves the mean away from the target: left out
+    assert scores == {f: pytest.approx(-abs(own[f] - target), abs=1e-6) for f in folders}
+
+
+def test_soup_command_writes_a_loadable_model_and_its_scores(three_tiny, data_root, tmp_path):
+    folders = [str(f) for f in three_tiny[0]]
+    split = tmp_path / "few.txt"
+    split.write_text("\n".join((data_root / "splits" / "polyp-val.txt").read_text().split()[:2]))
+    out, report = tmp_path / "soup", tmp_path / "soup.json"
+    proc = run_script("train/soup.py", "--models", *folders, "--output", out, "--greedy", "--data", data_root,
+                      "--split", split, "--fp16", "--json", report)
+    result = json.loads(report.read_text())
+    assert result["kind"] == "greedy" and set(result["ingredients"]) == set(folders)
+    assert result["chosen"][0] == max(result["ingredients"], key=result["ingredients"].get)
+    assert result["soup_score"] >= max(result["ingredients"].values()) and "greedy soup of" in proc.stdout
+    assert all(v.dtype == torch.float16 for v in load_file(out / "model.safetensors").values()
+               if v.is_floating_point())
+    assert Segmenter.from_pretrained(out)(torch.zeros(80, 96, 3, dtype=torch.uint8).numpy()).mask.shape == (80, 96)
+    run_script("train/soup.py", "--models", *folders, "--output", out, "--greedy", expect=2)  # no split: usage
