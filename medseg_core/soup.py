@@ -88,19 +88,22 @@ def score_weights(state: dict[str, torch.Tensor], template: str | Path, samples:
 
 
 def greedy_soup(folders: Sequence[str | Path], samples: Sequence[Sample],
-                device: str = "cpu") -> tuple[list[str], dict[str, float], float]:
-    """Greedy soup: (the chosen folders, each ingredient's own score, the soup's score)."""
+                device: str = "cpu") -> tuple[list[str], dict[str, float], list[dict[str, Any]]]:
+    """Greedy soup: (the chosen folders, each ingredient's own score, the trail: one entry per ingredient tried
+    after the first, with the score of the soup it would make and whether it was kept). The soup's score is the
+    last kept entry's (the best ingredient's own when none was kept)."""
     own = {str(f): score_weights(average_weights([f]), f, samples, device) for f in folders}
     for f, s in own.items():
         log.info("ingredient %s: %.4f", f, s)
     ranked = sorted(own, key=own.get, reverse=True)
-    chosen, best = [ranked[0]], own[ranked[0]]
+    chosen, best, trail = [ranked[0]], own[ranked[0]], []
     for f in ranked[1:]:
         score = score_weights(average_weights([*chosen, f]), ranked[0], samples, device)
+        trail.append({"add": f, "soup_score": score, "kept": score >= best})
         log.info("soup + %s: %.4f (%s)", f, score, "kept" if score >= best else "left out")
         if score >= best:
             chosen, best = [*chosen, f], score
-    return chosen, own, best
+    return chosen, own, trail
 
 
 def save_soup(state: dict[str, torch.Tensor], template: str | Path, output: Path, fp16: bool = False) -> None:
@@ -132,10 +135,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         samples = read_split(args.data, args.split) if args.split else []
         if args.split:
             warn_if_test_split(args.split, "the soup's ingredients")
+        chosen, own, trail, score = list(args.models), {}, [], None
         if args.greedy:
-            chosen, own, score = greedy_soup(args.models, samples, args.device)
-        else:
-            chosen, own, score = list(args.models), {}, None
+            chosen, own, trail = greedy_soup(args.models, samples, args.device)
+            score = max([own[chosen[0]], *(t["soup_score"] for t in trail if t["kept"])])
         state = average_weights(chosen)
         if score is None and samples:
             score = score_weights(state, chosen[0], samples, args.device)
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"medseg-soup: {err}") from err
     save_soup(state, chosen[0], args.output, args.fp16)
     result = {"output": str(args.output), "kind": "greedy" if args.greedy else "uniform", "split": args.split,
-              "ingredients": own or list(args.models), "chosen": chosen, "soup_score": score, "fp16": args.fp16}
+              "ingredients": own or list(args.models), "trail": trail, "chosen": chosen, "soup_score": score,
+              "fp16": args.fp16}
     print(f"{result['kind']} soup of {len(chosen)}: {', '.join(chosen)}"
           + (f"; {args.split} score {score:.4f}" if score is not None else "") + f" -> {args.output}")
     write_json(args.json, result)

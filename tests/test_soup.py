@@ -1,6 +1,7 @@
 """Model soups (medseg_core.soup, train/soup.py): the average itself, the greedy rule, the command on real images."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -38,7 +39,7 @@ def test_the_soup_is_the_mean_of_the_weights(three_tiny):
         soup.average_weights([folders[0], other])
 
 
-def test_greedy_soup_keeps_only_ingredients_that_do_not_lower_the_score(three_tiny, monkeypatch):
+def test_greedy_soup_keeps_only_ingredients_that_do_not_lower_the_score(three_tiny, monkeypatch, tmp_path):
     folders = [str(f) for f in three_tiny[0]]
     first_weight = next(k for k, v in load_file(three_tiny[0][0] / "model.safetensors").items()
                         if v.is_floating_point() and v.numel() > 1)
@@ -49,10 +50,14 @@ def test_greedy_soup_keeps_only_ingredients_that_do_not_lower_the_score(three_ti
         return -abs(state[first_weight].mean().item() - target)
 
     monkeypatch.setattr(soup, "score_weights", score)
-    chosen, scores, best = soup.greedy_soup(folders, [], "cpu")
+    chosen, scores, trail = soup.greedy_soup(folders, [], "cpu")
     ranked = sorted(folders, key=lambda f: abs(own[f] - target))
-    assert chosen[0] == ranked[0] and best == pytest.approx(0.0, abs=1e-6)  # the best ingredient alone scores 0
-    assert chosen == [ranked[0]]  # any addition moves the mean away from the target: left out
+    assert chosen == [ranked[0]]  # the best alone scores 0; any addition moves the mean from the target: left out
+    assert [t["add"] for t in trail] == ranked[1:] and not any(t["kept"] for t in trail)
+    assert all(t["soup_score"] < -1e-6 for t in trail)
+    twin = shutil.copytree(ranked[0], tmp_path / "twin")  # the same weights again: the soup's score ties, it joins
+    chosen, _, trail = soup.greedy_soup([*folders, str(twin)], [], "cpu")
+    assert sorted(chosen) == sorted([ranked[0], str(twin)]) and [t["kept"] for t in trail] == [True, False, False]
     assert scores == {f: pytest.approx(-abs(own[f] - target), abs=1e-6) for f in folders}
 
 
