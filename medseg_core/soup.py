@@ -34,6 +34,7 @@ from .data import Sample, read_split
 from .evaluation import evaluate_samples
 from .hub import load_model, resolve_weights
 from .inference import Segmenter
+from .labels import schema_from_config
 from .metrics import mean_metrics, split_class_dice
 
 __all__ = ["average_weights", "greedy_soup", "main", "score_weights"]
@@ -79,7 +80,8 @@ def score_weights(state: dict[str, torch.Tensor], template: str | Path, samples:
     """The validation score (see the module docstring) of ``state`` loaded into the network of ``template``."""
     model = load_model(template)
     model.load_state_dict(state)
-    segmenter = Segmenter(model, device=device, postprocess="none")
+    schema = schema_from_config(_config(resolve_weights(template)))  # config.json's label schema, mask encoding
+    segmenter = Segmenter(model, device=device, postprocess="none", schema=schema)
     rows = evaluate_samples(segmenter, samples, progress=False)
     if segmenter.schema.task == "multiclass":
         return split_class_dice(rows)["class_dice"]

@@ -76,3 +76,11 @@ def test_soup_command_writes_a_loadable_model_and_its_scores(three_tiny, data_ro
                if v.is_floating_point())
     assert Segmenter.from_pretrained(out)(torch.zeros(80, 96, 3, dtype=torch.uint8).numpy()).mask.shape == (80, 96)
     run_script("train/soup.py", "--models", *folders, "--output", out, "--greedy", expect=2)  # no split: usage
+
+
+def test_a_multi_class_soup_is_scored_by_class_dice_on_its_own_mask_encoding(tiny_3class, data_root):
+    samples = soup.read_split(data_root, "neopolyp-full-val")[:3]  # palette masks, as config.json records
+    score = soup.score_weights(soup.average_weights([tiny_3class, tiny_3class]), tiny_3class, samples)
+    segmenter = Segmenter.from_pretrained(tiny_3class, postprocess="none", class_bias=None)
+    rows = soup.evaluate_samples(segmenter, samples, progress=False)
+    assert score == pytest.approx(soup.split_class_dice(rows)["class_dice"])
