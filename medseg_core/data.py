@@ -326,12 +326,11 @@ class SegDataset(Dataset):
         return {"image": image, "mask": mask.long(), "id": self.samples[i].id}
 
 
-def repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
-    """Repeat-factor sampling (Gupta et al., LVIS, CVPR 2019): how often each image should be drawn per epoch.
-
-    For class ``c`` present in a fraction ``f_c`` of the images, ``r_c = max(1, sqrt(threshold / f_c))``; an image
-    takes the largest ``r_c`` of the classes it holds (1 when it holds none). Classes in at least ``threshold`` of
-    the images are not oversampled; rarer ones are, by the square root of how much rarer.
+def class_repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
+    """Repeat-factor sampling's per-class factors (Gupta et al., LVIS, CVPR 2019): for class ``c`` present in a
+    fraction ``f_c`` of the images, ``r_c = max(1, sqrt(threshold / f_c))`` (1 for a class no image holds).
+    Classes in at least ``threshold`` of the images are not oversampled; rarer ones are, by the square root of how
+    much rarer.
 
     Args:
         presence: (N, K) bool, from :meth:`SegDataset.class_presence`.
@@ -339,10 +338,15 @@ def repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"the repeat-factor threshold must be in (0, 1]; got {threshold}")
+    freq = np.asarray(presence, bool).mean(0)
+    return np.where(freq > 0, np.sqrt(threshold / np.maximum(freq, 1e-12)), 1.0).clip(min=1.0)
+
+
+def repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
+    """How often each image should be drawn per epoch under repeat-factor sampling: the largest
+    :func:`class_repeat_factors` factor of the classes it holds (1 when it holds none)."""
     presence = np.asarray(presence, bool)
-    freq = presence.mean(0)
-    per_class = np.where(freq > 0, np.sqrt(threshold / np.maximum(freq, 1e-12)), 1.0).clip(min=1.0)
-    return np.where(presence, per_class[None], 1.0).max(1, initial=1.0)
+    return np.where(presence, class_repeat_factors(presence, threshold)[None], 1.0).max(1, initial=1.0)
 
 
 # UW-Madison GI tract MRI (Kaggle 2022): RLE masks of three organs in a CSV.

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .checkpoint import NonFiniteLossError, find_latest_checkpoint, save_checkpoint, unreadable_samples
 from .cli import setup_logging
 from .config import RecipeError, load_config, recipe_schema
-from .data import SegDataset, read_split, repeat_factors
+from .data import SegDataset, class_repeat_factors, read_split, repeat_factors
 from .hub import push_model, resolve_weights, write_model_card
 from .losses import build_loss
 from .metrics import split_class_dice
@@ -137,9 +137,12 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
     loader_kw = {"num_workers": train["num_workers"], "persistent_workers": train["num_workers"] > 0}
     sampler = None
     if train["repeat_factor_threshold"]:
-        factors = repeat_factors(train_ds.class_presence(), train["repeat_factor_threshold"])
-        log.info("repeat-factor sampling: %d of %d training images drawn more often (up to x%.2f)",
-                 int((factors > 1).sum()), len(factors), factors.max())
+        presence, threshold = train_ds.class_presence(), train["repeat_factor_threshold"]
+        factors = repeat_factors(presence, threshold)
+        per_class = ", ".join(f"{n} in {f:.0%} of the images x{r:.2f}" for n, f, r in
+                              zip(schema.foreground, presence.mean(0), class_repeat_factors(presence, threshold)))
+        log.info("repeat-factor sampling (t=%g): %s; %d of %d training images drawn more often", threshold,
+                 per_class, int((factors > 1).sum()), len(factors))
         sampler = WeightedRandomSampler(torch.as_tensor(factors, dtype=torch.double), num_samples=len(train_ds))
     train_dl = DataLoader(train_ds, batch_size=train["batch_size"], shuffle=sampler is None, sampler=sampler,
                           drop_last=len(train_ds) > train["batch_size"], **loader_kw)

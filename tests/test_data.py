@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_core.data import SegDataset, pairs_from_folders, read_sample_mask, read_split, repeat_factors
+from medseg_core.data import (
+    SegDataset,
+    class_repeat_factors,
+    pairs_from_folders,
+    read_sample_mask,
+    read_split,
+    repeat_factors,
+)
 from medseg_core.io import decode_mask, read_image, read_mask
 from medseg_core.labels import BKAI_NEOPOLYP
 from medseg_core.transforms import eval_transform, train_transform
@@ -133,6 +140,7 @@ def test_repeat_factors_oversample_images_of_the_rarer_class():
     r = repeat_factors(presence, 0.75)
     assert r[0] == r[2] == r[3] == 1.0  # class 1 is at the threshold: not oversampled; no lesion: 1
     assert r[1] == pytest.approx(np.sqrt(0.75 / 0.25))  # the image holding the rare class takes its factor
+    assert class_repeat_factors(presence, 0.75) == pytest.approx([1.0, np.sqrt(3.0)])
     assert (repeat_factors(presence, 0.2) == 1.0).all()  # both classes above the threshold
     with pytest.raises(ValueError, match="threshold"):
         repeat_factors(presence, 0.0)

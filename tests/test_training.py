@@ -82,7 +82,7 @@ def test_unknown_recipe_keys_and_values_are_errors_with_a_hint(override, hint):
         load_config(CONFIG, override)
 
 
-def test_repeat_factor_sampling_draws_the_rarer_class_more_often(data_root):
+def test_repeat_factor_sampling_draws_the_rarer_class_more_often(data_root, caplog):
     from accelerate import Accelerator
     from torch.utils.data import WeightedRandomSampler
 
@@ -94,7 +94,9 @@ def test_repeat_factor_sampling_draws_the_rarer_class_more_often(data_root):
     cfg["_no_progress"] = True
     model = create_model("unet", encoder="tf_efficientnet_lite0", encoder_weights="random", num_classes=3,
                          input_size=64)
-    train_dl, _ = training.get_dataloaders(Accelerator(cpu=True), cfg, model)
+    with caplog.at_level("INFO", logger="medseg.train"):
+        train_dl, _ = training.get_dataloaders(Accelerator(cpu=True), cfg, model)
+    assert "non-neoplastic in" in caplog.text  # the log names each class with its share and factor
     sampler = train_dl.sampler
     assert isinstance(sampler, WeightedRandomSampler) and sampler.num_samples == 24
     presence = train_dl.dataset.class_presence()
