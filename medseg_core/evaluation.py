@@ -31,6 +31,7 @@ from .labels import MASK_ENCODINGS, LabelSchema
 from .metrics import (
     BINARY_METRICS,
     class_pixel_counts,
+    lesion_free_summary,
     mean_metrics,
     segmentation_metrics,
     split_class_dice,
@@ -85,8 +86,9 @@ def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], mask_encod
                      progress: bool = True) -> list[dict[str, Any]]:
     """Per-image metric rows for the given samples: the lesion metrics (any class against background) and, for
     multi-class and multi-label schemas, ``dice_<class>``/``iou_<class>`` and the pixel counts behind the
-    split-level ``class_dice_<class>``. ``mask_encoding`` overrides the schema's; ``postprocess``: None keeps
-    the segmenter's default."""
+    split-level ``class_dice_<class>``; ``n_lesion_truth``/``n_lesion_pred``, the lesion pixels of the ground
+    truth and of the prediction (see :func:`~medseg_core.metrics.lesion_free_summary`). ``mask_encoding``
+    overrides the schema's; ``postprocess``: None keeps the segmenter's default."""
     schema: LabelSchema = segmenter.schema
     per_class = {} if schema.task == "binary" else {"class_names": schema.foreground, "multilabel": schema.multilabel}
     rows = []
@@ -100,8 +102,10 @@ def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], mask_encod
             row.update(class_pixel_counts(result.mask, target, **per_class))
         else:
             row.update(segmentation_metrics(result.mask, target))
+        lesion = target.any(axis=0) if schema.multilabel else target > 0
+        row["n_lesion_truth"] = int(lesion.sum())
+        row["n_lesion_pred"] = int((result.mask.any(axis=0) if schema.multilabel else result.mask > 0).sum())
         if pranet:
-            lesion = target.any(axis=0) if schema.multilabel else target
             row["pranet_mean_dice"] = threshold_sweep_dice(result.confidence, lesion)
         row["ms"] = result.stats["inference_ms"]
         rows.append(row)
@@ -127,6 +131,10 @@ def format_table(title: str, means: dict[str, float], n: int) -> str:
     widths = [max(10, len(k)) + 2 for k in keys]
     head = f"{'split':<24}{'n':>5}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths))
     line = f"{title:<24}{n:>5}" + "".join(f"{means[k]:>{w}.4f}" for k, w in zip(keys, widths))
+    if means.get("lesion_free_images"):
+        line += (f"\n{means['lesion_free_images']} images without a lesion, a lesion drawn on "
+                 f"{means['false_alarms']}; Dice over the {n - means['lesion_free_images']} images with one: "
+                 f"{means.get('dice_lesion_images', float('nan')):.4f}")
     classes = [k[len("class_dice_"):] for k in means if k.startswith("class_dice_")]
     if not classes:
         return f"{head}\n{line}"
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     means = mean_metrics([{k: v for k, v in r.items() if k not in ("id", "ms") and not k.startswith("n_")}
                           for r in rows])
     means.update(split_class_dice(rows))
+    means.update(lesion_free_summary(rows))
     title = Path(args.split).stem if args.split else Path(args.images).name
     result: dict[str, Any] = {
         "model": str(args.model),

@@ -24,6 +24,7 @@ __all__ = [
     "dice_score",
     "hd95",
     "iou_score",
+    "lesion_free_summary",
     "per_class_metrics",
     "class_pixel_counts",
     "class_planes",
@@ -168,6 +169,27 @@ def split_class_dice(rows: Sequence[dict[str, float | str]]) -> dict[str, float]
            for n in names}
     if out:
         out["class_dice"] = sum(out.values()) / len(out)
+    return out
+
+
+def lesion_free_summary(rows: Sequence[dict[str, float | str]]) -> dict[str, float]:
+    """For a split holding images without any lesion (PolypGen's negative frames): how many there are
+    (``lesion_free_images``), on how many the model drew a lesion anyway (``false_alarms``), and the mean lesion
+    Dice over the images that do hold one (``dice_lesion_images``). Read from the ``n_lesion_truth`` /
+    ``n_lesion_pred`` pixel counts of each row; empty when every image holds a lesion or the rows lack the counts.
+
+    A lesion-free image scores Dice 1 when nothing is drawn and 0 for any drawn pixel, so a few such images move the
+    split's mean Dice by much more than their share of pixels; these figures say how much of the mean is that.
+    """
+    if not rows or "n_lesion_truth" not in rows[0]:
+        return {}
+    free = [r for r in rows if not r["n_lesion_truth"]]
+    held = [r for r in rows if r["n_lesion_truth"]]
+    if not free:
+        return {}
+    out = {"lesion_free_images": len(free), "false_alarms": sum(1 for r in free if r["n_lesion_pred"])}
+    if held:
+        out["dice_lesion_images"] = float(np.mean([r["dice"] for r in held]))
     return out
 
 

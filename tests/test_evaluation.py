@@ -40,6 +40,11 @@ def test_evaluate_on_a_tiny_split(trained, data_root, tmp_path):
         assert key in saved and saved[key] == pytest.approx(
             sum(r[key] for r in saved["per_image"]) / 2)
     assert result["split"] == "tiny"
+    lesion, empty = saved["per_image"]
+    assert lesion["n_lesion_truth"] > 0 and empty["n_lesion_truth"] == 0
+    assert saved["lesion_free_images"] == 1 and saved["false_alarms"] == int(empty["n_lesion_pred"] > 0)
+    assert saved["dice_lesion_images"] == pytest.approx(lesion["dice"])
+    assert empty["dice"] == (0.0 if empty["n_lesion_pred"] else 1.0)
     assert (tmp_path / "rows.csv").read_text().startswith("id,dice")
 
 

@@ -10,6 +10,7 @@ from medseg_core.metrics import (
     dice_score,
     hd95,
     iou_score,
+    lesion_free_summary,
     per_class_metrics,
     threshold_sweep_dice,
 )
@@ -90,3 +91,14 @@ def test_against_monai_on_random_masks():
         assert dice_score(p, t) == pytest.approx(dice, abs=1e-6)
         assert iou_score(p, t) == pytest.approx(iou, abs=1e-6)
         assert hd95(p, t) == pytest.approx(hd, abs=1e-4)
+
+
+def test_lesion_free_summary_counts_false_alarms_and_scores_the_lesion_images_apart():
+    rows = [{"dice": 0.8, "n_lesion_truth": 50, "n_lesion_pred": 40},
+            {"dice": 0.6, "n_lesion_truth": 10, "n_lesion_pred": 30},
+            {"dice": 0.0, "n_lesion_truth": 0, "n_lesion_pred": 7},  # a lesion drawn on a lesion-free image
+            {"dice": 1.0, "n_lesion_truth": 0, "n_lesion_pred": 0}]
+    assert lesion_free_summary(rows) == {"lesion_free_images": 2, "false_alarms": 1,
+                                         "dice_lesion_images": pytest.approx(0.7)}
+    assert lesion_free_summary(rows[:2]) == {}  # every image holds a lesion
+    assert lesion_free_summary([{"dice": 1.0}]) == {}  # rows without the counts
