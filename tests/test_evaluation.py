@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_script
 
 from medseg_core import training
 from medseg_core.evaluation import main as evaluate_main
@@ -45,6 +45,16 @@ def test_evaluate_on_a_tiny_split(trained, data_root, tmp_path):
     assert saved["lesion_free_images"] == 1 and saved["false_alarms"] == int(empty["n_lesion_pred"] > 0)
     assert saved["dice_lesion_images"] == pytest.approx(lesion["dice"])
     assert empty["dice"] == (0.0 if empty["n_lesion_pred"] else 1.0)
+    # bench/lesion_free.py gives the same figures for a file written before the pixel counts were (the lesion-free
+    # image then found from the split's masks, the false alarm from its Dice).
+    old = {**saved, "split": str(split), "per_image": [{k: v for k, v in r.items() if not k.startswith("n_lesion")}
+                                                       for r in saved["per_image"]]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    run_script("bench/lesion_free.py", out_json, tmp_path / "old.json", "--data", data_root,
+               "--json", tmp_path / "table.json")
+    new_row, old_row = json.loads((tmp_path / "table.json").read_text())["rows"]
+    for key in ("lesion_free_images", "false_alarms", "dice_lesion_images"):
+        assert new_row[key] == old_row[key] == saved[key]
     assert (tmp_path / "rows.csv").read_text().startswith("id,dice")
 
 
