@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,10 +107,22 @@ def greedy_soup(folders: Sequence[str | Path], samples: Sequence[Sample],
     return chosen, own, trail
 
 
+#: config.json keys tuned on a validation split for one set of weights (bench/class_bias.py, threshold_table.py,
+#: postprocess_table.py --record, the TTA scales): the soup is other weights, so they are not carried over.
+_TUNED = ("class_bias", "thresholds", "postprocess", "refiner", "tta_scales")
+
+
 def save_soup(state: dict[str, torch.Tensor], template: str | Path, output: Path, fp16: bool = False) -> None:
-    """Write the soup as a weights folder: ``template``'s config.json, the averaged ``model.safetensors``."""
+    """Write the soup as a weights folder: ``template``'s config.json without the settings tuned for the template's
+    own weights (:data:`_TUNED`; tune them again for the soup), the averaged ``model.safetensors``."""
     output.mkdir(parents=True, exist_ok=True)
-    shutil.copy(resolve_weights(template) / "config.json", output / "config.json")
+    config = _config(resolve_weights(template))
+    dropped = [k for k in _TUNED if k in config]
+    if dropped:
+        log.info("not carried over from %s (tuned for its own weights; tune them again for the soup): %s",
+                 template, ", ".join(dropped))
+    (output / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in _TUNED}, indent=2,
+                                                   sort_keys=True) + "\n")
     tensors = {k: v.half() if fp16 and v.is_floating_point() else v.contiguous() for k, v in state.items()}
     save_file(tensors, output / "model.safetensors", metadata={"format": "pt"})
 

@@ -84,3 +84,16 @@ def test_a_multi_class_soup_is_scored_by_class_dice_on_its_own_mask_encoding(tin
     segmenter = Segmenter.from_pretrained(tiny_3class, postprocess="none", class_bias=None)
     rows = soup.evaluate_samples(segmenter, samples, progress=False)
     assert score == pytest.approx(soup.split_class_dice(rows)["class_dice"])
+
+
+def test_the_soup_does_not_inherit_settings_tuned_for_one_ingredient(tiny_3class, tmp_path):
+    from medseg_core.hub import record_class_bias, record_postprocess
+
+    template = shutil.copytree(tiny_3class, tmp_path / "tuned")
+    record_class_bias(template, [0.0, 0.0, 0.75])
+    record_postprocess(template, ["region_class_consistency"])
+    soup.save_soup(soup.average_weights([template, tiny_3class]), template, tmp_path / "soup")
+    config = json.loads((tmp_path / "soup" / "config.json").read_text())
+    assert "class_bias" not in config and "postprocess" not in config
+    assert config["num_classes"] == json.loads((template / "config.json").read_text())["num_classes"]
+    assert Segmenter.from_pretrained(tmp_path / "soup").class_bias is None
