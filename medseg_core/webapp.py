@@ -633,7 +633,9 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="medseg — lesion segmentation", delete_cache=(KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)) as demo:
         gr.Markdown(
             "# medseg\nSegment polyps and other lesions in endoscopy images. Drop an image (PNG, JPEG, TIFF, BMP; "
-            f"up to {MAX_IMAGE_PIXELS // 1_000_000} MP) and press **Segment**. Research software: not a medical device."
+            f"up to {MAX_IMAGE_PIXELS // 1_000_000} MP) and press **Segment**. Research software: not a medical "
+            "device. The polyp models learnt only from frames that show a polyp: on a frame without one they mostly "
+            "still outline the most polyp-like region, so an outline is not proof of a polyp."
         )
         with gr.Tab("Segment"):
             segment_tab(models)
