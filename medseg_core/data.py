@@ -26,6 +26,7 @@ from .labels import LabelSchema
 __all__ = [
     "Sample",
     "SegDataset",
+    "class_repeat_factors",
     "group_split",
     "pairs_from_folders",
     "read_sample_mask",
