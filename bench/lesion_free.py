@@ -22,13 +22,14 @@ from PIL import Image
 
 from medseg_core.cli import write_json
 from medseg_core.data import read_sample_mask, read_split
-from medseg_core.labels import schema_from_config
+from medseg_core.labels import LabelSchema, schema_from_config
 from medseg_core.metrics import lesion_free_summary
 
 
 def lesion_free_ids(data: str, split: str, labels: dict[str, Any] | None) -> set[str]:
     """The ids of the split's images whose ground truth holds no lesion pixel."""
-    schema = schema_from_config(labels or {"num_classes": 1})
+    # evaluate.py's "labels" block is the schema without the model's number of outputs; older files have none.
+    schema = LabelSchema.from_mapping(labels) if labels else schema_from_config({"num_classes": 1})
     out = set()
     for sample in read_split(data, split):
         with Image.open(sample.image) as image:
@@ -55,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("files", nargs="+", help="JSON files written by train/evaluate.py --json (with per-image rows)")
     p.add_argument("--data", default="../shared/data", help="dataset root holding splits/ (for files written "
                                                             "before evaluate.py counted lesion pixels)")
+    p.add_argument("--split", help="split name or split file, for files that name their split by a stem only "
+                                   "(written with --images/--masks or a split file outside DATA/splits)")
     p.add_argument("--json", help="write the table to this JSON file")
     return p.parse_args(argv)
 
@@ -71,9 +74,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         rows = result["per_image"]
         free = None
         if rows and "n_lesion_truth" not in rows[0]:
-            split = result["split"]
+            split = args.split or result["split"]
             if split not in free_by_split:
-                free_by_split[split] = lesion_free_ids(args.data, split, result.get("labels"))
+                try:
+                    free_by_split[split] = lesion_free_ids(args.data, split, result.get("labels"))
+                except FileNotFoundError as err:
+                    raise SystemExit(f"{path}: cannot read its split's masks ({err}); name the split with --split") from err
             free = free_by_split[split]
         table.append({"file": Path(path).name, **summarise(result, free)})
     width = max((len(r["file"]) for r in table), default=4)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .io import IMAGE_EXTENSIONS, read_image, read_mask, rle_rows, rle_stack
@@ -25,6 +25,7 @@ from .labels import LabelSchema
 
 __all__ = [
     "Sample",
+    "RepeatFactorSampler",
     "SegDataset",
     "class_repeat_factors",
     "group_split",
@@ -288,12 +289,17 @@ class SegDataset(Dataset):
 
     def class_presence(self) -> np.ndarray:
         """(N, K) bool: which foreground classes each sample's mask holds (K = classes - 1; for a multi-label schema
-        K = every class). Read from the cache when there is one, otherwise from the files."""
-        num = len(self.schema.class_names) if self.schema is not None else int(self._mask(0).max()) + 1
+        K = every class; without a schema, K = the largest class index found). Read from the cache when there is one
+        (masks downsized with nearest neighbour, where a region of a pixel or two can vanish), otherwise from the
+        files."""
+        masks = [self._mask(i) for i in range(len(self))]
+        if self.schema is not None:
+            num = len(self.schema.class_names)
+        else:
+            num = max((int(m.max(initial=0)) for m in masks), default=0) + 1
         multilabel = self.schema is not None and self.schema.multilabel
         presence = np.zeros((len(self), num if multilabel else num - 1), bool)
-        for i in range(len(self)):
-            mask = self._mask(i)
+        for i, mask in enumerate(masks):
             if multilabel:
                 presence[i] = [(mask >> k & 1).any() for k in range(num)]
             else:
@@ -344,10 +350,49 @@ def class_repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
-    """How often each image should be drawn per epoch under repeat-factor sampling: the largest
-    :func:`class_repeat_factors` factor of the classes it holds (1 when it holds none)."""
+    """Each image's repeat factor under repeat-factor sampling: the largest :func:`class_repeat_factors` factor of
+    the classes it holds (1 when it holds none). :class:`RepeatFactorSampler` draws by it."""
     presence = np.asarray(presence, bool)
     return np.where(presence, class_repeat_factors(presence, threshold)[None], 1.0).max(1, initial=1.0)
+
+
+class RepeatFactorSampler(Sampler[int]):
+    """An epoch of ``num_samples`` indices (default: the dataset's length, so the budget stays that of a plain
+    shuffled epoch) in which image ``i`` appears about ``num_samples * factors[i] / sum(factors)`` times.
+
+    As in LVIS (Gupta et al., CVPR 2019) the counts are rounded stochastically (``floor`` plus one with the
+    probability of the fraction) and the list is shuffled, so an image is drawn without replacement as far as its
+    count allows: with all factors equal this is a plain permutation of the dataset. Unlike LVIS the epoch is not
+    lengthened by the factors: they are rescaled to ``num_samples``, and a rounding surplus or shortfall is cut off
+    or topped up by draws in proportion to the factors. ``generator`` is a ``torch.Generator`` (set by Accelerate to
+    keep processes in step), else one seeded from torch's global generator each epoch, as ``RandomSampler`` does.
+    """
+
+    def __init__(self, factors: Sequence[float] | np.ndarray, num_samples: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        self.factors = torch.as_tensor(np.asarray(factors, dtype=np.float64))
+        if self.factors.ndim != 1 or not len(self.factors) or (self.factors <= 0).any():
+            raise ValueError("repeat factors must be a non-empty list of positive numbers")
+        self.num_samples = len(self.factors) if num_samples is None else int(num_samples)
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = self.generator
+        if g is None:
+            g = torch.Generator()
+            g.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        expected = self.factors * self.num_samples / self.factors.sum()
+        counts = expected.floor() + (torch.rand(len(expected), generator=g, dtype=torch.float64)
+                                     < expected - expected.floor())
+        order = torch.repeat_interleave(torch.arange(len(counts)), counts.long())
+        order = order[torch.randperm(len(order), generator=g)][: self.num_samples]
+        if len(order) < self.num_samples:
+            extra = torch.multinomial(self.factors, self.num_samples - len(order), replacement=True, generator=g)
+            order = torch.cat([order, extra])[torch.randperm(self.num_samples, generator=g)]
+        yield from order.tolist()
 
 
 # UW-Madison GI tract MRI (Kaggle 2022): RLE masks of three organs in a CSV.

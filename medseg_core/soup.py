@@ -41,7 +41,8 @@ __all__ = ["average_weights", "greedy_soup", "main", "score_weights"]
 log = logging.getLogger(__name__)
 
 #: config.json keys that must agree for weights to be averaged (the network's shape and outputs).
-_SAME = ("arch", "encoder", "num_classes", "in_channels", "decoder_channels", "input_size", "task", "class_names")
+_SAME = ("arch", "encoder", "num_classes", "in_channels", "decoder_channels", "input_size", "task", "class_names",
+         "mean", "std", "views", "widths")
 
 
 def _config(folder: Path) -> dict[str, Any]:
@@ -67,6 +68,8 @@ def average_weights(folders: Sequence[str | Path]) -> dict[str, torch.Tensor]:
         if total and state.keys() != total.keys():
             raise ValueError(f"{p} holds other tensors than {paths[0]}")
         for k, v in state.items():
+            if k in total and v.shape != total[k].shape:
+                raise ValueError(f"{p}: tensor {k} has shape {tuple(v.shape)}, not {tuple(total[k].shape)}")
             if not v.is_floating_point():
                 total.setdefault(k, v)
             else:
@@ -116,6 +119,10 @@ def save_soup(state: dict[str, torch.Tensor], template: str | Path, output: Path
     """Write the soup as a weights folder: ``template``'s config.json without the settings tuned for the template's
     own weights (:data:`_TUNED`; tune them again for the soup), the averaged ``model.safetensors``."""
     output.mkdir(parents=True, exist_ok=True)
+    for stale in ("model.onnx", "README.md"):  # an earlier soup's export or card would describe other weights
+        if (output / stale).exists():
+            log.info("removing %s (written for the weights this soup replaces)", output / stale)
+            (output / stale).unlink()
     config = _config(resolve_weights(template))
     dropped = [k for k in _TUNED if k in config]
     if dropped:

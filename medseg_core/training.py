@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from timm.utils import ModelEmaV3
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import NonFiniteLossError, find_latest_checkpoint, save_checkpoint, unreadable_samples
 from .cli import setup_logging
 from .config import RecipeError, load_config, recipe_schema
-from .data import SegDataset, class_repeat_factors, read_split, repeat_factors
+from .data import RepeatFactorSampler, SegDataset, class_repeat_factors, read_split, repeat_factors
 from .hub import push_model, resolve_weights, write_model_card
 from .losses import build_loss
 from .metrics import split_class_dice
@@ -141,9 +141,11 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
         factors = repeat_factors(presence, threshold)
         per_class = ", ".join(f"{n} in {f:.0%} of the images x{r:.2f}" for n, f, r in
                               zip(schema.foreground, presence.mean(0), class_repeat_factors(presence, threshold)))
-        log.info("repeat-factor sampling (t=%g): %s; %d of %d training images drawn more often", threshold,
-                 per_class, int((factors > 1).sum()), len(factors))
-        sampler = WeightedRandomSampler(torch.as_tensor(factors, dtype=torch.double), num_samples=len(train_ds))
+        share = {n: float(factors[presence[:, k]].sum() / factors.sum()) for k, n in enumerate(schema.foreground)}
+        log.info("repeat-factor sampling (t=%g): %s; share of draws: %s", threshold, per_class,
+                 ", ".join(f"{n} {share[n]:.0%} (was {presence[:, k].mean():.0%})"
+                           for k, n in enumerate(schema.foreground)))
+        sampler = RepeatFactorSampler(factors, num_samples=len(train_ds))
     train_dl = DataLoader(train_ds, batch_size=train["batch_size"], shuffle=sampler is None, sampler=sampler,
                           drop_last=len(train_ds) > train["batch_size"], **loader_kw)
     val_dl = DataLoader(val_ds, batch_size=train["batch_size"], shuffle=False, **loader_kw)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from medseg_core.data import (
+    RepeatFactorSampler,
     SegDataset,
     class_repeat_factors,
     pairs_from_folders,
@@ -166,6 +167,8 @@ def test_user_folder_pairs(tmp_path):
     pairs = pairs_from_folders(tmp_path / "img", tmp_path / "msk")
     assert [(p.id, p.mask.name) for p in pairs] == [("a", "a.png"), ("b", "b_mask.png")]
     assert read_mask(pairs[1].mask).all()
+    # Without a schema the classes come from every mask, not the first (here empty) one.
+    assert SegDataset(pairs, progress=False).class_presence().tolist() == [[False], [True]]
     (tmp_path / "img" / "c.png").write_bytes((tmp_path / "img" / "a.png").read_bytes())
     with pytest.raises(FileNotFoundError, match="c.png"):
         pairs_from_folders(tmp_path / "img", tmp_path / "msk")
@@ -177,3 +180,20 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
     bad.write_text("not an image")
     with pytest.raises(ValueError, match="cannot read"):
         read_image(bad)
+
+
+def test_repeat_factor_sampler_keeps_the_epoch_length_and_draws_without_replacement_where_it_can():
+    g = torch.Generator().manual_seed(0)
+    assert sorted(RepeatFactorSampler([1.0] * 10, generator=g)) == list(range(10))  # equal factors: a permutation
+    factors = np.array([1.0] * 8 + [3.0] * 2)  # two images three times as likely
+    sampler = RepeatFactorSampler(factors, generator=g)
+    epochs = [list(sampler) for _ in range(400)]
+    assert all(len(e) == len(sampler) == 10 for e in epochs)
+    counts = np.bincount(np.concatenate(epochs), minlength=10) / len(epochs)
+    np.testing.assert_allclose(counts, 10 * factors / factors.sum(), atol=0.05)  # 0.71 and 2.14 per epoch
+    # Stochastic rounding: the likelier image comes 2 or 3 times an epoch (2.14 on average), almost never otherwise
+    # and never 0; drawn with replacement it would come 2 or 3 times in only about half the epochs.
+    per_epoch = np.array([e.count(9) for e in epochs])
+    assert per_epoch.min() >= 1 and np.isin(per_epoch, (2, 3)).mean() > 0.9
+    with pytest.raises(ValueError, match="positive"):
+        RepeatFactorSampler([1.0, 0.0])

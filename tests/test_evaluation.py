@@ -9,7 +9,9 @@ import pytest
 from conftest import ROOT, run_script
 
 from medseg_core import training
+from medseg_core.data import read_split
 from medseg_core.evaluation import main as evaluate_main
+from medseg_core.labels import BKAI_NEOPOLYP
 
 CONFIG = str(ROOT / "train" / "configs" / "unet_lite0_polyp.yaml")
 
@@ -55,6 +57,13 @@ def test_evaluate_on_a_tiny_split(trained, data_root, tmp_path):
     new_row, old_row = json.loads((tmp_path / "table.json").read_text())["rows"]
     for key in ("lesion_free_images", "false_alarms", "dice_lesion_images"):
         assert new_row[key] == old_row[key] == saved[key]
+    # A multi-class file (palette masks, its schema from the "labels" block): every NeoPolyp image holds a polyp.
+    neo = {"split": "neopolyp-full-val", "dice": 0.5, "labels": BKAI_NEOPOLYP.to_config(),
+           "per_image": [{"id": s.id, "dice": 0.5} for s in read_split(data_root, "neopolyp-full-val")[:2]]}
+    (tmp_path / "neo.json").write_text(json.dumps(neo))
+    row = json.loads(run_script("bench/lesion_free.py", tmp_path / "neo.json", "--data", data_root, "--json",
+                                tmp_path / "neo_table.json") and (tmp_path / "neo_table.json").read_text())["rows"][0]
+    assert row["n"] == 2 and "lesion_free_images" not in row
     assert (tmp_path / "rows.csv").read_text().startswith("id,dice")
 
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 from conftest import TINY_UNET, run_script
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from medseg_core import Segmenter, create_model, soup
 
@@ -37,6 +37,12 @@ def test_the_soup_is_the_mean_of_the_weights(three_tiny):
     assert any(not torch.equal(avg[k], states[0][k]) for k in avg if avg[k].is_floating_point())
     with pytest.raises(ValueError, match="another network.*num_classes"):
         soup.average_weights([folders[0], other])
+    tampered = shutil.copytree(folders[1], folders[0].parent / "tampered")
+    state = load_file(tampered / "model.safetensors")
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 4)
+    save_file({**state, key: torch.zeros(1, *state[key].shape[1:])}, tampered / "model.safetensors")
+    with pytest.raises(ValueError, match=f"{key} has shape"):
+        soup.average_weights([folders[0], tampered])
 
 
 def test_greedy_soup_keeps_only_ingredients_that_do_not_lower_the_score(three_tiny, monkeypatch, tmp_path):
@@ -71,7 +77,8 @@ def test_soup_command_writes_a_loadable_model_and_its_scores(three_tiny, data_ro
     result = json.loads(report.read_text())
     assert result["kind"] == "greedy" and set(result["ingredients"]) == set(folders)
     assert result["chosen"][0] == max(result["ingredients"], key=result["ingredients"].get)
-    assert result["soup_score"] >= max(result["ingredients"].values()) and "greedy soup of" in proc.stdout
+    assert result["chosen"] == result["chosen"][:1] + [t["add"] for t in result["trail"] if t["kept"]]
+    assert len(result["trail"]) == len(folders) - 1 and "greedy soup of" in proc.stdout
     assert all(v.dtype == torch.float16 for v in load_file(out / "model.safetensors").values()
                if v.is_floating_point())
     assert Segmenter.from_pretrained(out)(torch.zeros(80, 96, 3, dtype=torch.uint8).numpy()).mask.shape == (80, 96)
@@ -92,7 +99,10 @@ def test_the_soup_does_not_inherit_settings_tuned_for_one_ingredient(tiny_3class
     template = shutil.copytree(tiny_3class, tmp_path / "tuned")
     record_class_bias(template, [0.0, 0.0, 0.75])
     record_postprocess(template, ["region_class_consistency"])
+    (tmp_path / "soup").mkdir()
+    (tmp_path / "soup" / "model.onnx").write_bytes(b"an earlier soup's export")
     soup.save_soup(soup.average_weights([template, tiny_3class]), template, tmp_path / "soup")
+    assert not (tmp_path / "soup" / "model.onnx").exists()  # it would run the earlier weights
     config = json.loads((tmp_path / "soup" / "config.json").read_text())
     assert "class_bias" not in config and "postprocess" not in config
     assert config["num_classes"] == json.loads((template / "config.json").read_text())["num_classes"]

@@ -84,8 +84,8 @@ def test_unknown_recipe_keys_and_values_are_errors_with_a_hint(override, hint):
 
 def test_repeat_factor_sampling_draws_the_rarer_class_more_often(data_root, caplog):
     from accelerate import Accelerator
-    from torch.utils.data import WeightedRandomSampler
 
+    from medseg_core.data import RepeatFactorSampler
     from medseg_core.models import create_model
 
     cfg = load_config(ROOT / "train" / "configs" / "unet_lite0_neopolyp_full_ft.yaml", [
@@ -98,16 +98,16 @@ def test_repeat_factor_sampling_draws_the_rarer_class_more_often(data_root, capl
         train_dl, _ = training.get_dataloaders(Accelerator(cpu=True), cfg, model)
     assert "non-neoplastic in" in caplog.text  # the log names each class with its share and factor
     sampler = train_dl.sampler
-    assert isinstance(sampler, WeightedRandomSampler) and sampler.num_samples == 24
+    assert isinstance(sampler, RepeatFactorSampler) and len(sampler) == 24
     presence = train_dl.dataset.class_presence()
-    weights = sampler.weights.numpy()
+    weights = sampler.factors.numpy()
     rare = presence[:, 1] & ~presence[:, 0]  # only the rarer (non-neoplastic) class
     common = presence[:, 0] & ~presence[:, 1]
     assert presence[:, 1].mean() < presence[:, 0].mean() and rare.any() and common.any()
     assert weights[rare].min() > weights[common].max()
     cfg["train"]["repeat_factor_threshold"] = 0.0
     assert not isinstance(training.get_dataloaders(Accelerator(cpu=True), cfg, model)[0].sampler,
-                          WeightedRandomSampler)
+                          RepeatFactorSampler)
 
 
 def test_every_shipped_recipe_loads():
