@@ -38,7 +38,7 @@ from .metrics import (
     threshold_sweep_dice,
 )
 
-__all__ = ["evaluate_samples", "format_table", "main", "scores_against_mask_image"]
+__all__ = ["evaluate_samples", "format_table", "main", "row_means", "scores_against_mask_image"]
 
 log = logging.getLogger("medseg.evaluate")
 
@@ -112,6 +112,13 @@ def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], mask_encod
     return rows
 
 
+def row_means(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The per-image means of :func:`evaluate_samples` rows: every metric, without the id, the timing and the pixel
+    counts (``n_*``, which feed the split-level figures instead)."""
+    return mean_metrics([{k: v for k, v in r.items() if k not in ("id", "ms") and not k.startswith("n_")}
+                         for r in rows])
+
+
 def scores_against_mask_image(mask: np.ndarray, truth: np.ndarray, schema: LabelSchema) -> dict[str, float]:
     """Metrics of a predicted mask against one ground-truth mask image (as a user uploads it, RGB): decoded with
     the schema's encoding (``indexed`` for multi-class schemas stored otherwise); for a multi-label schema, whose
@@ -166,8 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = gather_object(rows)
     if not state.is_main_process:
         return {}
-    means = mean_metrics([{k: v for k, v in r.items() if k not in ("id", "ms") and not k.startswith("n_")}
-                          for r in rows])
+    means = row_means(rows)
     means.update(split_class_dice(rows))
     means.update(lesion_free_summary(rows))
     title = Path(args.split).stem if args.split else Path(args.images).name

@@ -30,11 +30,11 @@ from safetensors.torch import load_file, save_file
 
 from .cli import setup_logging, warn_if_test_split, write_json
 from .data import Sample, read_split
-from .evaluation import evaluate_samples
+from .evaluation import evaluate_samples, row_means
 from .hub import load_model, resolve_weights
 from .inference import Segmenter
 from .labels import schema_from_config
-from .metrics import mean_metrics, split_class_dice
+from .metrics import split_class_dice
 
 __all__ = ["average_weights", "greedy_soup", "main", "score_weights"]
 
@@ -87,8 +87,7 @@ def score_weights(state: dict[str, torch.Tensor], template: str | Path, samples:
     rows = evaluate_samples(segmenter, samples, progress=False)
     if segmenter.schema.task == "multiclass":
         return split_class_dice(rows)["class_dice"]
-    return mean_metrics([{k: v for k, v in r.items() if k not in ("id", "ms") and not k.startswith("n_")}
-                         for r in rows])["dice"]
+    return row_means(rows)["dice"]
 
 
 def greedy_soup(folders: Sequence[str | Path], samples: Sequence[Sample],

@@ -115,9 +115,9 @@ def any_hub_model_allowed() -> bool:
 def default_model(models: list[str], video: bool = False) -> str | None:
     """The model a tab opens with, when offered: ``MEDSEG_DEFAULT_MODEL`` (the most accurate polyp model) for
     images, ``MEDSEG_VIDEO_MODEL`` (the fast one) for video, which falls back to the image default; else the first."""
-    wanted = default_model_name()
-    if video and default_model_name(video=True) in models:
-        wanted = default_model_name(video=True)
+    wanted = default_model_name(video=True) if video else None
+    if wanted not in models:
+        wanted = default_model_name()
     return wanted if wanted in models else (models[0] if models else None)
 
 
