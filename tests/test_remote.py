@@ -60,3 +60,22 @@ def test_collect_and_merge_bring_back_the_best_model_in_small_shards(tiny_weight
 def test_remote_has_help():
     assert "pack-encoders" in run_script("train/remote.py", "--help").stdout
     assert (ROOT / "docs" / "gpu_runs.md").is_file()
+
+
+def test_pack_data_writes_a_pair_named_by_two_splits_once(data_root, tmp_path):
+    """train/pack_data.py with a combined split file beside one of its parts (as docs/gpu_runs.md packs
+    polyp-train and polyp-train+neopolyp): three distinct pairs are packed and counted once each, and both split
+    files read back from the packed copy."""
+    from medseg_core.data import read_split
+
+    ids = [ln for ln in (data_root / "splits" / "polyp-val.txt").read_text().split() if ln][:3]
+    part, combined = tmp_path / "part.txt", tmp_path / "part+more.txt"
+    part.write_text("\n".join(ids[:2]) + "\n")
+    combined.write_text("\n".join(ids) + "\n")
+    out = tmp_path / "packed"
+    proc = run_script("train/pack_data.py", "--data-root", data_root, "--splits", part, combined, "--out", out,
+                      "--max-side", "64", "--quality", "70")
+    assert "packed 3 pairs" in proc.stdout + proc.stderr
+    assert [s.id for s in read_split(out, str(out / "splits" / "part+more.txt"))] == ids
+    assert len(read_split(out, "part")) == 2
+    assert len(list(out.rglob("*.jpg"))) == 3

@@ -32,11 +32,13 @@ def _resized(array, max_side: int, interpolation: int):
 
 
 def pack(data_root: Path, splits: list[str], out: Path, max_side: int, quality: int) -> tuple[int, int]:
-    """Write the packed copy; returns (pairs written, bytes written)."""
+    """Write the packed copy; returns (pairs written, bytes written). A pair named by several splits (a combined
+    split file beside its parts) is written and counted once."""
     (out / "splits").mkdir(parents=True, exist_ok=True)
     written, size = 0, 0
+    done: set[str] = set()
     for split in splits:
-        samples = read_split(data_root, split)
+        samples = [s for s in read_split(data_root, split) if s.id not in done]
         for sample in tqdm(samples, desc=split, unit="pair"):
             if not isinstance(sample.mask, Path) or sample.mask.suffix == ".csv" or sample.prob is not None:
                 raise SystemExit(f"pack_data: {sample.id}: only one-file masks can be packed")
@@ -52,6 +54,7 @@ def pack(data_root: Path, splits: list[str], out: Path, max_side: int, quality: 
             cv2.imwrite(str(image_out), _resized(image, max_side, cv2.INTER_AREA),
                         [cv2.IMWRITE_JPEG_QUALITY, quality])
             cv2.imwrite(str(mask_out), _resized(mask, max_side, cv2.INTER_NEAREST))
+            done.add(sample.id)
             written += 1
             size += image_out.stat().st_size + mask_out.stat().st_size
         split_file = Path(split) if split.endswith(".txt") else data_root / "splits" / f"{split}.txt"
