@@ -1,4 +1,4 @@
-"""train/remote.py: what travels to a remote GPU and back comes back the same."""
+"""train/remote.py and train/pack_data.py: what travels to a remote GPU and back comes back the same."""
 
 import importlib.resources
 import json
@@ -9,6 +9,7 @@ import torch
 from conftest import ROOT, run_script
 from safetensors.torch import load_file
 
+from medseg_core.data import read_split
 from medseg_core.models.encoders import LITE_WEIGHTS
 
 
@@ -66,8 +67,6 @@ def test_pack_data_writes_a_pair_named_by_two_splits_once(data_root, tmp_path):
     """train/pack_data.py with a combined split file beside one of its parts (as docs/gpu_runs.md packs
     polyp-train and polyp-train+neopolyp): three distinct pairs are packed and counted once each, and both split
     files read back from the packed copy."""
-    from medseg_core.data import read_split
-
     ids = [ln for ln in (data_root / "splits" / "polyp-val.txt").read_text().split() if ln][:3]
     part, combined = tmp_path / "part.txt", tmp_path / "part+more.txt"
     part.write_text("\n".join(ids[:2]) + "\n")
