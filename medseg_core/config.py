@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
         # Start from these weights (a weights/ name, a folder or a Hub id) instead of the encoder's ImageNet ones:
         # fine-tuning. The architecture and outputs must match the recipe's model section.
         "init_from": None,
+        # With init_from: true lets the output layers differ in their number of outputs only (weights trained for
+        # other classes, e.g. the binary polyp model seeding a 3-class NeoPolyp model); those layers start fresh.
+        "init_reset_head": False,
         # Exponential moving average of the weights (timm's ModelEmaV3) with this decay; validation, the saved
         # model and checkpoints use the average. 0: off.
         "ema": 0.0,
@@ -139,8 +142,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise RecipeError(f"train.{key} must be a positive integer; got {t[key]!r}")
-    if not isinstance(t["batch_dice"], bool):
-        raise RecipeError(f"train.batch_dice must be true or false; got {t['batch_dice']!r}")
+    for key in ("batch_dice", "init_reset_head"):
+        if not isinstance(t[key], bool):
+            raise RecipeError(f"train.{key} must be true or false; got {t[key]!r}")
     if t["batch_dice"] and t["loss"] not in ("dice_ce", "dice"):
         raise RecipeError(f"train.batch_dice applies to the dice_ce and dice losses, not {t['loss']!r}")
     _check_number(t, "augment_colour", 0.0, 3.0, "a factor from 0 to 3")

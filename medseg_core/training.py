@@ -93,15 +93,38 @@ def build_model(cfg: dict[str, Any]) -> SegModel:
     return create_model(model_cfg.pop("arch"), **model_cfg)
 
 
-def init_weights(model: SegModel, spec: str) -> Path:
+def init_weights(model: SegModel, spec: str, reset_head: bool = False) -> Path:
     """Load ``train.init_from``'s weights (a ``weights/`` name, a folder or a Hub id) into ``model``; every tensor must
-    fit (same architecture, encoder and outputs), else :class:`RecipeError` says which do not. Returns the folder."""
+    fit (same architecture, encoder and outputs), else :class:`RecipeError` says which do not. Returns the folder.
+
+    With ``reset_head`` (``train.init_reset_head``) the output layers may differ in their number of outputs only, as
+    when a timm classifier is loaded for other classes: a tensor whose first dimension differs and whose other
+    dimensions match keeps the model's fresh initialisation, and the log names it. Any other difference is still an
+    error."""
     folder = resolve_weights(spec)
-    try:
-        safetensors.torch.load_model(model, folder / "model.safetensors", strict=True)
-    except RuntimeError as err:
-        raise RecipeError(f"train.init_from: the weights in {folder} do not fit the recipe's model "
-                          f"({str(err).splitlines()[0]} ...)") from err
+    file = folder / "model.safetensors"
+    if not reset_head:
+        try:
+            safetensors.torch.load_model(model, file, strict=True)
+        except RuntimeError as err:
+            raise RecipeError(f"train.init_from: the weights in {folder} do not fit the recipe's model "
+                              f"({str(err).splitlines()[0]} ...)") from err
+        return folder
+    source, target = safetensors.torch.load_file(file), model.state_dict()
+    if source.keys() != target.keys():
+        odd = sorted(source.keys() ^ target.keys())
+        raise RecipeError(f"train.init_from: the weights in {folder} do not fit the recipe's model (tensors only one "
+                          f"of them has: {', '.join(odd[:4])}{' ...' if len(odd) > 4 else ''})")
+    fresh = [k for k in target if source[k].shape != target[k].shape]
+    wrong = [k for k in fresh if source[k].dim() != target[k].dim() or source[k].shape[1:] != target[k].shape[1:]]
+    if wrong:
+        raise RecipeError(f"train.init_from: the weights in {folder} do not fit the recipe's model beyond its number "
+                          f"of outputs ({wrong[0]}: {tuple(source[wrong[0]].shape)} against "
+                          f"{tuple(target[wrong[0]].shape)})")
+    model.load_state_dict({k: (target[k] if k in fresh else v) for k, v in source.items()}, strict=True)
+    for k in fresh:
+        log.info("train.init_reset_head: %s starts fresh (%d outputs here, %d in %s)", k, target[k].shape[0],
+                 source[k].shape[0], folder)
     return folder
 
 
@@ -458,7 +481,7 @@ def main(argv: list[str] | None = None) -> Path:
     model = build_model(cfg)
     if t["init_from"]:
         try:
-            log.info("initial weights from %s", init_weights(model, t["init_from"]))
+            log.info("initial weights from %s", init_weights(model, t["init_from"], t["init_reset_head"]))
         except (RecipeError, OSError, ValueError) as err:
             raise SystemExit(f"medseg-train: {err}") from err
     if t["channels_last"]:

@@ -238,11 +238,33 @@ def test_init_from_weights_of_another_shape_is_a_clear_error(trained, data_root,
         training.main(tiny_args(data_root, tmp_path, "--train.init_from", str(tmp_path / "nothing")))
 
 
+def test_init_reset_head_seeds_a_model_for_other_classes_from_a_binary_one(trained, data_root, tmp_path, caplog):
+    """With train.init_reset_head the binary model seeds a 3-class one: at lr 0 every parameter but the output
+    layer's is the binary model's; the output layer starts fresh with 3 outputs and the log names it. A difference
+    beyond the number of outputs is still refused."""
+    _, first = trained
+    three = ("--model.num_classes", "3", "--labels.task", "multiclass", "--labels.class_names", "[bg, a, b]")
+    with caplog.at_level("INFO", logger="medseg.train"):
+        model_dir = training.main(tiny_args(data_root, tmp_path / "three", *three, "--train.init_from", str(first),
+                                            "--train.init_reset_head", "true", "--train.lr", "0"))
+    # Parameters, not buffers: the BatchNorm running statistics move in training even at lr 0.
+    before, after = dict(load_model(first).named_parameters()), dict(load_model(model_dir).named_parameters())
+    fresh = [k for k in after if after[k].shape != before[k].shape]
+    assert fresh == ["head.weight", "head.bias"] and after["head.weight"].shape[0] == 3
+    for k in after.keys() - set(fresh):
+        torch.testing.assert_close(after[k], before[k], msg=k)
+    assert "head.weight starts fresh (3 outputs here, 1 in" in caplog.text
+    with pytest.raises(SystemExit, match="beyond its number of outputs"):
+        training.main(tiny_args(data_root, tmp_path / "wide", *three, "--train.init_from", str(first),
+                                "--train.init_reset_head", "true", "--model.decoder_channels", "[16, 16, 16, 16, 12]"))
+
+
 @pytest.mark.parametrize(("override", "hint"), [
     (["--train.ema", "1.0"], "decay in"),
     (["--train.scales", "0.5"], "list of factors"),
     (["--train.scales", "[0.1, 1.0]"], "between 0.25 and 2"),
     (["--train.batch_dice", "yes please"], "true or false"),
+    (["--train.init_reset_head", "1"], "true or false"),
     (["--train.batch_dice", "true", "--train.loss", "structure"], "dice_ce and dice losses"),
 ])
 def test_ema_scales_and_batch_dice_are_checked(override, hint):
