@@ -94,3 +94,39 @@ def test_recording_a_choice_made_on_a_test_split_warns(caplog):
         assert not caplog.records
         warn_if_test_split("splits/neopolyp-full-test.txt", "class bias")
     assert len(caplog.records) == 1 and "class bias chosen on a test split" in caplog.records[0].getMessage()
+
+
+def test_region_classifier_probe_counts_confusion_and_region_votes(tiny_3class, data_root, tmp_path):
+    """bench/region_classifier.py: the pixel confusion covers the split's pixels and gives the split-level class Dice
+    evaluate.py gives; every ground-truth polyp is a region with the model's vote, whose accuracy the JSON states; a
+    classifier trains and is scored; splits whose polyps hold one class only are refused."""
+    from PIL import Image
+
+    from medseg_core.data import read_split
+    from medseg_core.evaluation import main as evaluate
+
+    split = tmp_path / "eight.txt"
+    split.write_text("".join(f"{i}\n" for i in (data_root / "splits/neopolyp-full-val.txt").read_text().split()[:8]))
+    run_script("bench/region_classifier.py", "--model", tiny_3class, "--data", data_root, "--train", split, "--val",
+               split, "--size", "32", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress",
+               "--json", tmp_path / "r.json")
+    saved = json.loads((tmp_path / "r.json").read_text())
+    confusion = np.array(saved["confusion"])
+    assert confusion.sum() == sum(np.prod(Image.open(s.image).size) for s in read_split(data_root, str(split)))
+    scores = evaluate(["--model", str(tiny_3class), "--data", str(data_root), "--split", str(split), "--device",
+                       "cpu"])
+    for name in ("neoplastic", "non-neoplastic"):
+        assert saved["pixels"][name]["dice"] == pytest.approx(scores[f"class_dice_{name}"], abs=1e-6)
+    b = saved["pixels"]["non-neoplastic"]
+    assert (b["missed_as_background"], b["taken_for_other_class"]) == (confusion[2, 0], confusion[2, 1])
+    rows = saved["per_region"]
+    assert saved["regions"]["val"] == len(rows) >= 8 and 0 < saved["regions"]["val_second"] < len(rows)
+    right = [(r["vote"] > 0.5) == bool(r["label"]) for r in rows]
+    assert saved["vote"]["wrong"] == right.count(False)
+    assert saved["vote"]["area_weighted"] == pytest.approx(
+        sum(r["area"] for r, ok in zip(rows, right) if ok) / sum(r["area"] for r in rows))
+    assert all(0.0 <= r["vote"] <= 1.0 and 0.0 <= r["classifier"] <= 1.0 for r in rows)
+    assert [e["epoch"] for e in saved["epochs"]] == [1]
+    refused = run_script("bench/region_classifier.py", "--model", tiny_3class, "--data", data_root, "--train", split,
+                         "--val", split, "--min-area", "100000000", "--no-progress", expect=1)
+    assert refused.stderr.strip().endswith("do not cover both lesion classes")
