@@ -145,6 +145,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in ("batch_dice", "init_reset_head"):
         if not isinstance(t[key], bool):
             raise RecipeError(f"train.{key} must be true or false; got {t[key]!r}")
+    if t["init_reset_head"] and not t["init_from"]:
+        raise RecipeError("train.init_reset_head applies to weights named by train.init_from, and none are named")
     if t["batch_dice"] and t["loss"] not in ("dice_ce", "dice"):
         raise RecipeError(f"train.batch_dice applies to the dice_ce and dice losses, not {t['loss']!r}")
     _check_number(t, "augment_colour", 0.0, 3.0, "a factor from 0 to 3")

@@ -265,6 +265,7 @@ def test_init_reset_head_seeds_a_model_for_other_classes_from_a_binary_one(train
     (["--train.scales", "[0.1, 1.0]"], "between 0.25 and 2"),
     (["--train.batch_dice", "yes please"], "true or false"),
     (["--train.init_reset_head", "1"], "true or false"),
+    (["--train.init_reset_head", "true"], "none are named"),
     (["--train.batch_dice", "true", "--train.loss", "structure"], "dice_ce and dice losses"),
 ])
 def test_ema_scales_and_batch_dice_are_checked(override, hint):
