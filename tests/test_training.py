@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_script
 from safetensors.torch import load_file
 
 from medseg_core import Segmenter, load_model, training
@@ -227,6 +227,21 @@ def test_an_ema_run_also_keeps_its_trained_weights_as_the_without_ema_row(data_r
         torch.testing.assert_close(value, trained[name], msg=name)
     assert any(not torch.equal(value, average.state_dict()[name]) for name, value in raw.state_dict().items()
                if value.is_floating_point())
+
+
+def test_history_lists_each_epochs_validation_from_the_tensorboard_logs(data_root, tmp_path):
+    """train/history.py: one row per epoch with the validation metrics the trainer logged (and, with an EMA, those
+    of the trained weights), the last row's score the summary's; a folder without logs is a clear error."""
+    training.main(tiny_args(data_root, tmp_path / "run", "--train.epochs", "2", "--train.ema", "0.9", max_steps=4))
+    run_script("train/history.py", tmp_path / "run", "--json", tmp_path / "h.json")
+    rows = json.loads((tmp_path / "h.json").read_text())["rows"]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["step"] < rows[1]["step"]
+    assert all({"val/score", "val_no_ema/score", "train/epoch_loss"} <= r.keys() for r in rows)
+    assert max(r["val/score"] for r in rows) == pytest.approx(summary["best_val_dice"], abs=1e-6)
+    assert not any(k.startswith(("train/loss", "train/lr")) for r in rows for k in r)
+    out = run_script("train/history.py", tmp_path / "empty", expect=1)
+    assert "no TensorBoard event files" in out.stderr
 
 
 def test_init_from_weights_of_another_shape_is_a_clear_error(trained, data_root, tmp_path):
