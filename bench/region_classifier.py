@@ -14,7 +14,9 @@ the most probability mass in it, after the recorded class bias). This script mea
    cross-entropy, flips, rotations, crops and colour jitter), alone and averaged with the model's vote, after each
    epoch. Accuracy is given per region and weighted by region area (closer to what split-level Dice counts).
 
-The regions are the ground truth's, so part 3 measures classification only, not whether the model finds the polyp.
+The regions are the ground truth's (8-connected, at least ``--min-area`` pixels), for the vote as for the classifier,
+so parts 2 and 3 measure classification only, not whether the model finds the polyp. Each crop is its box resized
+to a square, so elongated polyps are stretched.
 Nothing is selected on a test split; this reads ``--train`` and ``--val`` only.
 """
 
@@ -85,6 +87,14 @@ def ground_truth_regions(segmenter: Segmenter, data: str, split: str, size: int,
     return out, confusion
 
 
+def check_both_classes(split: str, regions: list[Region], min_area: int) -> None:
+    """Exit with a clear message unless the split's polyps hold both lesion classes."""
+    if not regions:
+        raise SystemExit(f"{split}: no ground-truth polyp of at least {min_area} pixels")
+    if len({r.label for r in regions}) < 2:
+        raise SystemExit(f"{split}: the polyps of at least {min_area} pixels do not cover both lesion classes")
+
+
 def confusion_summary(confusion: np.ndarray, names: list[str]) -> dict[str, Any]:
     """Split-level Dice per foreground class and where each class's errors come from (pixels)."""
     out = {}
@@ -127,6 +137,13 @@ def predict(model: torch.nn.Module, regions: list[Region], mean: np.ndarray, std
     return np.concatenate(out)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Region vote of a 3-class model against a crop classifier per polyp, "
                                             "on a validation split (see the module docstring).")
@@ -139,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=224, help="crop side in pixels")
     p.add_argument("--margin", type=float, default=0.25, help="context around each polyp, share of its longer side")
     p.add_argument("--min-area", type=int, default=64, help="ground-truth regions below this many pixels are skipped")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=_positive, default=12, help="classifier training epochs (at least 1)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -161,10 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     crop_args = (args.size, args.margin, args.min_area)
     train, _ = ground_truth_regions(segmenter, args.data, args.train, *crop_args, False, not args.no_progress)
+    check_both_classes(args.train, train, args.min_area)
     val, confusion = ground_truth_regions(segmenter, args.data, args.val, *crop_args, True, not args.no_progress)
-    for split, regions in ((args.train, train), (args.val, val)):
-        if len({r.label for r in regions}) < 2:
-            raise SystemExit(f"{split}: the polyps of at least {args.min_area} pixels do not cover both lesion classes")
+    check_both_classes(args.val, val, args.min_area)
     vote = np.array([r.vote for r in val])
     result: dict[str, Any] = {
         "model": args.model, "train": args.train, "val": args.val, "settings": {
@@ -187,11 +203,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = timm.create_model(args.encoder, num_classes=2, pretrained=False)
     state = {k: v for k, v in load_lite_state_dict(args.encoder, features_only=False).items()
              if not k.startswith("classifier.")}
-    model.load_state_dict(state, strict=False)
+    loaded = model.load_state_dict(state, strict=False)
+    if loaded.unexpected_keys or any(not k.startswith("classifier.") for k in loaded.missing_keys):
+        raise SystemExit(f"the ImageNet weights of {args.encoder} do not fit timm's model: {loaded}")
     mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.5, np.float32)  # the Lite weights' normalisation
     augment = A.Compose([A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90(),
                          A.RandomResizedCrop(size=(args.size, args.size), scale=(0.6, 1.0), ratio=(0.8, 1.25)),
-                         A.ColorJitter(0.2, 0.2, 0.1, 0.02, p=0.5)])
+                         A.ColorJitter(0.2, 0.2, 0.1, 0.02, p=0.5)], seed=args.seed)
     labels = np.array([r.label for r in train])
     weight = torch.tensor([1.0, (labels == 0).sum() / max(1, (labels == 1).sum())], dtype=torch.float32)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -199,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=steps, pct_start=0.1)
     for epoch in range(1, args.epochs + 1):
         order = rng.permutation(len(train))
-        total = 0.0
+        total, seen = 0.0, 0
         for i in tqdm(range(0, len(train), args.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False,
                       disable=args.no_progress):
             idx = order[i:i + args.batch_size]
@@ -211,9 +229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             loss.backward()
             optimiser.step()
             schedule.step()
-            total += loss.item() * len(idx)
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
         p = predict(model, val, mean, std)
-        row = {"epoch": epoch, "loss": total / len(train), "classifier": accuracy(p, val),
+        row = {"epoch": epoch, "loss": total / max(seen, 1), "classifier": accuracy(p, val),
                "mean_with_vote": accuracy((p + vote) / 2, val)}
         result["epochs"].append(row)
         print(f"epoch {epoch}: loss {row['loss']:.3f}; classifier {row['classifier']['accuracy']:.3f} "

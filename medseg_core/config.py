@@ -70,8 +70,8 @@ DEFAULTS: dict[str, Any] = {
         # Start from these weights (a weights/ name, a folder or a Hub id) instead of the encoder's ImageNet ones:
         # fine-tuning. The architecture and outputs must match the recipe's model section.
         "init_from": None,
-        # With init_from: true lets the output layers differ in their number of outputs only (weights trained for
-        # other classes, e.g. the binary polyp model seeding a 3-class NeoPolyp model); those layers start fresh.
+        # true: the init_from weights may differ from the model in the number of outputs only (weights trained for
+        # other classes, e.g. the binary polyp model seeding a 3-class NeoPolyp model); the output layer starts fresh.
         "init_reset_head": False,
         # Exponential moving average of the weights (timm's ModelEmaV3) with this decay; validation, the saved
         # model and checkpoints use the average. 0: off.

@@ -98,9 +98,10 @@ def init_weights(model: SegModel, spec: str, reset_head: bool = False) -> Path:
     fit (same architecture, encoder and outputs), else :class:`RecipeError` says which do not. Returns the folder.
 
     With ``reset_head`` (``train.init_reset_head``) the output layers may differ in their number of outputs only, as
-    when a timm classifier is loaded for other classes: a tensor whose first dimension differs and whose other
-    dimensions match keeps the model's fresh initialisation, and the log names it. Any other difference is still an
-    error."""
+    when a timm classifier is loaded for other classes: a tensor whose first dimension is the saved model's number of
+    outputs here and the recipe's there, its other dimensions the same, keeps the model's fresh initialisation, and
+    the log names it. Any other difference is still an error; when the numbers of outputs agree everything loads
+    (with a warning), as without the option."""
     folder = resolve_weights(spec)
     file = folder / "model.safetensors"
     if not reset_head:
@@ -111,17 +112,22 @@ def init_weights(model: SegModel, spec: str, reset_head: bool = False) -> Path:
                               f"({str(err).splitlines()[0]} ...)") from err
         return folder
     source, target = safetensors.torch.load_file(file), model.state_dict()
+    source_classes = json.loads((folder / "config.json").read_text()).get("num_classes")
     if source.keys() != target.keys():
         odd = sorted(source.keys() ^ target.keys())
         raise RecipeError(f"train.init_from: the weights in {folder} do not fit the recipe's model (tensors only one "
                           f"of them has: {', '.join(odd[:4])}{' ...' if len(odd) > 4 else ''})")
     fresh = [k for k in target if source[k].shape != target[k].shape]
-    wrong = [k for k in fresh if source[k].dim() != target[k].dim() or source[k].shape[1:] != target[k].shape[1:]]
+    wrong = [k for k in fresh if source[k].dim() != target[k].dim() or source[k].shape[1:] != target[k].shape[1:]
+             or (source[k].shape[0], target[k].shape[0]) != (source_classes, model.num_classes)]
     if wrong:
         raise RecipeError(f"train.init_from: the weights in {folder} do not fit the recipe's model beyond its number "
                           f"of outputs ({wrong[0]}: {tuple(source[wrong[0]].shape)} against "
                           f"{tuple(target[wrong[0]].shape)})")
     model.load_state_dict({k: (target[k] if k in fresh else v) for k, v in source.items()}, strict=True)
+    if not fresh:
+        log.warning("train.init_reset_head: the weights in %s have this model's %d outputs, so every tensor, the "
+                    "output layer's too, is loaded", folder, model.num_classes)
     for k in fresh:
         log.info("train.init_reset_head: %s starts fresh (%d outputs here, %d in %s)", k, target[k].shape[0],
                  source[k].shape[0], folder)
@@ -436,7 +442,9 @@ def recipe_text(cfg: dict[str, Any], summary: dict[str, Any] | None = None) -> s
         f"input {cfg['model'].get('input_size', 'default')} px, precision `{t['precision']}`, channels-last "
         f"{t['channels_last']}."
     )
-    extras = [f"initialised from `{t['init_from']}`" if t.get("init_from") else "",
+    extras = [f"initialised from `{t['init_from']}`" + (" (output layer fresh where its number of outputs differs)"
+                                                        if t.get("init_reset_head") else "")
+              if t.get("init_from") else "",
               "Dice term over the whole batch (batch Dice)" if t.get("batch_dice") else "",
               f"EMA of weights (decay {t['ema']})" if t.get("ema") else "",
               f"multi-scale training (x{', x'.join(str(f) for f in t['scales'])})" if t.get("scales") else ""]
@@ -529,8 +537,8 @@ def main(argv: list[str] | None = None) -> Path:
             raise SystemExit(f"medseg-train: {err}") from err
         val = evaluate(accelerator, model if ema is None else ema.module, val_dl, cfg)
         progress.epoch += 1
-        accelerator.log({**{f"val/{k}": v for k, v in val.items()}, "train/epoch_loss": train_loss},
-                        step=progress.step)
+        accelerator.log({**{f"val/{k}": v for k, v in val.items()}, "train/epoch_loss": train_loss,
+                         "train/epoch": progress.epoch}, step=progress.step)
         log.info("epoch %d/%d: train loss %.4f, val %s", progress.epoch, t["epochs"], train_loss,
                  ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
         if ema is not None:

@@ -99,11 +99,12 @@ def test_recording_a_choice_made_on_a_test_split_warns(caplog):
 def test_region_classifier_probe_counts_confusion_and_region_votes(tiny_3class, data_root, tmp_path):
     """bench/region_classifier.py: the pixel confusion covers the split's pixels and gives the split-level class Dice
     evaluate.py gives; every ground-truth polyp is a region with the model's vote, whose accuracy the JSON states; a
-    classifier trains and is scored; splits whose polyps hold one class only are refused."""
+    classifier trains and is scored; a training split whose polyps hold one class only, or none, is refused."""
     from PIL import Image
 
-    from medseg_core.data import read_split
+    from medseg_core.data import read_sample_mask, read_split
     from medseg_core.evaluation import main as evaluate
+    from medseg_core.labels import BKAI_NEOPOLYP
 
     split = tmp_path / "eight.txt"
     split.write_text("".join(f"{i}\n" for i in (data_root / "splits/neopolyp-full-val.txt").read_text().split()[:8]))
@@ -127,6 +128,12 @@ def test_region_classifier_probe_counts_confusion_and_region_votes(tiny_3class, 
         sum(r["area"] for r, ok in zip(rows, right) if ok) / sum(r["area"] for r in rows))
     assert all(0.0 <= r["vote"] <= 1.0 and 0.0 <= r["classifier"] <= 1.0 for r in rows)
     assert [e["epoch"] for e in saved["epochs"]] == [1]
-    refused = run_script("bench/region_classifier.py", "--model", tiny_3class, "--data", data_root, "--train", split,
-                         "--val", split, "--min-area", "100000000", "--no-progress", expect=1)
-    assert refused.stderr.strip().endswith("do not cover both lesion classes")
+    neoplastic_only = tmp_path / "red.txt"
+    red = [s.id for s in read_split(data_root, str(split))
+           if set(np.unique(read_sample_mask(s, BKAI_NEOPOLYP, Image.open(s.image).size[::-1]))) == {0, 1}]
+    neoplastic_only.write_text("".join(f"{i}\n" for i in red))
+    for train, extra, message in ((neoplastic_only, (), "do not cover both lesion classes"),
+                                  (split, ("--min-area", "100000000"), "no ground-truth polyp of at least")):
+        refused = run_script("bench/region_classifier.py", "--model", tiny_3class, "--data", data_root, "--train",
+                             train, "--val", split, "--no-progress", *extra, expect=1)
+        assert message in refused.stderr and "Traceback" not in refused.stderr

@@ -230,18 +230,36 @@ def test_an_ema_run_also_keeps_its_trained_weights_as_the_without_ema_row(data_r
 
 
 def test_history_lists_each_epochs_validation_from_the_tensorboard_logs(data_root, tmp_path):
-    """train/history.py: one row per epoch with the validation metrics the trainer logged (and, with an EMA, those
-    of the trained weights), the last row's score the summary's; a folder without logs is a clear error."""
-    training.main(tiny_args(data_root, tmp_path / "run", "--train.epochs", "2", "--train.ema", "0.9", max_steps=4))
-    run_script("train/history.py", tmp_path / "run", "--json", tmp_path / "h.json")
+    """train/history.py: one row per epoch, numbered as the trainer logged it, with the validation metrics (and, with
+    an EMA, those of the trained weights) but not the per-step series; the best row's score is the summary's; a
+    folder without logs is a clear error."""
+    # 5 epochs of 2 steps: the trainer logs the per-step series every 10 steps, so one exists to be left out.
+    training.main(tiny_args(data_root, tmp_path / "run", "--train.epochs", "5", "--train.ema", "0.9",
+                            max_steps=10))
+    out = run_script("train/history.py", tmp_path / "run", "--json", tmp_path / "h.json").stdout
     rows = json.loads((tmp_path / "h.json").read_text())["rows"]
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["step"] < rows[1]["step"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5] and [r["step"] for r in rows] == [2, 4, 6, 8, 10]
     assert all({"val/score", "val_no_ema/score", "train/epoch_loss"} <= r.keys() for r in rows)
-    assert max(r["val/score"] for r in rows) == pytest.approx(summary["best_val_dice"], abs=1e-6)
-    assert not any(k.startswith(("train/loss", "train/lr")) for r in rows for k in r)
-    out = run_script("train/history.py", tmp_path / "empty", expect=1)
-    assert "no TensorBoard event files" in out.stderr
+    best = max(rows, key=lambda r: r["val/score"])
+    assert (best["epoch"], best["val/score"]) == (summary["best_epoch"], pytest.approx(summary["best_val_dice"]))
+    assert "train/loss" not in out and not any(k in r for r in rows for k in ("train/loss", "train/lr"))
+    assert "no TensorBoard event files" in run_script("train/history.py", tmp_path / "empty", expect=1).stderr
+
+
+def test_history_keeps_the_later_value_of_a_step_logged_twice(tmp_path):
+    """A resumed run logs the steps since its checkpoint again, in a new event file: the later values win, whatever
+    order the files sort in."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for folder, wall, score in (("a", 200.0, 0.2), ("b", 100.0, 0.1)):
+        writer = SummaryWriter(str(tmp_path / "run" / folder))
+        for tag, value in (("val/score", score), ("train/epoch", 3), ("train/loss", 1.0)):
+            writer.add_scalar(tag, value, 7, walltime=wall)
+        writer.close()
+    run_script("train/history.py", tmp_path / "run", "--json", tmp_path / "h.json")
+    rows = json.loads((tmp_path / "h.json").read_text())["rows"]
+    assert rows == [{"epoch": 3, "step": 7, "val/score": pytest.approx(0.2)}]
 
 
 def test_init_from_weights_of_another_shape_is_a_clear_error(trained, data_root, tmp_path):

@@ -18,25 +18,36 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from medseg_core.cli import write_json
 
-#: Tag prefixes logged once per epoch (at the epoch's last optimiser step).
-EPOCH_TAGS = ("val/", "val_no_ema/", "train/epoch_loss")
+#: Tag prefixes logged once per epoch (at the epoch's last optimiser step); ``train/epoch`` numbers the epoch.
+EPOCH_TAGS = ("val/", "val_no_ema/", "train/epoch_loss", "train/epoch")
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     """Per-epoch rows ``{"epoch", "step", <tag>: value, ...}`` from every event file under ``run_dir``, in step
-    order; a step logged twice (a resumed run repeating an epoch) keeps its last value."""
+    order. A step logged twice (a resumed run repeating part of an epoch) keeps the later value. The epoch is the
+    logged ``train/epoch``; logs written before the trainer logged it are numbered by their order.
+
+    A run folder reused without ``--resume`` holds the event files of both runs, and epochs only the older one
+    reached stay in the table: give each run its own ``--output-dir``."""
     files = sorted(Path(run_dir).rglob("events.out.tfevents.*"))
     if not files:
         raise FileNotFoundError(f"no TensorBoard event files under {run_dir}")
-    by_step: dict[int, dict[str, float]] = {}
+    by_step: dict[int, dict[str, tuple[float, float]]] = {}
     for file in files:
         events = EventAccumulator(str(file), size_guidance={"scalars": 0})
         events.Reload()
         for tag in events.Tags()["scalars"]:
             if tag.startswith(EPOCH_TAGS):
                 for event in events.Scalars(tag):
-                    by_step.setdefault(event.step, {})[tag] = event.value
-    return [{"epoch": i, "step": step, **by_step[step]} for i, step in enumerate(sorted(by_step), start=1)]
+                    old = by_step.setdefault(event.step, {}).get(tag)
+                    if old is None or event.wall_time >= old[0]:
+                        by_step[event.step][tag] = (event.wall_time, event.value)
+    rows = []
+    for i, step in enumerate(sorted(by_step), start=1):
+        values = {tag: value for tag, (_, value) in by_step[step].items()}
+        epoch = values.pop("train/epoch", i)
+        rows.append({"epoch": int(epoch), "step": step, **values})
+    return rows
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
