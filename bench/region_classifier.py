@@ -39,7 +39,7 @@ from medseg_core.cli import write_json
 from medseg_core.data import read_sample_mask, read_split
 from medseg_core.inference import Segmenter
 from medseg_core.io import read_image
-from medseg_core.models.encoders import LITE_WEIGHTS, load_lite_state_dict
+from medseg_core.models.encoders import LITE_WEIGHTS, encoder_normalization, load_lite_state_dict
 from medseg_core.postprocess import _padded_box, _regions
 
 
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loaded = model.load_state_dict(state, strict=False)
     if loaded.unexpected_keys or any(not k.startswith("classifier.") for k in loaded.missing_keys):
         raise SystemExit(f"the ImageNet weights of {args.encoder} do not fit timm's model: {loaded}")
-    mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.5, np.float32)  # the Lite weights' normalisation
+    mean, std = (np.asarray(v, np.float32) for v in encoder_normalization(args.encoder))
     augment = A.Compose([A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90(),
                          A.RandomResizedCrop(size=(args.size, args.size), scale=(0.6, 1.0), ratio=(0.8, 1.25)),
                          A.ColorJitter(0.2, 0.2, 0.1, 0.02, p=0.5)], seed=args.seed)

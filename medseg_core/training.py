@@ -442,9 +442,8 @@ def recipe_text(cfg: dict[str, Any], summary: dict[str, Any] | None = None) -> s
         f"input {cfg['model'].get('input_size', 'default')} px, precision `{t['precision']}`, channels-last "
         f"{t['channels_last']}."
     )
-    extras = [f"initialised from `{t['init_from']}`" + (" (output layer fresh where its number of outputs differs)"
-                                                        if t.get("init_reset_head") else "")
-              if t.get("init_from") else "",
+    fresh_head = " (output layer fresh where its number of outputs differs)" if t.get("init_reset_head") else ""
+    extras = [f"initialised from `{t['init_from']}`{fresh_head}" if t.get("init_from") else "",
               "Dice term over the whole batch (batch Dice)" if t.get("batch_dice") else "",
               f"EMA of weights (decay {t['ema']})" if t.get("ema") else "",
               f"multi-scale training (x{', x'.join(str(f) for f in t['scales'])})" if t.get("scales") else ""]
