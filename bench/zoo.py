@@ -139,10 +139,10 @@ def _optimiser_of(recipe: str, args: argparse.Namespace, extra: list[str]) -> li
 def _recipe(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """The one recipe after the overrides among ``extra``, told apart from ``train.py``'s own options (``--seed``,
     ``--max-steps``, ...) by ``train.py``'s own parser."""
+    from medseg_core.commands import parse_train_args
     from medseg_core.config import load_config
-    from medseg_core.training import parse_args as train_args
 
-    _, overrides = train_args(["--config", str(ROOT / args.config), *extra])
+    overrides = parse_train_args(["--config", str(ROOT / args.config), *extra]).overrides
     return load_config(ROOT / args.config, overrides)
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .cli import add_postprocess_argument, add_threshold_argument, postprocess_from_args, setup_logging
+from .cli import UsageError
+from .commands import segment as segment_command
 from .inference import ImageInputError, Segmenter, load_image_file
 from .io import IMAGE_EXTENSIONS, write_mask, write_png
 from .labels import LabelSchema
@@ -41,8 +42,9 @@ log = logging.getLogger(__name__)
 MAX_ZIP_FILES = 1000
 MAX_ZIP_BYTES = 1_000_000_000
 #: statistics.csv columns. Timings are left out so that a run's files depend on its inputs and options only.
-BATCH_COLUMNS = ("file", "status", "width", "height", "lesion_pixels", "lesion_percent", "lesion_count",
-                 "mean_confidence", "mask", "overlay", "error")
+#: ``lesion_present``/``presence_score``: the image-level decision recorded with the weights (medseg_core.presence).
+BATCH_COLUMNS = ("file", "status", "width", "height", "lesion_present", "presence_score", "lesion_pixels",
+                 "lesion_percent", "lesion_count", "mean_confidence", "mask", "overlay", "error")
 DEFAULT_MODEL = "unet_lite2.polyp"  # the most accurate polyp model
 VIDEO_MODEL = "unet_lite0.polyp_fast"  # the one that keeps up with video on a CPU
 
@@ -147,7 +149,9 @@ def segment_files(
         mask_name = " ".join(p.name for k, p in written.items() if k != "colour")
         overlay_name = write_png(out / f"{stem}_overlay.png", result.overlay).name
         s = result.stats
-        row.update(status="ok", width=s["image_size"][0], height=s["image_size"][1], lesion_pixels=s["lesion_pixels"],
+        row.update(status="ok", width=s["image_size"][0], height=s["image_size"][1],
+                   lesion_present=int(s["lesion_present"]), presence_score=s["presence_score"],
+                   lesion_pixels=s["lesion_pixels"],
                    lesion_percent=s["lesion_percent"], lesion_count=s["lesion_count"],
                    mean_confidence=s["mean_confidence"] if s["mean_confidence"] is not None else "",
                    mask=mask_name, overlay=overlay_name, inference_ms=s["inference_ms"],
@@ -181,30 +185,10 @@ def write_results_zip(out_dir: str | os.PathLike, zip_path: str | os.PathLike) -
     return zip_path
 
 
-def build_parser(prog: str = "medseg-segment", folder_flag: bool = False) -> argparse.ArgumentParser:
-    """The command line of :func:`main`; ``folder_flag`` takes one ``--images DIR`` instead of positional inputs."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Segment images, folders of images and zips of images: write <stem>_mask.png, "
-        "<stem>_overlay.png and statistics.csv into --out.",
-    )
-    if folder_flag:
-        p.add_argument("--images", dest="inputs", type=lambda v: [v], required=True, help="a folder of images")
-    else:
-        p.add_argument("inputs", nargs="+", help="image files, folders of images, zip archives")
-    p.add_argument("--out", required=True, help="folder to write masks, overlays and statistics.csv to (created)")
-    p.add_argument("--model", default=default_model_name(),
-                   help="a name under weights/, a weights folder, or a Hub repo id (default: %(default)s)")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    add_postprocess_argument(p)
-    add_threshold_argument(p)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def run(args: argparse.Namespace, postprocess: PostprocessSpec) -> int:
-    """Segment ``args.inputs`` into ``args.out``; the exit status is 1 when no image could be segmented.
+def run(args: argparse.Namespace) -> int:
+    """Segment ``args.inputs`` into ``args.out`` (arguments parsed by
+    :func:`medseg_core.commands.parse_segment_args`); the exit status is 1 when no image could be segmented. An
+    unknown model or an unreadable zip is a usage error (:class:`~medseg_core.cli.UsageError`).
 
     Under ``accelerate launch --num_processes N`` every process takes a share of the files (as ``medseg-evaluate``
     does) and the main process writes ``statistics.csv`` for all of them, in input order.
@@ -212,24 +196,18 @@ def run(args: argparse.Namespace, postprocess: PostprocessSpec) -> int:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from .hub import WeightsNotFoundError
-
     state = PartialState()
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
-    try:
-        segmenter = Segmenter.from_pretrained(args.model, device=device, threshold=args.threshold)
-    except WeightsNotFoundError as err:
-        log.error("%s", err)
-        return 2
+    segmenter = Segmenter.from_pretrained(args.model or default_model_name(), device=device, threshold=args.threshold,
+                                          apply_presence=args.presence)
     with tempfile.TemporaryDirectory(prefix="medseg-segment-") as work:
         try:
             paths = expand_inputs(args.inputs, work)
         except ValueError as err:
-            log.error("%s", err)
-            return 2
+            raise UsageError(str(err)) from err
         items = list(zip(paths, unique_stems(paths)))
         with state.split_between_processes(items) as shard:
-            rows = segment_files(segmenter, [p for p, _ in shard], args.out, tta=args.tta, postprocess=postprocess,
+            rows = segment_files(segmenter, [p for p, _ in shard], args.out, tta=args.tta, postprocess=args.postprocess,
                                  stems=[st for _, st in shard], write_csv=False,
                                  progress=lambda items: tqdm(items, desc="segment", disable=args.no_progress
                                                              or not state.is_local_main_process))
@@ -246,12 +224,9 @@ def run(args: argparse.Namespace, postprocess: PostprocessSpec) -> int:
     return 0 if ok else 1
 
 
-def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
-    """``medseg-segment``: returns the exit status."""
-    parser = parser or build_parser()
-    args = parser.parse_args(argv)
-    setup_logging()
-    return run(args, postprocess_from_args(parser, args.postprocess))
+def main(argv: list[str] | None = None) -> int:
+    """``medseg-segment``: returns the exit status (0 done, 1 no image segmented, 2 usage error)."""
+    return segment_command(argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,12 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "root": "../shared/data",
         "train_split": "polyp-train",
+        # One split, or a list of splits read together (e.g. [polyp-val, polyp-negative-val]: the model is selected
+        # on frames with a polyp and on frames without one).
         "val_split": "polyp-val",
+        # Extra training splits and their share of every batch, e.g. {polyp-negative-train: 0.25}: a quarter of each
+        # batch drawn from lesion-free frames (medseg_core.data.MixedBatchSampler); None: the train split alone.
+        "mix_splits": None,
         "mask_encoding": "binary",
         "cache_max_side": None,
     },
@@ -153,12 +158,42 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _check_number(t, "negative_crops", 0.0, 1.0, "a probability from 0 to 1")
     _check_number(t, "repeat_factor_threshold", 0.0, 1.0, "a fraction from 0 to 1 (0: off)")
     _check_number(t, "ema", 0.0, 1.0, "a decay in [0, 1) (0: off)", below_hi=True)
+    _check_splits(cfg["data"])
+    if cfg["data"]["mix_splits"] and t["repeat_factor_threshold"]:
+        raise RecipeError("data.mix_splits and train.repeat_factor_threshold both choose what a batch holds; use one")
     scales = t["scales"]
     if scales is not None and (not isinstance(scales, list) or not scales
                                or not all(isinstance(f, (int, float)) and 0.25 <= f <= 2.0 for f in scales)):
         raise RecipeError(f"train.scales must be a list of factors between 0.25 and 2, e.g. [0.75, 1.0, 1.25]; "
                           f"got {scales!r}")
     recipe_schema(cfg)
+
+
+def _check_splits(data: Mapping[str, Any]) -> None:
+    """``data.train_split`` a split name, ``data.val_split`` one or a list, ``data.mix_splits`` a mapping of split
+    names to shares of a batch, each between 0 and 1 and together below 1."""
+    if not isinstance(data["train_split"], str) or not data["train_split"]:
+        raise RecipeError(f"data.train_split must be a split name; got {data['train_split']!r}")
+    val = data["val_split"]
+    if not (isinstance(val, str) and val) and not (isinstance(val, list) and val
+                                                   and all(isinstance(v, str) and v for v in val)):
+        raise RecipeError(f"data.val_split must be a split name or a list of them; got {val!r}")
+    mix = data["mix_splits"]
+    if mix is None:
+        return
+    if not isinstance(mix, Mapping) or not mix:
+        raise RecipeError(f"data.mix_splits must map split names to their share of each batch, e.g. "
+                          f"{{polyp-negative-train: 0.25}}; got {mix!r}")
+    for name, share in mix.items():
+        if not isinstance(name, str) or isinstance(share, bool) or not isinstance(share, (int, float)) \
+                or not 0 < share < 1:
+            raise RecipeError(f"data.mix_splits: {name!r} needs a share of each batch between 0 and 1 (exclusive); "
+                              f"got {share!r}")
+        if name == data["train_split"]:
+            raise RecipeError(f"data.mix_splits names the train split {name!r} itself")
+    if sum(mix.values()) >= 1:
+        raise RecipeError(f"data.mix_splits: the shares sum to {sum(mix.values()):g}; they must leave room for the "
+                          "train split (sum below 1)")
 
 
 def _check_number(t: Mapping[str, Any], key: str, lo: float, hi: float, what: str, below_hi: bool = False) -> None:

@@ -24,6 +24,7 @@ from .io import IMAGE_EXTENSIONS, read_image, read_mask, rle_rows, rle_stack
 from .labels import LabelSchema
 
 __all__ = [
+    "MixedBatchSampler",
     "Sample",
     "RepeatFactorSampler",
     "SegDataset",
@@ -32,6 +33,7 @@ __all__ = [
     "pairs_from_folders",
     "read_sample_mask",
     "read_split",
+    "read_splits",
     "repeat_factors",
 ]
 
@@ -108,6 +110,13 @@ def read_split(data_root: str | os.PathLike, split: str) -> list[Sample]:
             raise FileNotFoundError(f"split {split_file.name} names {line}, but it has no probs/ map")
         samples.append(Sample(line, images[stem], mask, probs[stem] if probs is not None else None))
     return samples
+
+
+def read_splits(data_root: str | os.PathLike, splits: str | Sequence[str]) -> list[Sample]:
+    """The samples of one split (:func:`read_split`) or of several, concatenated in the order given (a recipe's
+    ``data.val_split: [polyp-val, polyp-negative-val]``)."""
+    names = [splits] if isinstance(splits, (str, os.PathLike)) else list(splits)
+    return [s for name in names for s in read_split(data_root, os.fspath(name))]
 
 
 def pairs_from_folders(images_dir: str | os.PathLike, masks_dir: str | os.PathLike | None = None) -> list[Sample]:
@@ -393,6 +402,57 @@ class RepeatFactorSampler(Sampler[int]):
             extra = torch.multinomial(self.factors, self.num_samples - len(order), replacement=True, generator=g)
             order = torch.cat([order, extra])[torch.randperm(self.num_samples, generator=g)]
         yield from order.tolist()
+
+
+class MixedBatchSampler(Sampler[list[int]]):
+    """Batches in which each extra pool of samples has a fixed share: a recipe's ``data.mix_splits``, e.g. 25 % of
+    every batch drawn from lesion-free frames, the rest from the main training split.
+
+    Indices ``0 .. main_size - 1`` are the main split; each following pool of ``pool_sizes[j]`` indices is extra
+    split ``j``. Each batch takes ``shares[j] * batch_size`` samples of pool ``j`` (rounded stochastically, so the
+    share holds on average when it is not a whole number of samples) and fills the rest from the main split. The
+    main split is drawn without replacement, once per epoch: an epoch is as many batches as it takes to show every
+    main sample once (the last partial batch dropped), and the extra pools are drawn without replacement too,
+    reshuffled whenever one runs out. ``generator`` as in :class:`RepeatFactorSampler`.
+    """
+
+    def __init__(self, main_size: int, pool_sizes: Sequence[int], shares: Sequence[float], batch_size: int,
+                 generator: torch.Generator | None = None) -> None:
+        if main_size < 1 or len(pool_sizes) != len(shares) or any(n < 1 for n in pool_sizes):
+            raise ValueError("a mixed batch needs a non-empty main split and one share per non-empty extra pool")
+        if any(not 0 < f < 1 for f in shares) or sum(shares) >= 1:
+            raise ValueError(f"the extra splits' shares must each be between 0 and 1 and sum below 1; got "
+                             f"{list(shares)}")
+        self.main_size, self.pool_sizes, self.shares = main_size, list(pool_sizes), [float(f) for f in shares]
+        self.batch_size, self.generator = int(batch_size), generator
+        extra = self.batch_size * sum(self.shares)
+        self.num_batches = max(1, int(main_size // max(1.0, self.batch_size - extra)))
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = self.generator
+        if g is None:
+            g = torch.Generator()
+            g.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        offsets = np.cumsum([self.main_size, *self.pool_sizes])[:-1].tolist()
+        queues: list[list[int]] = [[] for _ in self.pool_sizes]
+        main = torch.randperm(self.main_size, generator=g).tolist()
+        for _ in range(self.num_batches):
+            batch = []
+            for j, (n, share, offset) in enumerate(zip(self.pool_sizes, self.shares, offsets)):
+                want = self.batch_size * share
+                count = int(want) + int(torch.rand((), generator=g, dtype=torch.float64).item() < want - int(want))
+                for _ in range(count):
+                    if not queues[j]:
+                        queues[j] = torch.randperm(n, generator=g).tolist()
+                    batch.append(offset + queues[j].pop())
+            while len(batch) < self.batch_size:
+                if not main:
+                    main = torch.randperm(self.main_size, generator=g).tolist()
+                batch.append(main.pop())
+            yield batch
 
 
 # UW-Madison GI tract MRI (Kaggle 2022): RLE masks of three organs in a CSV.

@@ -18,16 +18,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from .cli import add_postprocess_argument, add_threshold_argument, postprocess_from_args, setup_logging, write_json
-from .data import Sample, pairs_from_folders, read_sample_mask, read_split
+from .cli import UsageError, setup_logging, write_json
+from .commands import evaluate as evaluate_command
+from .commands import parse_evaluate_args
+from .data import Sample, pairs_from_folders, read_sample_mask, read_splits
 from .inference import Segmenter
 from .io import decode_mask, read_image
-from .labels import MASK_ENCODINGS, LabelSchema
+from .labels import LabelSchema
 from .metrics import (
     BINARY_METRICS,
     class_pixel_counts,
@@ -37,79 +40,62 @@ from .metrics import (
     split_class_dice,
     threshold_sweep_dice,
 )
+from .presence import PresenceRule, apply_presence, presence_metrics, presence_sweep, region_records
+from .visualize import tradeoff_chart
 
-__all__ = ["evaluate_samples", "format_table", "main", "row_means", "scores_against_mask_image"]
+__all__ = ["evaluate_samples", "format_table", "main", "row_means", "run", "scores_against_mask_image"]
 
 log = logging.getLogger("medseg.evaluate")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="medseg-evaluate",
-                                description="Evaluate a segmentation model on a split or a folder of image/mask pairs.")
-    p.add_argument("--model", required=True, help="weights folder, a name under weights/, or a Hub repo id")
-    p.add_argument("--data", default="../shared/data", help="dataset root holding splits/ (with --split)")
-    p.add_argument("--split", help="split name (e.g. test-kvasir) or path to a split .txt file")
-    p.add_argument("--images", help="folder of images (instead of --split)")
-    p.add_argument("--masks", help="folder of masks matching --images by file name")
-    p.add_argument("--mask-encoding", choices=MASK_ENCODINGS, default=None,
-                   help="how the masks store classes (default: the mask_encoding of the weights' label schema)")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    p.add_argument("--tta-scales", type=float, nargs="+", metavar="F", default=None,
-                   help="run the TTA flips at these factors of the input size, e.g. 0.82 1 1.18 (implies --tta; "
-                        "default: the tta_scales recorded with the weights, else 1); torch backend only")
-    add_threshold_argument(p)
-    p.add_argument("--class-bias", type=float, nargs="+", metavar="B", default=None,
-                   help="multi-class models: one log-odds offset per class for choosing a lesion's class, e.g. 0 0 0 "
-                        "for plain argmax (default: the class_bias recorded with the weights, else none)")
-    add_postprocess_argument(p)
-    p.add_argument("--pranet-mean-dice", action="store_true",
-                   help="also report the PraNet-protocol Dice averaged over thresholds 0..255 (labelled as such)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--json", help="write mean and per-image metrics to this JSON file")
-    p.add_argument("--csv", help="write per-image metrics to this CSV file")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: this process's accelerator device)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="inference precision")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="network engine (auto: onnxruntime when the weights folder has model.onnx)")
-    args = p.parse_args(argv)
-    if bool(args.split) == bool(args.images):
-        p.error("give either --split or --images/--masks")
-    if args.images and not args.masks:
-        p.error("--images needs --masks")
-    args.postprocess = postprocess_from_args(p, args.postprocess)
-    args.tta = args.tta or args.tta_scales is not None
-    return args
-
-
 def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], mask_encoding: str | None = None,
                      tta: bool = False, postprocess: Any = None, pranet: bool = False,
-                     progress: bool = True) -> list[dict[str, Any]]:
+                     progress: bool = True, presence: str | None = None) -> list[dict[str, Any]]:
     """Per-image metric rows for the given samples: the lesion metrics (any class against background) and, for
     multi-class and multi-label schemas, ``dice_<class>``/``iou_<class>`` and the pixel counts behind the
     split-level ``class_dice_<class>``; ``n_lesion_truth``/``n_lesion_pred``, the lesion pixels of the ground
-    truth and of the prediction (see :func:`~medseg_core.metrics.lesion_free_summary`). ``mask_encoding``
-    overrides the schema's; ``postprocess``: None keeps the segmenter's default."""
+    truth and of the prediction (see :func:`~medseg_core.metrics.lesion_free_summary`); ``presence``, the
+    image-level decision (``lesion_present``, ``score``) and the region records every presence figure is computed
+    from (:func:`~medseg_core.presence.region_records`, taken before the decision, so that any other rule can be
+    scored later). ``mask_encoding`` overrides the schema's; ``postprocess`` and ``presence`` (``"recorded"`` or
+    ``"none"``): None keeps the segmenter's default."""
     schema: LabelSchema = segmenter.schema
     per_class = {} if schema.task == "binary" else {"class_names": schema.foreground, "multilabel": schema.multilabel}
+    rule = segmenter.presence_rule(presence)
     rows = []
     for s in tqdm(samples, desc="evaluate", disable=not progress):
         image = read_image(s.image)
         target = read_sample_mask(s, schema, image.shape[:2], mask_encoding)
-        result = segmenter(image, tta=tta, postprocess=postprocess)
+        result = segmenter(image, tta=tta, postprocess=postprocess, presence="none")
+        records = region_records(result.mask, result.confidence, target)
+        mask, decision = apply_presence(result.mask, result.confidence, rule)
         row: dict[str, Any] = {"id": s.id}
         if per_class:
-            row.update(segmentation_metrics(result.mask, target, **per_class))
-            row.update(class_pixel_counts(result.mask, target, **per_class))
+            row.update(segmentation_metrics(mask, target, **per_class))
+            row.update(class_pixel_counts(mask, target, **per_class))
         else:
-            row.update(segmentation_metrics(result.mask, target))
+            row.update(segmentation_metrics(mask, target))
         lesion = target.any(axis=0) if schema.multilabel else target > 0
         row["n_lesion_truth"] = int(lesion.sum())
-        row["n_lesion_pred"] = int((result.mask.any(axis=0) if schema.multilabel else result.mask > 0).sum())
+        row["n_lesion_pred"] = int((mask.any(axis=0) if schema.multilabel else mask > 0).sum())
         if pranet:
             row["pranet_mean_dice"] = threshold_sweep_dice(result.confidence, lesion)
         row["ms"] = result.stats["inference_ms"]
+        row["presence"] = {"lesion_present": decision["lesion_present"], "score": decision["presence_score"],
+                           **records}
         rows.append(row)
     return rows
+
+
+def presence_summary(rows: Sequence[dict[str, Any]], rule: PresenceRule | None) -> dict[str, Any]:
+    """The presence figures of evaluated rows at ``rule`` (:func:`~medseg_core.presence.presence_metrics`) under
+    ``presence_*`` keys, with the rule itself; empty for rows without region records."""
+    if not rows or "presence" not in rows[0]:
+        return {}
+    figures = presence_metrics([r["presence"] for r in rows], rule)
+    out: dict[str, Any] = {f"presence_{k}": v for k, v in figures.items() if k not in ("frames", "dice_at_rule")}
+    out["presence_rule"] = rule.to_config() if rule else None
+    return out
 
 
 def row_means(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -131,6 +117,23 @@ def scores_against_mask_image(mask: np.ndarray, truth: np.ndarray, schema: Label
     return segmentation_metrics(mask, decode_mask(truth, encoding, schema), class_names=schema.foreground)
 
 
+def presence_line(means: dict[str, Any]) -> str:
+    """The presence figures of :func:`presence_summary` as lines under the table (empty without them)."""
+    if "presence_truth_lesions" not in means:
+        return ""
+    rule = means.get("presence_rule")
+    text = ("\nlesion present: " + (PresenceRule.from_config(rule).describe() if rule else "any region (no rule)"))
+    if means.get("presence_lesion_free_frames"):
+        text += (f"\n  frame specificity {means['presence_frame_specificity']:.4f} "
+                 f"({means['presence_false_alarm_frames']} of {means['presence_lesion_free_frames']} lesion-free "
+                 f"frames drawn on); false-positive regions per lesion-free frame "
+                 f"{means['presence_fp_regions_per_free_frame']:.3f}")
+    if means.get("presence_truth_lesions"):
+        text += (f"\n  per-lesion sensitivity {means['presence_lesion_sensitivity']:.4f} "
+                 f"({means['presence_lesions_detected']} of {means['presence_truth_lesions']} lesions touched)")
+    return text + f"; false-positive regions per frame {means['presence_fp_regions_per_frame']:.3f}"
+
+
 def format_table(title: str, means: dict[str, float], n: int) -> str:
     """The means as a one-row table, then (for multi-class and multi-label models) one row per class: per-image
     Dice and IoU and the split-level Dice."""
@@ -138,10 +141,10 @@ def format_table(title: str, means: dict[str, float], n: int) -> str:
     widths = [max(10, len(k)) + 2 for k in keys]
     head = f"{'split':<24}{'n':>5}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths))
     line = f"{title:<24}{n:>5}" + "".join(f"{means[k]:>{w}.4f}" for k, w in zip(keys, widths))
-    if means.get("lesion_free_images"):
-        line += (f"\n{means['lesion_free_images']} images without a lesion, a lesion drawn on "
-                 f"{means['false_alarms']}; Dice over the {n - means['lesion_free_images']} images with one: "
-                 f"{means.get('dice_lesion_images', float('nan')):.4f}")
+    if means.get("lesion_free_images") and "dice_lesion_images" in means:
+        line += (f"\nDice over the {n - means['lesion_free_images']} images with a lesion (without the "
+                 f"{means['lesion_free_images']} lesion-free ones): {means['dice_lesion_images']:.4f}")
+    line += presence_line(means)
     classes = [k[len("class_dice_"):] for k in means if k.startswith("class_dice_")]
     if not classes:
         return f"{head}\n{line}"
@@ -152,20 +155,28 @@ def format_table(title: str, means: dict[str, float], n: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+    """Evaluate as the command line ``argv`` says (see ``medseg-evaluate --help``); returns the result that
+    ``--json`` writes (``{}`` on processes other than the main one)."""
+    return run(parse_evaluate_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`main` on parsed arguments (``medseg-evaluate`` calls this)."""
     setup_logging()
     state = PartialState()
+    # The images first: an unknown split or folder is a usage error, said before the model loads.
+    samples = read_splits(args.data, args.split) if args.split else pairs_from_folders(args.images, args.masks)
+    samples = samples[: args.limit]
     try:
         segmenter = Segmenter.from_pretrained(args.model, device=args.device or str(state.device),
                                               precision=args.precision, backend=args.backend,
                                               postprocess=args.postprocess, threshold=args.threshold,
-                                              tta_scales=args.tta_scales, class_bias=args.class_bias)
+                                              tta_scales=args.tta_scales, class_bias=args.class_bias,
+                                              apply_presence=args.presence)
     except ValueError as err:  # a bad threshold, TTA scale, class bias or backend for these weights: say which
-        raise SystemExit(f"medseg-evaluate: {err}") from err
+        raise UsageError(f"medseg-evaluate: {err}") from err
     log.info("post-processing: %s; threshold %s; class bias %s", " ".join(segmenter.postprocess) or "none",
              segmenter.threshold, segmenter.class_bias)
-    samples = read_split(args.data, args.split) if args.split else pairs_from_folders(args.images, args.masks)
-    samples = samples[: args.limit]
     started = time.time()
     with state.split_between_processes(samples) as shard:
         rows = evaluate_samples(segmenter, shard, args.mask_encoding, args.tta, None, args.pranet_mean_dice,
@@ -176,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     means = row_means(rows)
     means.update(split_class_dice(rows))
     means.update(lesion_free_summary(rows))
-    title = Path(args.split).stem if args.split else Path(args.images).name
+    means.update(presence_summary(rows, segmenter.presence_rule()))
+    title = "+".join(Path(s).stem for s in args.split) if args.split else Path(args.images).name
     result: dict[str, Any] = {
         "model": str(args.model),
         "split": title,
@@ -196,13 +208,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(format_table(title, means, len(rows)))
     write_json(args.json, result)
+    if args.sweep:
+        write_sweep(args.sweep, rows, segmenter.presence_rule(), f"{segmenter.name} on {title}")
     if args.csv:
+        flat = [{**{k: v for k, v in r.items() if k != "presence"}, "lesion_present": r["presence"]["lesion_present"],
+                 "presence_score": r["presence"]["score"]} for r in rows]
         with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer = csv.DictWriter(f, fieldnames=list(flat[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(flat)
     return result
 
 
+def sweep_json_path(png: str | Path) -> Path:
+    """Where the data of a trade-off PNG goes: ``X.png`` -> ``X_sweep.json`` (never a ``--json`` result's name)."""
+    return Path(png).with_name(Path(png).stem + "_sweep.json")
+
+
+def write_sweep(path: str | Path, rows: Sequence[dict[str, Any]], rule: PresenceRule | None, title: str) -> Path:
+    """The presence trade-off of evaluated rows: :func:`~medseg_core.presence.presence_sweep` over the threshold of
+    ``rule``'s score at its minimum area (the mean confidence and no minimum without a rule), drawn as a PNG at
+    ``path`` with ``rule`` marked, and the data beside it (:func:`sweep_json_path`); returns the PNG's path."""
+    records = [r["presence"] for r in rows]
+    score, min_area = (rule.score, rule.min_area) if rule else ("mean", 0.0)
+    sweep = presence_sweep(records, score, min_area)
+    marked = {"threshold": rule.threshold, **presence_metrics(records, rule)} if rule else None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(tradeoff_chart(sweep, marked, title, score), cv2.COLOR_RGB2BGR))
+    write_json(sweep_json_path(path), {"title": title, "score": score, "min_area": min_area,
+                                           "rule": rule.to_config() if rule else None, "at_rule": marked,
+                                           "sweep": sweep})
+    log.info("wrote %s and %s", path, sweep_json_path(path))
+    return path
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(evaluate_command())

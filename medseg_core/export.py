@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 
 from .backends import ONNX_FILENAME, onnxruntime_version
 from .cli import setup_logging
+from .commands import export as export_command
+from .commands import parse_export_args
 from .data import read_split
 from .hub import load_model, resolve_weights
 from .inference import Segmenter
@@ -35,7 +37,7 @@ from .io import read_image, read_mask
 from .metrics import dice_score
 from .models import SegModel
 
-__all__ = ["INT8_FILENAME", "check_onnx", "export_onnx", "main", "quantize_int8"]
+__all__ = ["INT8_FILENAME", "check_onnx", "export_onnx", "main", "quantize_int8", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -185,31 +187,16 @@ def check_onnx(weights_folder: str | os.PathLike, data_root: str | os.PathLike, 
     }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="medseg-export", description=(
-        "Export a model to ONNX (model.onnx next to its config.json), check it against eager PyTorch on a split, "
-        "and optionally quantise it to int8 (model.int8.onnx)."))
-    p.add_argument("--model", required=True, help="weights folder, a name under weights/, or a Hub repo id")
-    p.add_argument("--out", help="output folder (default: the weights folder itself); gets a copy of the weights")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset")
-    p.add_argument("--check-split", nargs="*", default=[], metavar="SPLIT",
-                   help="compare eager and ONNX Runtime on these splits (e.g. test-kvasir test-clinicdb)")
-    p.add_argument("--data", default="../shared/data", help="dataset root holding splits/")
-    p.add_argument("--limit", type=int, default=None, help="check only the first N images of each split")
-    p.add_argument("--json", help="write the export and check figures to this JSON file")
-    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static quantisation) and check it")
-    p.add_argument("--calib-split", default="polyp-train", help="training split whose images calibrate int8")
-    p.add_argument("--calib-n", type=int, default=32, help="calibration images (spread evenly over the split)")
-    p.add_argument("--max-dice-loss", type=float, default=0.005,
-                   help="int8 is kept only if its Dice loss against eager fp32 is at most this on every checked split")
-    p.add_argument("--keep-int8", action="store_true", help="keep model.int8.onnx even when it misses that budget")
-    return p.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``medseg-export``: 0 on success; 1 when the int8 model misses its Dice budget (removed unless --keep-int8)."""
-    args = parse_args(argv)
+    return run(parse_export_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """:func:`main` on parsed arguments (``medseg-export`` calls this)."""
     setup_logging()
+    for split in [*args.check_split, *([args.calib_split] if args.int8 else [])]:
+        read_split(args.data, split)  # an unknown split is a usage error, said before the export
     started = time.time()
     path = export_onnx(args.model, args.out, opset=args.opset)
     folder = path.parent
@@ -248,4 +235,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(export_command())

@@ -18,6 +18,7 @@ from typing import Any
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+from .cli import close_matches
 from .models import SegModel, get_model_class
 from .postprocess import POSTPROCESSING_STEPS
 from .safety import UnsafeWeightsError, helper_folder, validate_model_config
@@ -33,6 +34,7 @@ __all__ = [
     "push_model",
     "record_class_bias",
     "record_postprocess",
+    "record_presence",
     "record_thresholds",
     "recorded_postprocess",
     "resolve_hub_weights",
@@ -191,10 +193,11 @@ def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLik
         return WEIGHTS_DIR / str(name_or_path)
     repo_id = str(name_or_path)
     if path.exists() or not _HUB_SPEC.match(repo_id):
-        known = ", ".join(list_local_weights()) or "none"
+        local = list_local_weights()
         raise WeightsNotFoundError(
             f"{repo_id!r} is neither a folder with config.json and model.safetensors, nor a name in "
-            f"{WEIGHTS_DIR} (available: {known}), nor a Hub repo id of the form owner/name"
+            f"{WEIGHTS_DIR} (available: {', '.join(local) or 'none'}), nor a Hub repo id of the form owner/name"
+            + close_matches(repo_id, local, n=1)
         )
     return resolve_hub_weights(repo_id, cache_dir=cache_dir)
 
@@ -248,6 +251,18 @@ def record_class_bias(folder: str | os.PathLike, bias: Sequence[float]) -> Path:
     """Write a multi-class model's per-class log-odds offsets (chosen on a validation split by
     ``bench/class_bias.py``) into its ``config.json``; ``Segmenter.from_pretrained`` then uses them."""
     return _record_numbers(folder, "class_bias", bias)
+
+
+def record_presence(folder: str | os.PathLike, rule: Mapping[str, Any]) -> Path:
+    """Write the lesion-present rule (:class:`~medseg_core.presence.PresenceRule`'s fields, with ``chosen_on`` and
+    ``specificity`` notes; chosen on validation splits by ``medseg-calibrate --what presence``) into a weights
+    folder's ``config.json``, validated before it is written; ``Segmenter.from_pretrained`` then applies it."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    config["presence"] = dict(rule)
+    validate_model_config(config, Path(folder).name)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def record_postprocess(folder: str | os.PathLike, steps: Sequence[str], refiner: str | None = None) -> Path:

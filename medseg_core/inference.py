@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from .backends import ONNX_FILENAME, BackendName, create_backend
 from .enhance import stack_views
 from .hub import load_model, recorded_postprocess, resolve_weights
-from .io import to_rgb_uint8
+from .io import IMAGE_FORMAT_NAMES, to_rgb_uint8
 from .labels import LabelSchema, schema_from_config
 from .models import SegModel
 from .postprocess import PostprocessSpec, apply_postprocessing, resolve_postprocess
+from .presence import PresenceRule, apply_presence
 from .safety import TTA_SCALE_RANGE
 
 __all__ = [
@@ -62,8 +63,10 @@ def load_image_file(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS)
     """
     path = os.fspath(path)
     name = os.path.basename(path)
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        raise ImageInputError(f"{name} is empty: upload a PNG, JPEG, TIFF or BMP image")
+    if not os.path.isfile(path):
+        raise ImageInputError(f"{name} does not exist: give the path of a {IMAGE_FORMAT_NAMES} image")
+    if os.path.getsize(path) == 0:
+        raise ImageInputError(f"{name} is empty: upload a {IMAGE_FORMAT_NAMES} image")
     try:
         with PIL.Image.open(path) as im:
             w, h = im.size
@@ -81,7 +84,7 @@ def load_image_file(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS)
     except PIL.Image.DecompressionBombError as err:
         raise ImageInputError(f"{name} is too large to open safely ({err})") from err
     except PIL.UnidentifiedImageError as err:
-        raise ImageInputError(f"{name} is not an image file we can read (PNG, JPEG, TIFF, BMP, GIF, WebP)") from err
+        raise ImageInputError(f"{name} is not an image file we can read ({IMAGE_FORMAT_NAMES})") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageInputError(f"{name} could not be decoded; the file looks damaged or truncated ({err})") from err
     return to_rgb_uint8(array)
@@ -205,6 +208,10 @@ class Segmenter:
             is (any class against background) and the reported probabilities are unchanged. It corrects a rare
             class's under-prediction (logit adjustment); ``bench/class_bias.py`` chooses it on a validation split
             and records it in ``config.json``, which ``from_pretrained`` reads. None or zeros: plain argmax.
+        presence: the image-level "lesion present" rule (:class:`~medseg_core.presence.PresenceRule`) recorded with
+            the weights (``from_pretrained`` reads ``"presence"`` from config.json); None: every region counts.
+        apply_presence: ``"recorded"`` (the default) applies ``presence`` to every call, ``"none"`` does not; a
+            call's ``presence`` argument overrides it.
     """
 
     def __init__(
@@ -222,6 +229,8 @@ class Segmenter:
         onnx_path: str | os.PathLike | None = None,
         tta_scales: Sequence[float] = (1.0,),
         class_bias: Sequence[float] | None = None,
+        presence: PresenceRule | None = None,
+        apply_presence: str = "recorded",
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -246,6 +255,8 @@ class Segmenter:
         self.threshold = check_thresholds(threshold, self.schema)
         self.tta_sizes = tta_sizes(model.input_size, tta_scales)
         self.class_bias = check_class_bias(class_bias, self.schema)
+        self.presence = presence
+        self.apply_presence = _presence_mode(apply_presence)
         if self.backend.name != "torch" and self.tta_sizes != [model.input_size]:
             raise ValueError(f"TTA at other sizes than the input size ({model.input_size}) needs the torch backend; "
                              f"{self.backend.name} runs a file exported at that size")
@@ -280,6 +291,8 @@ class Segmenter:
             kwargs["class_bias"] = config.get("class_bias")
         if kwargs.get("tta_scales") is None:
             kwargs["tta_scales"] = config.get("tta_scales") or (1.0,)
+        if kwargs.get("presence") is None and config.get("presence") is not None:
+            kwargs["presence"] = PresenceRule.from_config(config["presence"])
         kwargs.setdefault("backend", "auto")
         kwargs.setdefault("onnx_path", folder / ONNX_FILENAME if (folder / ONNX_FILENAME).is_file() else None)
         return cls(load_model(folder), device=device, **kwargs)
@@ -397,22 +410,27 @@ class Segmenter:
         scale = np.exp(np.asarray(self.class_bias, np.float32))
         return probs * (scale / scale[0]).reshape(-1, 1, 1)
 
-    def __call__(self, image: np.ndarray, tta: bool = False, postprocess: PostprocessSpec | None = None) -> SegResult:
+    def __call__(self, image: np.ndarray, tta: bool = False, postprocess: PostprocessSpec | None = None,
+                 presence: str | None = None) -> SegResult:
         """Segment one image (any of the layouts :func:`to_rgb_uint8` accepts).
 
-        ``postprocess``: ``"recorded"``, ``"none"`` or step names; None keeps this Segmenter's default."""
+        ``postprocess``: ``"recorded"``, ``"none"`` or step names; ``presence``: ``"recorded"`` or ``"none"``; None
+        keeps this Segmenter's default for either."""
         start = time.perf_counter()
         image = to_rgb_uint8(image)
         probs, disagreement = self.predict_probs(image, tta=tta)
-        return self.result_from_probs(image, probs, postprocess, tta=tta, disagreement=disagreement, started=start)
+        return self.result_from_probs(image, probs, postprocess, tta=tta, disagreement=disagreement, started=start,
+                                      presence=presence)
 
     def result_from_probs(self, image: np.ndarray, probs: np.ndarray, postprocess: PostprocessSpec | None = None,
                           tta: bool = False, disagreement: np.ndarray | None = None,
-                          started: float | None = None) -> SegResult:
+                          started: float | None = None, presence: str | None = None) -> SegResult:
         """Everything after the network, for probabilities (C, H, W) already at the RGB ``image``'s size: the mask,
-        post-processing, confidence, overlay and statistics (``__call__`` and video frames share it)."""
+        post-processing, the lesion-present decision, confidence, overlay and statistics (``__call__`` and video
+        frames share it)."""
         mask, steps = self.processed_mask(image, probs, postprocess)
         confidence = (probs.max(0) if self.schema.multilabel else 1.0 - probs[0]).astype(np.float32)
+        mask, decision = apply_presence(mask, confidence, self.presence_rule(presence))
         elapsed_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
         colours = self.schema.foreground_colours if self.schema.multilabel else self.schema.colours
         return SegResult(
@@ -420,9 +438,15 @@ class Segmenter:
             probs=probs,
             confidence=confidence,
             overlay=make_overlay(image, mask, colours=colours),
-            stats=self.statistics(mask, confidence, elapsed_ms, tta, steps),
+            stats={**self.statistics(mask, confidence, elapsed_ms, tta, steps), **decision},
             disagreement=disagreement,
         )
+
+    def presence_rule(self, presence: str | None = None) -> PresenceRule | None:
+        """The lesion-present rule a call applies: the recorded one unless ``presence`` (or, when it is None, this
+        Segmenter's ``apply_presence``) is ``"none"``; None when no rule is recorded."""
+        mode = self.apply_presence if presence is None else _presence_mode(presence)
+        return self.presence if mode == "recorded" else None
 
     def processed_mask(self, image: np.ndarray, probs: np.ndarray,
                        postprocess: PostprocessSpec | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -469,6 +493,12 @@ class Segmenter:
             "postprocess": list(steps),
             "inference_ms": round(elapsed_ms, 1),
         }
+
+
+def _presence_mode(value: str) -> str:
+    if value not in ("recorded", "none"):
+        raise ValueError(f"presence must be 'recorded' or 'none', got {value!r}")
+    return value
 
 
 def check_class_bias(bias: Sequence[float] | None, schema: LabelSchema) -> list[float] | None:

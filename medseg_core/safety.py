@@ -33,6 +33,8 @@ import cv2
 import numpy as np
 import PIL.Image
 
+from .io import IMAGE_EXTENSIONS
+
 __all__ = [
     "EXTRA_CONFIG_KEYS",
     "MAX_CLASSES",
@@ -88,6 +90,7 @@ EXTRA_CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "thresholds": (list,),
     "tta_scales": (list,),
     "class_bias": (list,),
+    "presence": (dict,),
 }
 #: Largest magnitude of a recorded ``class_bias`` entry (a log-odds offset).
 MAX_CLASS_BIAS = 10.0
@@ -144,6 +147,24 @@ def _check_value(key: str, value: Any, source: str) -> None:
             raise bad("is not a plain name (letters, digits, '_', '.', '-', '+')")
 
 
+def _check_presence(value: dict[str, Any], source: str) -> None:
+    """The recorded lesion-present rule: the fields of :class:`~medseg_core.presence.PresenceRule`, plus short notes
+    (``chosen_on``: split names, ``specificity``: the target it was chosen for)."""
+    from .presence import PresenceRule
+
+    notes = {"chosen_on": list, "specificity": (int, float)}
+    for k, v in value.items():
+        if k in ("score", "threshold", "min_area"):
+            continue
+        if k not in notes or not isinstance(v, notes[k]) or isinstance(v, bool):
+            raise UnsafeWeightsError(f"{source}: config.json field 'presence' has an unknown or malformed entry {k!r}")
+        _check_value(f"presence.{k}", v, source)
+    try:
+        PresenceRule.from_config(value)
+    except ValueError as err:
+        raise UnsafeWeightsError(f"{source}: config.json field {err}") from err
+
+
 def validate_model_config(config: Any, source: str = "the weights") -> dict[str, Any]:
     """Check a ``config.json`` before any model is built; return it unchanged, or raise :class:`UnsafeWeightsError`.
 
@@ -177,6 +198,9 @@ def validate_model_config(config: Any, source: str = "the weights") -> dict[str,
                                      f"{arch!r} nor one of {', '.join(sorted(EXTRA_CONFIG_KEYS))})")
         if key in ("refiner", "class_names", "colours", "colors"):
             continue  # checked by helper_folder / the label schema
+        if key == "presence":
+            _check_presence(value, source)
+            continue
         if key == "thresholds" and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
                                            for v in value):
             raise UnsafeWeightsError(f"{source}: config.json field 'thresholds' = {str(value)[:80]} must list "
@@ -341,8 +365,7 @@ def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, li
 
 
 def extract_zip(path: str | os.PathLike, target: str | os.PathLike, limits: ZipLimits = ZipLimits(),
-                image_extensions: tuple[str, ...] | frozenset[str] = (".png", ".jpg", ".jpeg", ".tif", ".tiff",
-                                                                      ".bmp"),
+                image_extensions: tuple[str, ...] | frozenset[str] = IMAGE_EXTENSIONS,
                 budget: ExtractionBudget | None = None, used: int = 0) -> tuple[list[Path | RejectedInput], int]:
     """Stream a zip's image members into ``target`` (0700), flattened to base names; returns (paths, bytes written).
 

@@ -28,7 +28,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .cli import setup_logging, warn_if_test_split, write_json
+from .cli import UsageError, setup_logging, warn_if_test_split, write_json
+from .commands import parse_soup_args
+from .commands import soup as soup_command
 from .data import Sample, read_split
 from .evaluation import evaluate_samples, row_means
 from .hub import load_model, resolve_weights
@@ -36,7 +38,7 @@ from .inference import Segmenter
 from .labels import schema_from_config
 from .metrics import split_class_dice
 
-__all__ = ["average_weights", "greedy_soup", "main", "score_weights"]
+__all__ = ["average_weights", "greedy_soup", "main", "run", "score_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -134,21 +136,12 @@ def save_soup(state: dict[str, torch.Tensor], template: str | Path, output: Path
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="medseg-soup", description=__doc__.split("\n\n")[0] + " Averages the weights "
-                                "of runs of one network, uniformly or greedily on a validation split.")
-    p.add_argument("--models", nargs="+", required=True,
-                   help="weights folders (or weights/ names) of one network, e.g. fine-tunes from the same start")
-    p.add_argument("--output", type=Path, required=True, help="folder to write the soup to")
-    p.add_argument("--greedy", action="store_true",
-                   help="greedy soup chosen on --split (default: the uniform soup of every model)")
-    p.add_argument("--data", default="../shared/data", help="dataset root holding splits/")
-    p.add_argument("--split", help="validation split that scores the ingredients and the soup (needed by --greedy)")
-    p.add_argument("--fp16", action="store_true", help="store the averaged tensors in fp16")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", help="write the ingredients, their scores and the soup's to this JSON file")
-    args = p.parse_args(argv)
-    if args.greedy and not args.split:
-        p.error("--greedy needs --split (a validation split)")
+    """Make a soup as the command line ``argv`` says (see ``medseg-soup --help``); returns what ``--json`` writes."""
+    return run(parse_soup_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`main` on parsed arguments (``medseg-soup`` calls this); an unknown model or split is a usage error."""
     setup_logging()
     try:
         samples = read_split(args.data, args.split) if args.split else []
@@ -162,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if score is None and samples:
             score = score_weights(state, chosen[0], samples, args.device)
     except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"medseg-soup: {err}") from err
+        raise UsageError(f"medseg-soup: {err}") from err
     save_soup(state, chosen[0], args.output, args.fp16)
     result = {"output": str(args.output), "kind": "greedy" if args.greedy else "uniform", "split": args.split,
               "ingredients": own or list(args.models), "trail": trail, "chosen": chosen, "soup_score": score,
@@ -174,4 +167,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(soup_command())

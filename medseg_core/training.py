@@ -31,9 +31,18 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import NonFiniteLossError, find_latest_checkpoint, save_checkpoint, unreadable_samples
-from .cli import setup_logging
+from .cli import UsageError, setup_logging
+from .commands import parse_train_args
 from .config import RecipeError, load_config, recipe_schema
-from .data import RepeatFactorSampler, SegDataset, class_repeat_factors, read_split, repeat_factors
+from .data import (
+    MixedBatchSampler,
+    RepeatFactorSampler,
+    SegDataset,
+    class_repeat_factors,
+    read_split,
+    read_splits,
+    repeat_factors,
+)
 from .hub import push_model, resolve_weights, write_model_card
 from .losses import build_loss
 from .metrics import split_class_dice
@@ -53,38 +62,12 @@ __all__ = [
     "recipe_text",
     "rescale_batch",
     "resolve_resume_path",
+    "run",
     "train_one_epoch",
     "warmup_cosine",
 ]
 
 log = logging.getLogger("medseg.train")
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(
-        prog="medseg-train",
-        description="Train a medseg model from a YAML recipe. Any recipe value can be overridden with "
-        "--section.key value (e.g. --train.epochs 2 --model.encoder tf_efficientnet_lite2); unknown keys are errors.",
-    )
-    p.add_argument("--config", required=True, help="YAML recipe, e.g. train/configs/unet_lite0_polyp.yaml")
-    p.add_argument("--output-dir", default=None, help="where the run writes (default runs/<recipe name>)")
-    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder written by an earlier run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke tests)")
-    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the best model to this Hub repo")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="also checkpoint every N optimiser steps (default: at the end of each epoch only)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="K", help="complete checkpoints kept")
-    p.add_argument("--on-nan", choices=("stop", "skip"), default="stop",
-                   help="a NaN/infinite loss stops the run (default) or skips that batch")
-    p.add_argument("--skip-data-check", action="store_true", help="do not decode every file before training")
-    args, overrides = p.parse_known_args(argv)
-    if args.checkpoint_every is not None and args.checkpoint_every < 1:
-        p.error("--checkpoint-every must be a positive number of steps")
-    if args.keep_checkpoints < 1:
-        p.error("--keep-checkpoints must be at least 1")
-    return args, overrides
 
 
 def build_model(cfg: dict[str, Any]) -> SegModel:
@@ -151,7 +134,9 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
     """Train and validation loaders; the seam tests can swap."""
     data, train = cfg["data"], cfg["train"]
     train_samples = read_split(data["root"], data["train_split"])[: train["max_train_samples"]]
-    val_samples = read_split(data["root"], data["val_split"])[: train["max_val_samples"]]
+    val_samples = read_splits(data["root"], data["val_split"])[: train["max_val_samples"]]
+    mix = dict(data["mix_splits"] or {})
+    extra_samples = {name: read_split(data["root"], name) for name in mix}
     size, mean, std = model.input_size, model.mean, model.std
     views = getattr(model, "views", None)  # multi-view models (DynaSiam) read stacked TDC-Enhance views
     schema = recipe_schema(cfg)
@@ -159,8 +144,8 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
         show = accelerator.is_local_main_process and not cfg["_no_progress"]
         augment = train_transform(size, mean, std, train["augment"], views, train["augment_colour"],
                                   train["negative_crops"])
-        train_ds = SegDataset(train_samples, augment, cache_max_side=data["cache_max_side"], progress=show,
-                              schema=schema)
+        train_ds = SegDataset(train_samples + [s for pool in extra_samples.values() for s in pool], augment,
+                              cache_max_side=data["cache_max_side"], progress=show, schema=schema)
         val_ds = SegDataset(val_samples, eval_transform(size, mean, std, views), cache_max_side=data["cache_max_side"],
                             progress=show, schema=schema)
     loader_kw = {"num_workers": train["num_workers"], "persistent_workers": train["num_workers"] > 0}
@@ -175,8 +160,15 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
                  ", ".join(f"{n} {share[n]:.0%} (was {presence[:, k].mean():.0%})"
                            for k, n in enumerate(schema.foreground)))
         sampler = RepeatFactorSampler(factors, num_samples=len(train_ds))
-    train_dl = DataLoader(train_ds, batch_size=train["batch_size"], shuffle=sampler is None, sampler=sampler,
-                          drop_last=len(train_ds) > train["batch_size"], **loader_kw)
+    if mix:
+        batches = MixedBatchSampler(len(train_samples), [len(p) for p in extra_samples.values()], list(mix.values()),
+                                    train["batch_size"])
+        log.info("mixed batches: %s of each batch from %s, the rest from %s; %d batches an epoch",
+                 ", ".join(f"{share:.0%}" for share in mix.values()), ", ".join(mix), data["train_split"], len(batches))
+        train_dl = DataLoader(train_ds, batch_sampler=batches, **loader_kw)
+    else:
+        train_dl = DataLoader(train_ds, batch_size=train["batch_size"], shuffle=sampler is None, sampler=sampler,
+                              drop_last=len(train_ds) > train["batch_size"], **loader_kw)
     val_dl = DataLoader(val_ds, batch_size=train["batch_size"], shuffle=False, **loader_kw)
     return train_dl, val_dl
 
@@ -375,11 +367,11 @@ def resolve_resume_path(resume: str | None, output_dir: Path) -> Path | None:
     if resume == "latest":
         latest = find_latest_checkpoint(output_dir / "checkpoints")
         if latest is None:
-            raise SystemExit(f"--resume latest: no complete checkpoint in {output_dir / 'checkpoints'}")
+            raise UsageError(f"--resume latest: no complete checkpoint in {output_dir / 'checkpoints'}")
         return latest
     path = Path(resume)
     if not path.is_dir():
-        raise SystemExit(f"--resume: no checkpoint folder {path}")
+        raise UsageError(f"--resume: no checkpoint folder {path}")
     return path
 
 
@@ -401,7 +393,8 @@ def check_training_data(cfg: dict[str, Any]) -> None:
     corrupt file is found before training, not at step 4,000)."""
     data, train = cfg["data"], cfg["train"]
     samples = (read_split(data["root"], data["train_split"])[: train["max_train_samples"]]
-               + read_split(data["root"], data["val_split"])[: train["max_val_samples"]])
+               + [s for name in data.get("mix_splits") or {} for s in read_split(data["root"], name)]
+               + read_splits(data["root"], data["val_split"])[: train["max_val_samples"]])
     problems = unreadable_samples(samples)
     if problems:
         shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
@@ -459,18 +452,26 @@ def recipe_text(cfg: dict[str, Any], summary: dict[str, Any] | None = None) -> s
 def data_text(cfg: dict[str, Any]) -> str:
     """The model card's description of the data a recipe trains on."""
     d = cfg["data"]
-    return (f"Trained on split `{d['train_split']}`, model selected on `{d['val_split']}` (split files in "
+    val = d["val_split"] if isinstance(d["val_split"], str) else "` + `".join(d["val_split"])
+    mix = d.get("mix_splits") or {}
+    mixed = "".join(f", with {share:.0%} of every batch drawn from `{name}`" for name, share in mix.items())
+    return (f"Trained on split `{d['train_split']}`{mixed}, model selected on `{val}` (split files in "
             f"`{d['root']}/splits`); mask encoding `{d['mask_encoding']}`.")
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Train from a recipe; returns the folder of the best model."""
-    args, overrides = parse_args(argv)
+    """Train from a recipe as the command line ``argv`` says (see ``medseg-train --help``); returns the folder of
+    the best model."""
+    return run(parse_train_args(argv))
+
+
+def run(args: argparse.Namespace) -> Path:
+    """:func:`main` on parsed arguments (``medseg-train`` calls this); recipe mistakes are usage errors."""
     setup_logging()
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, args.overrides)
     except RecipeError as err:
-        raise SystemExit(f"medseg-train: {err}") from err
+        raise UsageError(f"medseg-train: {err}") from err
     cfg["_no_progress"] = args.no_progress
     output_dir = Path(args.output_dir or Path("runs") / cfg["name"])
     t = cfg["train"]
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> Path:
         try:
             log.info("initial weights from %s", init_weights(model, t["init_from"], t["init_reset_head"]))
         except (RecipeError, OSError, ValueError) as err:
-            raise SystemExit(f"medseg-train: {err}") from err
+            raise UsageError(f"medseg-train: {err}") from err
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     train_dl, val_dl = get_dataloaders(accelerator, cfg, model)

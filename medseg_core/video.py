@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from .batch import VIDEO_MODEL, default_model_name
-from .cli import setup_logging
+from .cli import setup_logging, write_json
 from .inference import Segmenter
 
 __all__ = [
@@ -41,6 +41,8 @@ __all__ = [
     "VideoInputError",
     "VideoSummary",
     "encode_video",
+    "events_markdown",
+    "lesion_events",
     "main",
     "plot_lesion_area",
     "segment_video",
@@ -54,7 +56,12 @@ MAX_SECONDS = 600.0
 #: Longest frame side accepted, in pixels: 4K UHD passes, 8K is refused.
 MAX_SIDE = 3840
 #: Per-frame CSV columns, in order.
-CSV_FIELDS = ("frame", "time_s", "lesion_percent", "lesion_count", "mean_confidence")
+CSV_FIELDS = ("frame", "time_s", "lesion_present", "presence_score", "lesion_percent", "lesion_count",
+              "mean_confidence")
+#: A lesion event lasts at least this many frames (shorter runs are flickers, not alarms)...
+MIN_EVENT_FRAMES = 5
+#: ...and a gap of at most this many frames without a lesion does not end it.
+MAX_EVENT_GAP = 2
 
 ProgressFn = Callable[[int, int | None], None]
 
@@ -69,6 +76,8 @@ class FrameRow:
 
     frame: int
     time_s: float
+    lesion_present: int  # 1 when the frame's lesion-present decision says so (medseg_core.presence), else 0
+    presence_score: float
     lesion_percent: float
     lesion_count: int
     mean_confidence: float | None
@@ -86,6 +95,8 @@ class VideoSummary:
         seconds: wall time of the whole run.
         width, height: frame size (the output is the same, trimmed to even sides for yuv420p).
         rows: one :class:`FrameRow` (as a dict) per frame, with the ``CSV_FIELDS`` keys.
+        events: lesion events (:func:`lesion_events`): runs of frames with a lesion present.
+        events_per_minute: events per minute of clip; on a clip known to hold no lesion, false alarms per minute.
     """
 
     in_path: str
@@ -102,6 +113,9 @@ class VideoSummary:
     smoothing: float
     batch_size: int
     rows: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    events_per_minute: float = 0.0
+    frames_with_lesion: int = 0
 
 
 @dataclass
@@ -312,8 +326,8 @@ def segment_video(
                 encoder.write(result.overlay)
                 time_s = t if t == t else index / float(info.rate)
                 s = result.stats
-                rows.append(FrameRow(index, round(time_s, 4), s["lesion_percent"], s["lesion_count"],
-                                     s["mean_confidence"]))
+                rows.append(FrameRow(index, round(time_s, 4), int(s["lesion_present"]), s["presence_score"],
+                                     s["lesion_percent"], s["lesion_count"], s["mean_confidence"]))
             if progress is not None:
                 progress(len(rows), info.frames)
         # The container's own frame count (a small margin for edit lists): fewer decoded frames means a cut file.
@@ -337,6 +351,9 @@ def segment_video(
         seconds=seconds, width=info.width, height=info.height, smoothing=smoothing, batch_size=batch_size,
         rows=[asdict(r) for r in rows],
     )
+    summary.events = lesion_events(summary.rows, fps)
+    summary.events_per_minute = 60.0 * len(summary.events) / max(summary.duration_s, 1e-9)
+    summary.frames_with_lesion = sum(r["lesion_present"] for r in summary.rows)
     if csv_path:
         write_rows_csv(summary.rows, csv_path)
     log.info("%s: %d frames at %.2f fps in %.1f s (%.1f frames/s)", name, summary.frames, fps, seconds,
@@ -354,6 +371,49 @@ def _batches(frames: Iterator[tuple[int, float, np.ndarray]], first: tuple[int, 
             batch = []
         batch.append(item)
     yield batch
+
+
+def lesion_events(rows: Sequence[dict[str, Any]], fps: float, min_frames: int = MIN_EVENT_FRAMES,
+                  max_gap: int = MAX_EVENT_GAP) -> list[dict[str, Any]]:
+    """Lesion events of a clip: runs of frames whose ``lesion_present`` is set, a gap of up to ``max_gap`` frames
+    without one bridged, kept when they span at least ``min_frames`` frames (one-frame flickers are not alarms).
+    Each event: ``start_frame``, ``end_frame`` (inclusive), ``start_s``, ``end_s``, ``frames`` (with a lesion),
+    ``peak_score`` (the best presence score in it)."""
+    runs: list[list[int]] = []
+    for i, r in enumerate(rows):
+        if not r["lesion_present"]:
+            continue
+        if runs and i - runs[-1][-1] <= max_gap + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    events = []
+    for run in runs:
+        first, last = rows[run[0]], rows[run[-1]]
+        if last["frame"] - first["frame"] + 1 < min_frames:
+            continue
+        events.append({"start_frame": first["frame"], "end_frame": last["frame"], "start_s": first["time_s"],
+                       "end_s": round(last["time_s"] + 1.0 / fps, 4), "frames": len(run),
+                       "peak_score": max(rows[i]["presence_score"] for i in run)})
+    return events
+
+
+def events_markdown(summary: VideoSummary, lesion_free: bool = False) -> str:
+    """The clip's lesion events as text: how many, per minute (false alarms per minute when the clip is known to
+    hold no lesion), and the first few with their times."""
+    minutes = summary.duration_s / 60.0
+    what = "false-alarm events" if lesion_free else "lesion events"
+    lines = [f"**{len(summary.events)} {what}** in {summary.duration_s:.1f} s "
+             f"({summary.events_per_minute:.1f} per minute; an event is at least {MIN_EVENT_FRAMES} frames with a "
+             f"lesion, gaps of up to {MAX_EVENT_GAP} frames bridged) · a lesion found in "
+             f"{summary.frames_with_lesion} of {summary.frames} frames  "]
+    if minutes <= 0:
+        return lines[0]
+    lines += [f"- {e['start_s']:.2f}-{e['end_s']:.2f} s (frames {e['start_frame']}-{e['end_frame']}, peak score "
+              f"{e['peak_score']:.2f})" for e in summary.events[:10]]
+    if len(summary.events) > 10:
+        lines.append(f"- ... and {len(summary.events) - 10} more (see the CSV)")
+    return "\n".join(lines)
 
 
 def write_rows_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
@@ -416,6 +476,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoothing", type=float, default=0.0, help="EMA weight of previous frames' probabilities, [0, 1)")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="refuse longer clips")
     p.add_argument("--max-side", type=int, default=MAX_SIDE, help="refuse clips with a larger frame side (pixels)")
+    p.add_argument("--presence", choices=["recorded", "none"], default="recorded",
+                   help="'recorded' (default): the lesion-present rule recorded with the weights decides each frame; "
+                        "'none': any region counts")
+    p.add_argument("--lesion-free", action="store_true",
+                   help="the clip is known to hold no lesion: its lesion events are reported as false alarms")
+    p.add_argument("--json", help="write the summary (per-frame rows and lesion events) to this JSON file")
     p.add_argument("--device", default=None, help="cpu or cuda")
     return p.parse_args(argv)
 
@@ -426,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     setup_logging()
-    kwargs: dict[str, Any] = {"backend": args.backend}
+    kwargs: dict[str, Any] = {"backend": args.backend, "apply_presence": args.presence}
     if args.postprocess is not None:
         kwargs["postprocess"] = args.postprocess
     segmenter = Segmenter.from_pretrained(args.model, device=args.device, **kwargs)
@@ -449,6 +515,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cv2.imwrite(args.plot, cv2.cvtColor(plot_lesion_area(summary.rows), cv2.COLOR_RGB2BGR))
     log.info("wrote %s (%d frames, %.1f frames/s)%s", summary.out_path, summary.frames, summary.processing_fps,
              f" and {summary.csv_path}" if summary.csv_path else "")
+    print(events_markdown(summary, lesion_free=args.lesion_free).replace("**", ""))
+    if args.json:
+        rule = segmenter.presence_rule()
+        write_json(args.json, {**asdict(summary), "model": segmenter.name, "lesion_free": args.lesion_free,
+                               "presence": rule.to_config() if rule else None})
     return 0
 
 

@@ -26,6 +26,7 @@ import re
 import shutil
 import tempfile
 import threading
+import types
 import uuid
 import weakref
 from pathlib import Path
@@ -39,7 +40,7 @@ from .batch import default_model_name, expand_inputs, segment_files, write_resul
 from .evaluation import scores_against_mask_image
 from .hub import UnsafeWeightsError, WeightsNotFoundError, list_local_weights
 from .inference import MAX_IMAGE_PIXELS, ImageInputError, Segmenter, SegResult, load_image_file
-from .io import to_rgb_uint8, write_mask
+from .io import IMAGE_EXTENSIONS, IMAGE_FORMAT_NAMES, to_rgb_uint8, write_mask
 from .labels import LabelSchema
 from .models import get_model_class
 from .postprocess import PostprocessSpec
@@ -53,7 +54,7 @@ from .safety import (
     remove_older_than,
 )
 from .single_image import SingleImageConfig, TrainingCancelled, read_roi, segment_single_image, write_result
-from .video import MAX_SECONDS, MAX_SIDE, VideoInputError, plot_lesion_area, segment_video
+from .video import MAX_SECONDS, MAX_SIDE, VideoInputError, events_markdown, plot_lesion_area, segment_video
 from .visualize import confidence_heatmap, enhance_gallery, summary_markdown
 
 __all__ = ["build_demo", "configure_queue", "launch", "limit_per_client", "main"]
@@ -75,6 +76,9 @@ MAX_PENDING_PER_CLIENT = int(os.environ.get("MEDSEG_MAX_PENDING_PER_CLIENT", "4"
 MAX_PENDING_PER_ADDRESS = int(os.environ.get("MEDSEG_MAX_PENDING_PER_ADDRESS", "0"))
 #: Largest image the Single image tab trains on (its outputs are full-resolution float maps).
 SINGLE_IMAGE_MAX_PIXELS = 16_000_000
+#: The Single image tab's training-steps slider: lowest, highest, default (the handler takes 1-600). The browser
+#: tests lower the lowest, to train a few steps through the page in seconds.
+SINGLE_IMAGE_STEPS = (50, 600, 450)
 #: Bytes all running batch requests may have unpacked from zips at once.
 SERVER_EXTRACT_BUDGET = ExtractionBudget(int(float(os.environ.get("MEDSEG_MAX_EXTRACT_MB", "4000")) * 1_000_000))
 _PATH_IN_TEXT = re.compile(r"(?<![\w.-])(?:/[^\s'\",:;)]+)+")
@@ -83,7 +87,8 @@ _DEMOS: weakref.WeakSet = weakref.WeakSet()
 _HEAVY: dict[str, Any] = {"concurrency_id": HEAVY, "concurrency_limit": WORKERS}
 MAX_UPLOAD = "50mb"
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-IMAGE_TYPES = ["image", ".tif", ".tiff"]
+#: What the image uploads accept: the one list in medseg_core.io (also behind messages and folder/zip expansion).
+IMAGE_TYPES = list(IMAGE_EXTENSIONS)
 
 
 def _examples_dir() -> Path:
@@ -264,13 +269,17 @@ def compare(upload: Any, model_names: list[str] | None, tta: bool, postprocess: 
     if not 1 <= len(names) <= 4:
         raise gr.Error("Choose between one and four models to compare.")
     image = _load(upload)
-    gallery, rows = [], ["| model | lesion area % | lesions | mean confidence | time (ms) |", "|---|---|---|---|---|"]
+    gallery, rows = [], ["| model | lesion found (score / threshold) | lesion area % | lesions | mean confidence | "
+                         "time (ms) |", "|---|---|---|---|---|---|"]
     for name in names:
         result = _segmenter_or_error(name)(image, tta=tta, postprocess=_postprocess(postprocess))
         s = result.stats
         gallery.append((downscale_for_display(result.overlay), f"{name} · {s['inference_ms']:.0f} ms"))
         conf = f"{s['mean_confidence']:.3f}" if s["mean_confidence"] is not None else "—"
-        rows.append(f"| `{name}` | {s['lesion_percent']:.2f} | {s['lesion_count']} | {conf} | "
+        threshold = s["presence_threshold"]
+        found = (f"{'yes' if s['lesion_present'] else 'no'} ({s['presence_score']:.2f}"
+                 + (f" / {threshold:g})" if threshold is not None else ", no rule)"))
+        rows.append(f"| `{name}` | {found} | {s['lesion_percent']:.2f} | {s['lesion_count']} | {conf} | "
                     f"{s['inference_ms']:.0f} |")
     return gallery, "\n".join(rows)
 
@@ -290,15 +299,16 @@ def batch(uploads: list[Any] | None, model_name: str | None, tta: bool, postproc
             except ValueError as err:
                 raise gr.Error(_without_paths(str(err))) from err
             if not paths:
-                raise gr.Error("The upload holds no images (PNG, JPEG, TIFF, BMP).")
+                raise gr.Error(f"The upload holds no images ({IMAGE_FORMAT_NAMES}).")
             rows = segment_files(segmenter, paths, folder / "masks", tta=tta, postprocess=_postprocess(postprocess),
                                  progress=lambda items: progress.tqdm(items, desc="Segmenting"))
         finally:
             shutil.rmtree(folder / "inputs", ignore_errors=True)
     archive = write_results_zip(folder / "masks", folder / "medseg_masks.zip")
     make_private(folder)
-    table = [[r["file"], r["status"], r["lesion_percent"], r["lesion_count"], r["mean_confidence"],
-              r["inference_ms"], r["error"]] for r in rows]
+    table = [[r["file"], r["status"], {1: "yes", 0: "no"}.get(r["lesion_present"], ""), r["presence_score"],
+              r["lesion_percent"], r["lesion_count"], r["mean_confidence"], r["inference_ms"], r["error"]]
+             for r in rows]
     ok = sum(r["status"] == "ok" for r in rows)
     return str(archive), str(folder / "masks" / "statistics.csv"), table, f"{ok} of {len(rows)} images segmented."
 
@@ -308,19 +318,49 @@ def enhance(upload: Any) -> list[tuple[np.ndarray, str]]:
     return _gallery_for_display(enhance_gallery(_load(upload)))
 
 
-class CheckedImageEditor(gr.ImageEditor):
-    """``gr.ImageEditor`` that reads each uploaded image's size from its header and refuses one above
-    :data:`SINGLE_IMAGE_MAX_PIXELS` before Gradio decodes it (Gradio decodes the editor's images itself, whatever
-    ``type`` says)."""
+def _editor_upload_size(file: Any) -> tuple[int, int] | None:
+    """(width, height) of one image the editor hands to the server (a file, or the bytes of a canvas layer), read
+    from its header; None for nothing."""
+    path = getattr(file, "path", None)
+    if path:
+        return image_size_from_header(path)
+    if isinstance(file, (bytes, bytearray, memoryview)):
+        import io
 
-    def convert_and_format_image(self, file: Any, flatten_on_white: bool = False) -> Any:
-        path = getattr(file, "path", None)
-        if path:
-            try:
-                check_image_size(*image_size_from_header(path), SINGLE_IMAGE_MAX_PIXELS, "The image")
-            except ValueError as err:
-                raise gr.Error(_without_paths(str(err))) from err
-        return super().convert_and_format_image(file, flatten_on_white)
+        import PIL.Image
+
+        try:
+            with PIL.Image.open(io.BytesIO(bytes(file))) as im:
+                return im.size
+        except PIL.Image.DecompressionBombError as err:
+            raise ValueError("The image is too large to open safely") from err
+        except (PIL.UnidentifiedImageError, OSError) as err:
+            raise ValueError("The image is not an image file we can read") from err
+    return None
+
+
+def _checked_convert_and_format_image(editor: gr.ImageEditor, file: Any, flatten_on_white: bool = False) -> Any:
+    """``gr.ImageEditor.convert_and_format_image`` after checking the image's size from its header."""
+    try:
+        size = _editor_upload_size(file)
+        if size is not None:
+            check_image_size(*size, SINGLE_IMAGE_MAX_PIXELS, "The image")
+    except ValueError as err:
+        raise gr.Error(_without_paths(str(err))) from err
+    return gr.ImageEditor.convert_and_format_image(editor, file, flatten_on_white)
+
+
+def checked_image_editor(**kwargs: Any) -> gr.ImageEditor:
+    """A ``gr.ImageEditor`` that reads each uploaded image's size from its header and refuses one above
+    :data:`SINGLE_IMAGE_MAX_PIXELS` before Gradio decodes it (Gradio decodes the editor's images itself, in
+    ``preprocess``, whatever ``type`` says).
+
+    The check wraps this one instance's ``convert_and_format_image``, which ``preprocess`` calls for the background
+    and every layer. A subclass would do the same, but Gradio takes any subclass defined outside its package for a
+    custom component and the page asks for JavaScript that does not exist: no editor in the browser."""
+    editor = gr.ImageEditor(**kwargs)
+    editor.convert_and_format_image = types.MethodType(_checked_convert_and_format_image, editor)
+    return editor
 
 
 def _editor_image(value: Any, what: str) -> np.ndarray:
@@ -487,12 +527,13 @@ def segment_tab(models: list[str]) -> None:
             model, tta, post = _model_options(models, "segment", tta=True)
             show_views = gr.Checkbox(False, label="Show TDC-Enhance views")
             truth = gr.File(label="Ground-truth mask (optional: shows Dice, IoU, HD95)", type="filepath",
-                            file_types=["image"])
+                            file_types=IMAGE_TYPES)
             run = gr.Button("Segment", variant="primary", elem_id="segment-button")
             _examples(upload, model, models)
         with gr.Column(scale=2):
-            slider = gr.ImageSlider(label="Before / after", type="numpy", elem_id="segment-slider")
-            summary = gr.Markdown(elem_id="segment-summary")
+            # The slider starts at the left edge: the overlay (the second image) covers the whole frame first.
+            slider = gr.ImageSlider(label="Before / after", type="numpy", elem_id="segment-slider", slider_position=0)
+            summary = gr.Markdown(label="Summary", show_label=False, elem_id="segment-summary")
             heatmap = gr.Image(label="Confidence map (lesion probability)", type="numpy")
             with gr.Row():
                 mask_file = gr.File(label="Mask (PNG)")
@@ -511,15 +552,16 @@ def compare_tab(models: list[str]) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Image", file_types=IMAGE_TYPES, type="filepath", elem_id="compare-upload")
-            chosen = gr.Dropdown(models, value=models[:2], multiselect=True, max_choices=4, label="Models (1-4)")
+            chosen = gr.Dropdown(models, value=models[:2], multiselect=True, max_choices=4, label="Models (1-4)",
+                                 elem_id="compare-models")
             with gr.Row():
                 tta = gr.Checkbox(False, label="Test-time augmentation")
                 post = gr.Checkbox(True, label="Post-processing (recorded chain)")
-            run = gr.Button("Compare", variant="primary")
+            run = gr.Button("Compare", variant="primary", elem_id="compare-button")
             _examples(upload, label="Example images")
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Overlays", columns=2, height="auto")
-            table = gr.Markdown()
+            gallery = gr.Gallery(label="Overlays", columns=2, height="auto", elem_id="compare-gallery")
+            table = gr.Markdown(label="Per-model statistics", show_label=False, elem_id="compare-table")
     run.click(compare, inputs=[upload, chosen, tta, post], outputs=[gallery, table], api_name="compare", **_HEAVY)
 
 
@@ -527,15 +569,16 @@ def batch_tab(models: list[str]) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             files = gr.File(label="Images or a zip of images", file_count="multiple", type="filepath",
-                            file_types=[*IMAGE_TYPES, ".zip"])
+                            file_types=[*IMAGE_TYPES, ".zip"], elem_id="batch-upload")
             model, tta, post = _model_options(models, "batch")
-            run = gr.Button("Segment all", variant="primary")
+            run = gr.Button("Segment all", variant="primary", elem_id="batch-button")
         with gr.Column(scale=2):
-            status = gr.Markdown()
+            status = gr.Markdown(label="Status", show_label=False, elem_id="batch-status")
             with gr.Row():
-                archive = gr.File(label="Masks, overlays + statistics (zip)")
+                archive = gr.File(label="Masks, overlays + statistics (zip)", elem_id="batch-archive")
                 csv_file = gr.File(label="Statistics (CSV)")
-            table = gr.Dataframe(headers=["file", "status", "lesion %", "lesions", "mean confidence", "ms", "error"],
+            table = gr.Dataframe(headers=["file", "status", "lesion found", "presence score", "lesion %", "lesions",
+                                          "mean confidence", "ms", "error"],
                                  label="Per-image statistics", wrap=True)
     run.click(batch, inputs=[files, model, tta, post], outputs=[archive, csv_file, table, status], api_name="batch",
               **_HEAVY)
@@ -547,16 +590,18 @@ def single_image_tab() -> None:
                 "around the image's border instead to mark normal tissue when the lesion fills the frame.")
     with gr.Row():
         with gr.Column(scale=1):
-            editor = CheckedImageEditor(label="Image and ROI", type="numpy", image_mode="RGBA",
-                                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
-                                    transforms=(), layers=False, elem_id="single-editor")
+            editor = checked_image_editor(label="Image and ROI", type="numpy", image_mode="RGBA",
+                                          brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+                                          transforms=(), layers=False, elem_id="single-editor")
             roi = gr.File(label="…or a ROI file (binary image or labelme JSON)", type="filepath",
-                          file_types=["image", ".json"])
-            steps = gr.Slider(50, 600, value=450, step=50, label="Training steps (time grows with it)")
-            run = gr.Button("Train and segment", variant="primary")
+                          file_types=[*IMAGE_TYPES, ".json"])
+            lowest, highest, default = SINGLE_IMAGE_STEPS
+            steps = gr.Slider(lowest, highest, value=default, step=50, label="Training steps (time grows with it)",
+                              elem_id="single-steps")
+            run = gr.Button("Train and segment", variant="primary", elem_id="single-button")
         with gr.Column(scale=2):
-            overlay = gr.Image(label="Result", type="numpy")
-            summary = gr.Markdown()
+            overlay = gr.Image(label="Result", type="numpy", elem_id="single-result")
+            summary = gr.Markdown(label="Summary", show_label=False, elem_id="single-summary")
             with gr.Row():
                 mask = gr.File(label="mask.png")
                 overlay_file = gr.File(label="overlay.png")
@@ -572,19 +617,21 @@ def enhance_tab() -> None:
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Image", file_types=IMAGE_TYPES, type="filepath", elem_id="enhance-upload")
-            run = gr.Button("Enhance", variant="primary")
+            run = gr.Button("Enhance", variant="primary", elem_id="enhance-button")
             _examples(upload, label="Example images")
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Views", columns=2, height="auto")
+            gallery = gr.Gallery(label="Views", columns=2, height="auto", elem_id="enhance-gallery")
     run.click(enhance, inputs=upload, outputs=gallery, api_name="enhance", **_HEAVY)
 
 
 VIDEO_TYPES = [".mp4", ".avi", ".webm", ".mov", ".mkv"]
 
 
-def video(upload: Any, model_name: str | None, smoothing: float, progress: gr.Progress = gr.Progress()):
+def video(upload: Any, model_name: str | None, smoothing: float, lesion_free: bool = False,
+          progress: gr.Progress = gr.Progress()):
     """The Video tab: a clip -> the annotated clip (H.264 MP4, plays in browsers), a plot of lesion area over time,
-    the per-frame CSV and a summary."""
+    the per-frame CSV (with each frame's lesion-present decision and score) and a summary with the clip's lesion
+    events (false alarms per minute when the clip is known to hold no lesion)."""
     if upload is None:
         raise gr.Error("Upload a video clip first (MP4, AVI, WebM or MOV).")
     segmenter = _segmenter_or_error(model_name)
@@ -603,7 +650,8 @@ def video(upload: Any, model_name: str | None, smoothing: float, progress: gr.Pr
     text = (f"**{summary.frames} frames** ({summary.duration_s:.1f} s at {summary.fps_in:.1f} fps, "
             f"{summary.width}x{summary.height}) segmented in {summary.seconds:.1f} s: "
             f"**{summary.processing_fps:.1f} frames per second** on this server · model `{segmenter.name}`"
-            + (f" · temporal smoothing {smoothing:.2f}" if smoothing else ""))
+            + (f" · temporal smoothing {smoothing:.2f}" if smoothing else "")
+            + "\n\n" + events_markdown(summary, lesion_free=bool(lesion_free)))
     return summary.out_path, plot_lesion_area(summary.rows), summary.csv_path, text
 
 
@@ -617,13 +665,16 @@ def video_tab(models: list[str]) -> None:
                                 allow_custom_value=True, elem_id="video-model")
             smoothing = gr.Slider(0.0, 0.9, value=0.0, step=0.1, label="Temporal smoothing (0 = off)",
                                   info="exponential average of each frame's probabilities with the previous ones")
+            lesion_free = gr.Checkbox(False, label="This clip holds no lesion (count its events as false alarms)",
+                                      elem_id="video-lesion-free")
             run = gr.Button("Segment video", variant="primary", elem_id="video-button")
         with gr.Column(scale=2):
             out = gr.Video(label="Annotated clip", elem_id="video-output")
-            summary = gr.Markdown(elem_id="video-summary")
+            summary = gr.Markdown(label="Summary", show_label=False, elem_id="video-summary")
             plot = gr.Image(label="Lesion area over time (% of the frame)", type="numpy")
             csv_file = gr.File(label="Per-frame statistics (CSV)")
-    run.click(video, inputs=[upload, model, smoothing], outputs=[out, plot, csv_file, summary], api_name="video",
+    run.click(video, inputs=[upload, model, smoothing, lesion_free], outputs=[out, plot, csv_file, summary],
+              api_name="video",
               **_HEAVY)
 
 
@@ -632,10 +683,11 @@ def build_demo() -> gr.Blocks:
     models = available_models()
     with gr.Blocks(title="medseg — lesion segmentation", delete_cache=(KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)) as demo:
         gr.Markdown(
-            "# medseg\nSegment polyps and other lesions in endoscopy images. Drop an image (PNG, JPEG, TIFF, BMP; "
-            f"up to {MAX_IMAGE_PIXELS // 1_000_000} MP) and press **Segment**. Research software: not a medical "
-            "device. The polyp models learnt only from frames that show a polyp: on a frame without one they mostly "
-            "still outline the most polyp-like region, so an outline is not proof of a polyp."
+            "# medseg\nSegment polyps and other lesions in endoscopy images. Drop an image "
+            f"({IMAGE_FORMAT_NAMES}; up to {MAX_IMAGE_PIXELS // 1_000_000} MP) and press **Segment**. Research software: not a medical "
+            "device. A region is drawn only when it passes the lesion-present rule recorded with the model (chosen "
+            "on validation frames with and without polyps); otherwise the result says **No lesion found**, with the "
+            "frame's score and the threshold. Its false alarms and missed lesions are measured in the model card."
         )
         with gr.Tab("Segment"):
             segment_tab(models)
@@ -708,16 +760,18 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None) ->
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``medseg-app``: serve the web app."""
-    p = argparse.ArgumentParser(prog="medseg-app", description="Serve the medseg web app (Gradio). Models come from "
-                                "weights/ (MEDSEG_WEIGHTS_DIR) and MEDSEG_HUB_MODELS=owner/repo,...")
-    p.add_argument("--host", default=None, help="address to bind (default: GRADIO_SERVER_NAME or 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
-    args = p.parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Serve the web app on ``args.host``/``args.port`` (``medseg-app`` calls this)."""
     logging.basicConfig(level=logging.INFO)
     launch(build_demo(), args.host, args.port)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``medseg-app``: serve the web app; returns the exit status."""
+    from .commands import app
+
+    return app(argv)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,4 +1,5 @@
 import csv
+import re
 import shutil
 import zipfile
 
@@ -32,7 +33,12 @@ def test_batch_writes_masks_and_statistics_and_survives_bad_files(segmenter, tmp
     overlay = cv2.imread(str(tmp_path / "out" / rows[0]["overlay"]), cv2.IMREAD_UNCHANGED)
     assert overlay.shape == (*mask.shape, 3)
     with open(tmp_path / "out" / "statistics.csv") as f:
-        assert [r["file"] for r in csv.DictReader(f)] == [p.name for p in paths]
+        table = list(csv.DictReader(f))
+    assert [r["file"] for r in table] == [p.name for p in paths]
+    # The image-level decision: present exactly where a lesion is drawn, with the frame's presence score.
+    assert [r["lesion_present"] for r in table] == [str(int(r["lesion_pixels"] > 0)) if r["status"] == "ok" else ""
+                                                    for r in rows]
+    assert all(0 <= float(r["presence_score"]) <= 1 for r in table if r["status"] == "ok")
     archive = write_results_zip(tmp_path / "out", tmp_path / "masks.zip")
     colours = [r["mask"].replace("_mask.png", "_colour.png") for r in rows if r["mask"]]
     assert sorted(zipfile.ZipFile(archive).namelist()) == sorted(
@@ -88,6 +94,42 @@ def test_zip_inputs_are_flattened_and_filtered(tmp_path):
     bad.write_text("not a zip")
     with pytest.raises(ValueError, match="zip"):
         expand_inputs([bad], tmp_path / "work")
+
+
+def test_one_list_of_formats_for_uploads_folders_and_zips(tmp_path):
+    """Every format io.IMAGE_FORMATS names is read by the upload path and the training path, and taken from folders
+    and zips; a missing file says it does not exist, not that it is empty."""
+    import PIL.Image
+
+    from medseg_core.inference import ImageInputError, load_image_file
+    from medseg_core.io import IMAGE_EXTENSIONS, IMAGE_FORMAT_NAMES, IMAGE_FORMATS
+
+    assert IMAGE_FORMAT_NAMES == "PNG, JPEG, TIFF, BMP, GIF or WebP"
+    pil_names = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
+    (tmp_path / "imgs").mkdir()
+    picture = np.zeros((12, 16, 3), np.uint8)
+    picture[:, 8:] = 200
+    for ext in IMAGE_EXTENSIONS:
+        path = tmp_path / "imgs" / f"x{ext.replace('.', '_')}{ext}"
+        PIL.Image.fromarray(picture).save(path, pil_names.get(ext, ext[1:].upper()), **(
+            {"lossless": True} if ext == ".webp" else {}))
+        assert load_image_file(path).shape == read_image(path).shape == (12, 16, 3), ext
+    assert len(IMAGE_EXTENSIONS) == sum(len(v) for v in IMAGE_FORMATS.values()) == 8
+    folder = expand_inputs([tmp_path / "imgs"], tmp_path / "work")
+    assert sorted(p.suffix for p in folder) == sorted(IMAGE_EXTENSIONS)
+    archive = tmp_path / "in.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in folder:
+            z.write(p, p.name)
+    assert sorted(p.suffix for p in expand_inputs([archive], tmp_path / "work")) == sorted(IMAGE_EXTENSIONS)
+    with pytest.raises(ImageInputError, match=r"^nothere\.jpg does not exist"):
+        load_image_file(tmp_path / "nothere.jpg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageInputError, match=f"empty.png is empty: upload a {IMAGE_FORMAT_NAMES} image"):
+        load_image_file(tmp_path / "empty.png")
+    (tmp_path / "note.png").write_text("not an image")
+    with pytest.raises(ImageInputError, match=re.escape(f"({IMAGE_FORMAT_NAMES})")):
+        load_image_file(tmp_path / "note.png")
 
 
 def test_predict_folder_help(capsys):

@@ -300,6 +300,14 @@ def test_init_reset_head_seeds_a_model_for_other_classes_from_a_binary_one(train
     (["--train.init_reset_head", "1"], "true or false"),
     (["--train.init_reset_head", "true"], "none are named"),
     (["--train.batch_dice", "true", "--train.loss", "structure"], "dice_ce and dice losses"),
+    (["--data.mix_splits", "polyp-negative-train"], "map split names"),
+    (["--data.mix_splits", "{polyp-negative-train: 1.0}"], "between 0 and 1"),
+    (["--data.mix_splits", "{polyp-negative-train: yes}"], "between 0 and 1"),
+    (["--data.mix_splits", "{a: 0.5, b: 0.5}"], "sum to 1"),
+    (["--data.mix_splits", "{polyp-train: 0.2}"], "train split"),
+    (["--data.mix_splits", "{a: 0.2}", "--train.repeat_factor_threshold", "0.1"], "use one"),
+    (["--data.val_split", "[]"], "split name or a list"),
+    (["--data.mix_splitz", "{a: 0.2}"], "did you mean mix_splits"),
 ])
 def test_ema_scales_and_batch_dice_are_checked(override, hint):
     with pytest.raises(RecipeError, match=hint):
@@ -317,3 +325,44 @@ def test_rescale_batch_keeps_labels_and_rounds_to_multiples_of_32():
     assert big.shape == (2, 3, 128, 96) and big_masks.shape == (2, 3, 128, 96)
     same = training.rescale_batch(images, masks, 1.0)
     assert same[0] is images and same[1] is masks
+
+
+def test_mixed_batches_hold_the_extra_split_at_its_share(data_root, caplog):
+    """data.mix_splits: every batch draws its share from the lesion-free frames, the main split is shown once an
+    epoch, and the model is selected on the two validation splits read together."""
+    from accelerate import Accelerator
+
+    from medseg_core.data import MixedBatchSampler
+    from medseg_core.models import create_model
+
+    cfg = load_config(ROOT / "train" / "configs" / "unet_lite2_polyp_negatives_025.yaml", [
+        "--data.root", str(data_root), "--data.cache_max_side", "64", "--train.max_train_samples", "24",
+        "--train.max_val_samples", "200"])
+    cfg["_no_progress"] = True
+    model = create_model("unet", encoder="tf_efficientnet_lite0", encoder_weights="random", input_size=64)
+    with caplog.at_level("INFO", logger="medseg.train"):
+        train_dl, val_dl = training.get_dataloaders(Accelerator(cpu=True), cfg, model)
+    assert "25% of each batch from polyp-negative-train" in caplog.text
+    batches = train_dl.batch_sampler
+    assert isinstance(batches, MixedBatchSampler) and len(batches) == 24 // 6
+    drawn = list(batches)
+    assert all(len(b) == 8 for b in drawn)
+    assert all(sum(i >= 24 for i in b) == 2 for b in drawn)  # 0.25 x 8 from the lesion-free pool
+    assert sorted(i for b in drawn for i in b if i < 24) == list(range(24))  # the main split once
+    ids = [train_dl.dataset.samples[i].id for i in drawn[0] if i >= 24]
+    assert all(i.startswith("polyp-negative") or i.startswith("polypgen-negative") for i in ids)
+    val_ids = [s.id for s in val_dl.dataset.samples]
+    assert any(i.startswith("polypgen-negative") for i in val_ids) and any("kvasir" in i for i in val_ids)
+    assert "polyp-negative-train" in training.data_text(cfg) and "polyp-val` + `polyp-negative-val" in \
+        training.data_text(cfg)
+
+
+def test_mixed_batch_sampler_keeps_a_fractional_share_on_average():
+    from medseg_core.data import MixedBatchSampler
+
+    g = torch.Generator().manual_seed(0)
+    sampler = MixedBatchSampler(1000, [30], [0.125], batch_size=4, generator=g)
+    extra = [sum(i >= 1000 for i in b) for b in sampler]
+    assert 0.1 < sum(extra) / (4 * len(extra)) < 0.15 and set(extra) == {0, 1}
+    with pytest.raises(ValueError, match="sum below 1"):
+        MixedBatchSampler(10, [5, 5], [0.5, 0.5], batch_size=4)

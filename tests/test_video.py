@@ -161,3 +161,32 @@ def test_cli(tiny_weights, clip, tmp_path, capsys):
     bad = tmp_path / "bad.mp4"
     bad.write_text("nope")
     assert main([str(bad), "--out", str(tmp_path / "x.mp4"), "--model", str(tiny_weights)]) == 2
+
+
+def _rows(present: str, fps: float = 10.0) -> list[dict]:
+    return [{"frame": i, "time_s": i / fps, "lesion_present": int(c == "x"), "presence_score": 0.9 if c == "x" else 0.1}
+            for i, c in enumerate(present)]
+
+
+def test_lesion_events_skip_flickers_and_bridge_short_gaps():
+    from medseg_core.video import lesion_events
+
+    # A one-frame flicker, then seven frames with a two-frame gap inside, then a four-frame run.
+    events = lesion_events(_rows("x...xxx..xx......xxxx"), fps=10, min_frames=5, max_gap=2)
+    assert [(e["start_frame"], e["end_frame"], e["frames"]) for e in events] == [(4, 10, 5)]
+    assert events[0]["start_s"] == 0.4 and events[0]["end_s"] == pytest.approx(1.1)
+    assert lesion_events(_rows("x...xxx..xx......xxxx"), fps=10, min_frames=4, max_gap=0)[-1]["start_frame"] == 17
+    assert lesion_events(_rows("....."), fps=10) == []
+
+
+def test_video_reports_presence_per_frame_and_events(segmenter, clip, tmp_path):
+    from medseg_core.video import events_markdown
+
+    summary = segment_video(segmenter, clip, tmp_path / "out.mp4", tmp_path / "frames.csv")
+    for row in summary.rows:
+        assert row["lesion_present"] == int(row["lesion_percent"] > 0) and 0 <= row["presence_score"] <= 1
+    assert summary.frames_with_lesion == sum(r["lesion_present"] for r in summary.rows)
+    assert summary.events_per_minute == pytest.approx(60 * len(summary.events) / summary.duration_s)
+    assert "false-alarm events" in events_markdown(summary, lesion_free=True)
+    with open(tmp_path / "frames.csv", newline="") as f:
+        assert "lesion_present" in next(csv.reader(f))

@@ -1,6 +1,7 @@
 """The app's handlers, and a launched app answering through gradio_client."""
 
 import json
+import re
 import shutil
 import socket
 
@@ -261,3 +262,13 @@ def test_an_example_image_is_shown_with_the_model_for_its_kind_of_image(app_modu
     assert app_module.example_model(Path("examples/edd2020_ACB0004.jpg"), ["tiny_unet.test"]) == "tiny_unet.test"
     shipped = {p.name.split("_", 1)[0] for p in app_module.EXAMPLES}
     assert {"polypgen", "edd2020"} <= shipped
+
+
+def test_every_api_endpoint_names_its_inputs_and_outputs(app_module):
+    """The "Use via API" page labels each value by its component's label (``value_20`` for one without)."""
+    info = app_module.build_demo().get_api_info()["named_endpoints"]
+    assert {"/segment", "/compare", "/batch", "/single_image", "/video", "/enhance"} <= set(info)
+    unlabelled = [f"{name} -> {value['label']}" for name, endpoint in info.items()
+                  for value in [*endpoint["parameters"], *endpoint["returns"]]
+                  if re.fullmatch(r"value_\d+", str(value.get("label")))]
+    assert not unlabelled, unlabelled

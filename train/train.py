@@ -5,12 +5,14 @@
 
 The loop has the Accelerate examples' shape, and its parts live in the library so that ``medseg-train``, this
 script and the tests run the same code: ``get_dataloaders`` (the data seam), ``train_one_epoch``, ``evaluate``
-and ``main`` in :mod:`medseg_core.training`; recipes and their strict keys in :mod:`medseg_core.config`.
+and ``main`` in :mod:`medseg_core.training`; recipes and their strict keys in :mod:`medseg_core.config`. This
+script is the command (:func:`medseg_core.commands.train`): ``--help`` answers before torch is imported, and the
+exit status is 0 done, 1 failed, 2 usage error.
 """
 
-from medseg_core.training import evaluate, get_dataloaders, main, train_one_epoch
+import sys
 
-__all__ = ["evaluate", "get_dataloaders", "main", "train_one_epoch"]
+from medseg_core.commands import train
 
 if __name__ == "__main__":
-    main()
+    sys.exit(train())
