@@ -304,6 +304,18 @@ def _labels_text(config: Mapping[str, Any]) -> str:
             f"`{schema.mask_encoding}`{recorded}")
 
 
+def intended_use_markdown(config: Mapping[str, Any]) -> str:
+    """The model card's "Intended use" section from ``config.json``'s ``modality`` and ``intended_use`` (an empty
+    line when neither is recorded)."""
+    if not config.get("modality") and not config.get("intended_use"):
+        return ""
+    lines = [f"- Modality: {config['modality']}." if config.get("modality") else "",
+             f"- Intended use: {config['intended_use']}" if config.get("intended_use") else ""]
+    return "\n## Intended use\n" + "\n".join(line for line in lines if line) + "\n" + (
+        "- Research use only; not a medical device. Images from another modality or organ are outside what it "
+        "was trained and measured on, and its output there means nothing.\n")
+
+
 def write_model_card(
     folder: str | os.PathLike,
     *,
@@ -322,6 +334,7 @@ def write_model_card(
     CC BY-NC-SA 4.0, carry ``cc-by-nc-sa-4.0``); ``tags`` are added to the card's Hub tags."""
     cls = get_model_class(config["arch"])
     measured = _metrics_table(metrics) if metrics else "Not measured yet: run `train/evaluate.py` and add it here."
+    use = intended_use_markdown(config)
     text = f"""---
 library_name: medseg
 license: {license}
@@ -337,7 +350,7 @@ input {config['input_size']}×{config['input_size']}, normalisation mean {config
 Labels: {_labels_text(config)}.
 
 Load it with `medseg_core.load_model("{name}")` or `medseg_core.Segmenter.from_pretrained(...)`.
-
+{use}
 ## Data
 {data}
 

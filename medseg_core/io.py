@@ -33,6 +33,8 @@ from .labels import LabelSchema
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
+    "IMAGE_FORMAT_NAMES",
     "decode_mask",
     "mask_files",
     "read_image",
@@ -50,7 +52,20 @@ __all__ = [
     "write_rle_csv",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: The image formats every door accepts, as ``{name: extensions}``: the one list behind the messages that name them
+#: (:data:`IMAGE_FORMAT_NAMES`), the app's upload widgets and folder and zip expansion (:data:`IMAGE_EXTENSIONS`).
+#: Pillow (uploads) and OpenCV (folders, training data) both decode every one of them.
+IMAGE_FORMATS: dict[str, tuple[str, ...]] = {
+    "PNG": (".png",),
+    "JPEG": (".jpg", ".jpeg"),
+    "TIFF": (".tif", ".tiff"),
+    "BMP": (".bmp",),
+    "GIF": (".gif",),
+    "WebP": (".webp",),
+}
+IMAGE_EXTENSIONS = tuple(ext for exts in IMAGE_FORMATS.values() for ext in exts)
+#: ``"PNG, JPEG, TIFF, BMP, GIF or WebP"``, for messages.
+IMAGE_FORMAT_NAMES = ", ".join(list(IMAGE_FORMATS)[:-1]) + " or " + list(IMAGE_FORMATS)[-1]
 WINDOW_PERCENTILES = (0.5, 99.5)
 
 

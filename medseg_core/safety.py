@@ -91,7 +91,13 @@ EXTRA_CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "tta_scales": (list,),
     "class_bias": (list,),
     "presence": (dict,),
+    "modality": (str,),
+    "intended_use": (str,),
 }
+#: What a model is for, shown beside its name and its results (``config.json``'s ``modality`` and ``intended_use``):
+#: plain text only, since the page renders it as Markdown (no markup, links or HTML from a Hub repo's config).
+_MODALITY = re.compile(r"[a-z][a-z -]{0,39}")
+_INTENDED_USE = re.compile(r"[\w][\w .,;:()'%/+-]{0,159}")
 #: Largest magnitude of a recorded ``class_bias`` entry (a log-odds offset).
 MAX_CLASS_BIAS = 10.0
 #: Factors of the input size that multi-scale TTA (``tta_scales``) may use.
@@ -200,6 +206,15 @@ def validate_model_config(config: Any, source: str = "the weights") -> dict[str,
             continue  # checked by helper_folder / the label schema
         if key == "presence":
             _check_presence(value, source)
+            continue
+        if key == "modality" and not _MODALITY.fullmatch(value):
+            raise UnsafeWeightsError(f"{source}: config.json field 'modality' = {value[:80]!r} must be a lower-case "
+                                     "word or two, e.g. 'colonoscopy' (at most 40 characters)")
+        if key == "intended_use" and not _INTENDED_USE.fullmatch(value):
+            raise UnsafeWeightsError(f"{source}: config.json field 'intended_use' = {value[:80]!r} must be one "
+                                     "short sentence of plain text (at most 160 characters; letters, digits, spaces "
+                                     "and . , ; : ( ) ' % / + -)")
+        if key in ("modality", "intended_use"):
             continue
         if key == "thresholds" and not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
                                            for v in value):

@@ -14,8 +14,8 @@ import numpy as np
 from .enhance import tdc_views
 from .labels import LabelSchema
 
-__all__ = ["VIEW_LABELS", "confidence_heatmap", "enhance_gallery", "legend_markdown", "presence_markdown",
-           "summary_markdown", "tradeoff_chart"]
+__all__ = ["VIEW_LABELS", "confidence_heatmap", "draw_legend", "enhance_gallery", "legend_markdown",
+           "presence_markdown", "summary_markdown", "tradeoff_chart"]
 
 VIEW_LABELS = {"original": "Original", "texture": "Texture", "detail": "Detail (highlights removed)",
                "color": "Colour (tone)"}
@@ -26,6 +26,44 @@ def confidence_heatmap(image: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     heat = cv2.applyColorMap((np.clip(confidence, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_TURBO)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(heat, 0.65, image, 0.35, 0)
+
+
+def draw_legend(overlay: np.ndarray, schema: LabelSchema) -> np.ndarray:
+    """The overlay with its colour key drawn into the top-left corner: on a darkened box, one swatch per lesion class
+    in the class's overlay colour (filled where classes are tinted regions, an outline for multi-label classes,
+    which the overlay outlines) and the class name. Sized to the image; returns a copy. For what a page shows: files
+    written for download (masks, batch overlays) carry no legend."""
+    out = np.array(overlay, copy=True)
+    names, colours = list(schema.foreground), list(schema.foreground_colours)
+    h, w = out.shape[:2]
+    if not names:
+        return out
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = float(np.clip(max(h, w) / 900, 0.35, 1.2))
+    while True:  # shrink the text until the box fits in 60 % of each side; none where it cannot be read
+        thick = max(1, round(scale * 1.6))
+        sizes = [cv2.getTextSize(n, font, scale, thick) for n in names]
+        text_h = max(s[0][1] + s[1] for s in sizes)
+        pad = max(2, round(text_h / 3))
+        box_w = 3 * pad + text_h + max(s[0][0] for s in sizes)
+        box_h = pad + len(names) * (text_h + pad)
+        if pad + box_w <= w * 0.6 and pad + box_h <= h * 0.6:
+            break
+        if scale < 0.3:
+            return out
+        scale *= 0.8
+    x0 = y0 = pad
+    x1, y1 = x0 + box_w, y0 + box_h
+    out[y0:y1, x0:x1] = (out[y0:y1, x0:x1].astype(np.float32) * 0.3).astype(np.uint8)
+    for i, (name, colour) in enumerate(zip(names, colours)):
+        top = y0 + pad + i * (text_h + pad)
+        corner = (x0 + pad, top), (x0 + pad + text_h - 1, top + text_h - 1)
+        colour = tuple(int(v) for v in colour)
+        cv2.rectangle(out, *corner, colour, max(2, thick) if schema.multilabel else cv2.FILLED)
+        baseline = sizes[i][1]
+        cv2.putText(out, name, (x0 + 2 * pad + text_h, top + text_h - baseline), font, scale, (255, 255, 255), thick,
+                    cv2.LINE_AA)
+    return out
 
 
 def legend_markdown(classes: dict[str, dict[str, Any]], schema: LabelSchema) -> list[str]:
@@ -132,8 +170,9 @@ def tradeoff_chart(sweep: Sequence[dict[str, Any]], marked: dict[str, Any] | Non
     if marked is not None and np.isfinite(marked.get("lesion_sensitivity", float("nan"))):
         p = to_px(x_of(marked), marked["lesion_sensitivity"])
         cv2.circle(img, p, 8, red, 2, cv2.LINE_AA)
-        cv2.putText(img, f"recorded: {score} >= {marked['threshold']:g}", (p[0] + 12, p[1] - 8), font, 0.45, red,
-                    1, cv2.LINE_AA)
+        below = p[1] - 8 < y0 + 16  # near the top edge: the label goes under the point
+        cv2.putText(img, f"recorded: {score} >= {marked['threshold']:g}", (p[0] + 12, p[1] + (24 if below else -8)),
+                    font, 0.45, red, 1, cv2.LINE_AA)
     cv2.putText(img, xlabel, (x0, height - 18), font, 0.48, dark, 1, cv2.LINE_AA)
     cv2.putText(img, f"per-lesion sensitivity (threshold on the {score} confidence of a region)", (x0, y0 - 12),
                 font, 0.45, dark, 1, cv2.LINE_AA)

@@ -34,6 +34,8 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+import pydantic
+from gradio.data_classes import FileData, ListFiles
 
 from . import hub
 from .batch import default_model_name, expand_inputs, segment_files, write_results_zip
@@ -55,11 +57,33 @@ from .safety import (
 )
 from .single_image import SingleImageConfig, TrainingCancelled, read_roi, segment_single_image, write_result
 from .video import MAX_SECONDS, MAX_SIDE, VideoInputError, events_markdown, plot_lesion_area, segment_video
-from .visualize import confidence_heatmap, enhance_gallery, summary_markdown
+from .visualize import confidence_heatmap, draw_legend, enhance_gallery, summary_markdown
 
 __all__ = ["build_demo", "configure_queue", "launch", "limit_per_client", "main"]
 
 log = logging.getLogger("medseg.app")
+
+
+class OneOrMoreFiles(ListFiles):
+    """A multiple-file input's payload that also takes one file on its own (``/batch`` called with a single file,
+    not a one-item list); set as the ``gr.File`` instance's ``data_model``, so that the page's component stays
+    Gradio's own."""
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _one_file_is_a_list_of_one(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (dict, FileData)) else value
+
+
+class UserError(gr.Error):
+    """A handled error (a user's mistake, or a failure whose traceback this module has logged already): the page
+    shows the message, and the server log gets it as one line, not Gradio's traceback (``print_exception=False``)."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("print_exception", False)
+        super().__init__(message, **kwargs)
+        log.info("user error: %s", " ".join(str(message).split())[:300])
+
 
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "medseg-app"
 #: Request folders (downloads) live this long; extracted uploads are removed when the request ends.
@@ -133,6 +157,48 @@ def _weights_folder(name: str) -> Path:
     return hub.resolve_hub_weights(name)
 
 
+def model_purpose(name: str | None, fetch: bool = False) -> dict[str, str]:
+    """What a model is for, from its ``config.json`` (validated plain text): ``modality``, ``intended_use`` and
+    ``task``, those it records. Shipped weights are read here; a Hub repo only with ``fetch`` (once its segmenter is
+    loaded, so nothing is downloaded for a label). Empty when unknown."""
+    if not name or (name not in list_local_weights() and not fetch):
+        return {}
+    try:
+        config = json.loads((_weights_folder(name) / "config.json").read_text())
+    except Exception:  # noqa: BLE001 - a label or a note, never a reason to fail
+        return {}
+    return {k: config[k] for k in ("modality", "intended_use", "task") if isinstance(config.get(k), str)}
+
+
+def model_choices(models: list[str]) -> list[tuple[str, str]]:
+    """The model list as (label, value) pairs: ``"unet_lite2.polyp: Colonoscopy polyps in still images (most
+    accurate)"``, the value staying the plain name that every handler receives."""
+    out = []
+    for name in models:
+        use = model_purpose(name).get("intended_use", "").rstrip(".")
+        out.append((f"{name}: {use}" if use else name, name))
+    return out
+
+
+def compare_defaults(models: list[str]) -> list[str]:
+    """The models Compare opens with: the default model and one other meant for the same images: of the same
+    modality and task first, then of the same modality, then one that records no modality; never one made for
+    another modality (a gastroscopy model beside a colonoscopy one). The default alone when no other fits."""
+    first = default_model(models)
+    if first is None:
+        return []
+    mine = model_purpose(first)
+    ranked = []
+    for i, name in enumerate(models):
+        theirs = model_purpose(name)
+        if name == first or (mine.get("modality") and theirs.get("modality")
+                             and theirs["modality"] != mine["modality"]):
+            continue
+        ranked.append((theirs.get("modality") != mine.get("modality"), theirs.get("task") != mine.get("task"), i,
+                       name))
+    return [first, *[name for *_, name in sorted(ranked)[:1]]]
+
+
 @functools.lru_cache(maxsize=4)
 def get_segmenter(name: str) -> Segmenter:
     """One Segmenter per model name, built on first use (weights resolved locally or from the Hub cache)."""
@@ -153,16 +219,16 @@ def _without_paths(text: str) -> str:
     return _PATH_IN_TEXT.sub("…", text)
 
 
-def _unknown_model(name: str) -> gr.Error:
+def _unknown_model(name: str) -> UserError:
     """The one message for every model name that is not offered (unknown, a path, a helper, not allowed)."""
     hint = " or type a Hugging Face Hub repo id (owner/name)" if any_hub_model_allowed() else ""
-    return gr.Error(f"Unknown model {name[:100]!r}: choose one from the list{hint}.")
+    return UserError(f"Unknown model {name[:100]!r}: choose one from the list{hint}.")
 
 
 def _segmenter_or_error(name: str | None) -> Segmenter:
     """The trust boundary for models: listed names, or (when the operator allows it) Hub repo ids; nothing else."""
     if not name:
-        raise gr.Error("No model is available: put a weights folder in weights/ or set MEDSEG_HUB_MODELS.")
+        raise UserError("No model is available: put a weights folder in weights/ or set MEDSEG_HUB_MODELS.")
     listed = name in available_models()
     if not listed:
         if not any_hub_model_allowed():
@@ -177,19 +243,19 @@ def _segmenter_or_error(name: str | None) -> Segmenter:
         log.info("model %r not found: %s", name, err)
         if not listed:
             raise _unknown_model(name) from err
-        raise gr.Error(f"Model {name!r} cannot be loaded: {_without_paths(str(err))}") from err
+        raise UserError(f"Model {name!r} cannot be loaded: {_without_paths(str(err))}") from err
     except UnsafeWeightsError as err:
         log.warning("model %r refused: %s", name, err)
-        raise gr.Error(f"Model {name!r} was refused: {_without_paths(str(err))}") from err
+        raise UserError(f"Model {name!r} was refused: {_without_paths(str(err))}") from err
     except Exception as err:  # noqa: BLE001 - a broken weights folder; the log keeps the traceback
         log.exception("model %r failed to load", name)
-        raise gr.Error(f"Model {name!r} could not be loaded ({type(err).__name__}: "
+        raise UserError(f"Model {name!r} could not be loaded ({type(err).__name__}: "
                        f"{_without_paths(str(err))[:300]})") from err
 
 
 def _file_path(upload: Any) -> str:
     if upload is None:
-        raise gr.Error("Upload an image first (or pick one of the examples).")
+        raise UserError("Upload an image first (or pick one of the examples).")
     return upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
 
 
@@ -197,7 +263,7 @@ def _load(upload: Any) -> np.ndarray:
     try:
         return load_image_file(_file_path(upload))
     except ImageInputError as err:
-        raise gr.Error(str(err)) from err
+        raise UserError(str(err)) from err
 
 
 def _request_dir() -> Path:
@@ -213,12 +279,12 @@ def _ground_truth_scores(upload: Any, result: SegResult, schema: LabelSchema) ->
     truth = _load(upload)
     h, w = result.confidence.shape
     if truth.shape[:2] != (h, w):
-        raise gr.Error(f"The ground-truth mask is {truth.shape[1]}x{truth.shape[0]} but the image is {w}x{h}; they "
+        raise UserError(f"The ground-truth mask is {truth.shape[1]}x{truth.shape[0]} but the image is {w}x{h}; they "
                        "must be the same size.")
     try:
         return scores_against_mask_image(result.mask, truth, schema)
     except ValueError as err:
-        raise gr.Error(f"The ground-truth mask does not fit this model's classes: {err}") from err
+        raise UserError(f"The ground-truth mask does not fit this model's classes: {err}") from err
 
 
 def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, truth: Any = None,
@@ -231,13 +297,15 @@ def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, t
         result = segmenter(image, tta=tta, postprocess=_postprocess(postprocess))
     except Exception as err:  # noqa: BLE001 - the page shows a message, the log keeps the traceback
         log.exception("segmentation failed")
-        raise gr.Error(f"Segmentation failed: {type(err).__name__}: {err}") from err
+        raise UserError(f"Segmentation failed: {type(err).__name__}: {err}") from err
     scores = _ground_truth_scores(truth, result, segmenter.schema)
     folder = _request_dir()
     stem = Path(_file_path(upload)).stem[:80] or "image"
     mask_path = write_mask(folder, stem, result.mask, segmenter.schema)["colour" if segmenter.schema.multilabel
                                                                         else "mask"]
     report = {"file": Path(_file_path(upload)).name, **result.stats}
+    purpose = model_purpose(model_name, fetch=True)
+    report.update({k: purpose[k] for k in ("modality", "intended_use") if k in purpose})
     if scores is not None:
         report["ground_truth"] = scores
     report_path = folder / f"{stem}_report.json"
@@ -247,9 +315,9 @@ def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, t
     # Files keep the full size; what the page shows is shrunk to what a browser can decode.
     shown = downscale_for_display(image)
     return (
-        (shown, downscale_for_display(result.overlay)),
+        (shown, draw_legend(downscale_for_display(result.overlay), segmenter.schema)),  # the key on the picture
         confidence_heatmap(shown, downscale_for_display(result.confidence)),
-        summary_markdown(result.stats, scores, segmenter.schema),
+        summary_markdown(result.stats, scores, segmenter.schema) + _intended_use_line(purpose),
         str(mask_path),
         report,
         str(report_path),
@@ -257,6 +325,15 @@ def segment(upload: Any, model_name: str | None, tta: bool, postprocess: bool, t
         if disagreement is not None else None,
         _gallery_for_display(enhance_gallery(shown)) if show_views else None,
     )
+
+
+def _intended_use_line(purpose: dict[str, str]) -> str:
+    """The result's note of what the model is for (a model used on other images than these is out of its domain)."""
+    if not purpose.get("intended_use"):
+        return ""
+    made_for = f"Made for {purpose['modality']} images: o" if purpose.get("modality") else "O"
+    return (f"\n\n**Intended use:** {purpose['intended_use']} {made_for}ther kinds of images are outside what the "
+            "model was trained and measured on.")
 
 
 def _gallery_for_display(items: list[tuple[np.ndarray, str]]) -> list[tuple[np.ndarray, str]]:
@@ -267,14 +344,16 @@ def compare(upload: Any, model_names: list[str] | None, tta: bool, postprocess: 
     """The Compare tab: one image through 1-4 models; overlays side by side and a timing table."""
     names = list(dict.fromkeys(model_names or []))
     if not 1 <= len(names) <= 4:
-        raise gr.Error("Choose between one and four models to compare.")
+        raise UserError("Choose between one and four models to compare.")
     image = _load(upload)
     gallery, rows = [], ["| model | lesion found (score / threshold) | lesion area % | lesions | mean confidence | "
                          "time (ms) |", "|---|---|---|---|---|---|"]
     for name in names:
-        result = _segmenter_or_error(name)(image, tta=tta, postprocess=_postprocess(postprocess))
+        segmenter = _segmenter_or_error(name)
+        result = segmenter(image, tta=tta, postprocess=_postprocess(postprocess))
         s = result.stats
-        gallery.append((downscale_for_display(result.overlay), f"{name} · {s['inference_ms']:.0f} ms"))
+        gallery.append((draw_legend(downscale_for_display(result.overlay), segmenter.schema),
+                        f"{name} · {s['inference_ms']:.0f} ms"))
         conf = f"{s['mean_confidence']:.3f}" if s["mean_confidence"] is not None else "—"
         threshold = s["presence_threshold"]
         found = (f"{'yes' if s['lesion_present'] else 'no'} ({s['presence_score']:.2f}"
@@ -284,11 +363,14 @@ def compare(upload: Any, model_names: list[str] | None, tta: bool, postprocess: 
     return gallery, "\n".join(rows)
 
 
-def batch(uploads: list[Any] | None, model_name: str | None, tta: bool, postprocess: bool,
+def batch(uploads: list[Any] | Any | None, model_name: str | None, tta: bool, postprocess: bool,
           progress: gr.Progress = gr.Progress()):
-    """The Batch tab: images and/or zip archives -> a zip of masks, overlays and statistics.csv, and the table."""
+    """The Batch tab: images and/or zip archives -> a zip of masks, overlays and statistics.csv, and the table.
+    ``uploads``: a list of files, or one file (the API takes either)."""
+    if uploads is not None and not isinstance(uploads, (list, tuple)):
+        uploads = [uploads]
     if not uploads:
-        raise gr.Error("Upload one or more images, or a zip of images.")
+        raise UserError("Upload one or more images, or a zip of images.")
     segmenter = _segmenter_or_error(model_name)
     folder = _request_dir()
     # Zips are unpacked under caps per file, per upload and per server, and removed when the request ends.
@@ -297,9 +379,9 @@ def batch(uploads: list[Any] | None, model_name: str | None, tta: bool, postproc
             try:
                 paths = expand_inputs([_file_path(u) for u in uploads], folder / "inputs", budget=budget)
             except ValueError as err:
-                raise gr.Error(_without_paths(str(err))) from err
+                raise UserError(_without_paths(str(err))) from err
             if not paths:
-                raise gr.Error(f"The upload holds no images ({IMAGE_FORMAT_NAMES}).")
+                raise UserError(f"The upload holds no images ({IMAGE_FORMAT_NAMES}).")
             rows = segment_files(segmenter, paths, folder / "masks", tta=tta, postprocess=_postprocess(postprocess),
                                  progress=lambda items: progress.tqdm(items, desc="Segmenting"))
         finally:
@@ -346,7 +428,7 @@ def _checked_convert_and_format_image(editor: gr.ImageEditor, file: Any, flatten
         if size is not None:
             check_image_size(*size, SINGLE_IMAGE_MAX_PIXELS, "The image")
     except ValueError as err:
-        raise gr.Error(_without_paths(str(err))) from err
+        raise UserError(_without_paths(str(err))) from err
     return gr.ImageEditor.convert_and_format_image(editor, file, flatten_on_white)
 
 
@@ -370,7 +452,7 @@ def _editor_image(value: Any, what: str) -> np.ndarray:
         try:
             check_image_size(*image_size_from_header(path), SINGLE_IMAGE_MAX_PIXELS, what)
         except ValueError as err:
-            raise gr.Error(_without_paths(str(err))) from err
+            raise UserError(_without_paths(str(err))) from err
         import PIL.Image
 
         with PIL.Image.open(path) as im:
@@ -381,7 +463,7 @@ def _editor_image(value: Any, what: str) -> np.ndarray:
         try:
             check_image_size(array.shape[1], array.shape[0], SINGLE_IMAGE_MAX_PIXELS, what)
         except ValueError as err:
-            raise gr.Error(str(err)) from err
+            raise UserError(str(err)) from err
     return array
 
 
@@ -390,11 +472,11 @@ def _roi_from_editor(editor: dict[str, Any] | None) -> tuple[np.ndarray, np.ndar
 
     Each image's size is checked (from the file header when the editor hands over files) before it is decoded."""
     if not editor or editor.get("background") is None:
-        raise gr.Error("Upload an image into the editor first, then paint the region of interest on it.")
+        raise UserError("Upload an image into the editor first, then paint the region of interest on it.")
     try:
         image = to_rgb_uint8(_editor_image(editor["background"], "The image"))
     except ValueError as err:
-        raise gr.Error(f"The image cannot be used: {err}") from err
+        raise UserError(f"The image cannot be used: {err}") from err
     h, w = image.shape[:2]
     roi = np.zeros((h, w), bool)
     for layer in editor.get("layers") or []:
@@ -413,24 +495,24 @@ def single_image(editor: dict[str, Any] | None, roi_file: Any, steps: int,
     try:
         steps = int(steps)
     except (TypeError, ValueError):
-        raise gr.Error("Training steps must be a whole number from 1 to 600.") from None
+        raise UserError("Training steps must be a whole number from 1 to 600.") from None
     if not 1 <= steps <= 600:
-        raise gr.Error("Training steps must be a whole number from 1 to 600.")
+        raise UserError("Training steps must be a whole number from 1 to 600.")
     image, roi = _roi_from_editor(editor)
     if roi_file is not None:
         try:
             roi = read_roi(_file_path(roi_file), image.shape[:2], max_pixels=SINGLE_IMAGE_MAX_PIXELS)
         except ValueError as err:
-            raise gr.Error(_without_paths(str(err))) from err
+            raise UserError(_without_paths(str(err))) from err
     if not roi.any():
-        raise gr.Error("Paint the region of interest on the image with the brush (or upload a ROI file).")
+        raise UserError("Paint the region of interest on the image with the brush (or upload a ROI file).")
     if roi.all():
-        raise gr.Error("The ROI covers the whole image: leave some normal tissue unpainted.")
+        raise UserError("The ROI covers the whole image: leave some normal tissue unpainted.")
     config = SingleImageConfig(steps=steps)
     try:
         result = segment_single_image(image, roi, config, progress=progress, show_progress=False, cancel=cancel)
     except ValueError as err:
-        raise gr.Error(str(err)) from err
+        raise UserError(str(err)) from err
     folder = _request_dir()
     files = write_result(result, folder)
     make_private(folder)
@@ -475,7 +557,7 @@ async def single_image_event(editor: dict[str, Any] | None, roi_file: Any, steps
         log.info("single-image training cancelled by the client")
         raise
     except TrainingCancelled as err:
-        raise gr.Error("Training was stopped.") from err
+        raise UserError("Training was stopped.") from err
 
 
 def preview(upload: Any) -> np.ndarray | None:
@@ -495,14 +577,19 @@ def example_model(example: Path, models: list[str]) -> str | None:
 
 def _examples(target: gr.components.Component, model: gr.components.Component | None = None,
               models: list[str] | None = None,
-              label: str = "Example images (PolypGen, CC BY 4.0; EDD2020, CC BY-NC-SA 4.0)") -> None:
-    """The example images; with ``model``, clicking one also picks the model made for its kind of image."""
+              label: str = "Example images (PolypGen, CC BY 4.0; EDD2020, CC BY-NC-SA 4.0)",
+              thumbnail: gr.Image | None = None) -> None:
+    """The example images; with ``model``, clicking one also picks the model made for its kind of image. With
+    ``thumbnail`` (the tab's image preview), each example shows as a picture (its first column), not only as the
+    file name a ``gr.File`` shows, and clicking it fills the preview too."""
     if not EXAMPLES:
         return
-    if model is None:
-        gr.Examples([[str(p)] for p in EXAMPLES], inputs=[target], label=label)
-    else:
-        gr.Examples([[str(p), example_model(p, models or [])] for p in EXAMPLES], inputs=[target, model], label=label)
+    inputs, rows = [target], [[str(p)] for p in EXAMPLES]
+    if model is not None:
+        inputs, rows = [*inputs, model], [[*row, example_model(p, models or [])] for row, p in zip(rows, EXAMPLES)]
+    if thumbnail is not None:
+        inputs, rows = [thumbnail, *inputs], [[str(p), *row] for row, p in zip(rows, EXAMPLES)]
+    gr.Examples(rows, inputs=inputs, label=label)
 
 
 def _model_options(models: list[str], prefix: str, tta: bool = False) -> tuple[gr.Dropdown, gr.Checkbox, gr.Checkbox]:
@@ -510,7 +597,7 @@ def _model_options(models: list[str], prefix: str, tta: bool = False) -> tuple[g
     every shipped model's test Dice, at four network passes per image). Post-processing is ticked: it runs the
     chain recorded with the weights, which was chosen on a validation split (none, for models it did not help)."""
     typed = any_hub_model_allowed()  # free-typed names only when the operator allows any Hub repo
-    model = gr.Dropdown(models, value=default_model(models), label="Model", allow_custom_value=typed,
+    model = gr.Dropdown(model_choices(models), value=default_model(models), label="Model", allow_custom_value=typed,
                         info="shipped weights, or type a Hugging Face Hub repo id" if typed else "the offered models",
                         elem_id=f"{prefix}-model")
     with gr.Row():
@@ -529,7 +616,7 @@ def segment_tab(models: list[str]) -> None:
             truth = gr.File(label="Ground-truth mask (optional: shows Dice, IoU, HD95)", type="filepath",
                             file_types=IMAGE_TYPES)
             run = gr.Button("Segment", variant="primary", elem_id="segment-button")
-            _examples(upload, model, models)
+            _examples(upload, model, models, thumbnail=shown)
         with gr.Column(scale=2):
             # The slider starts at the left edge: the overlay (the second image) covers the whole frame first.
             slider = gr.ImageSlider(label="Before / after", type="numpy", elem_id="segment-slider", slider_position=0)
@@ -552,7 +639,8 @@ def compare_tab(models: list[str]) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Image", file_types=IMAGE_TYPES, type="filepath", elem_id="compare-upload")
-            chosen = gr.Dropdown(models, value=models[:2], multiselect=True, max_choices=4, label="Models (1-4)",
+            chosen = gr.Dropdown(model_choices(models), value=compare_defaults(models), multiselect=True,
+                                 max_choices=4, label="Models (1-4)",
                                  elem_id="compare-models")
             with gr.Row():
                 tta = gr.Checkbox(False, label="Test-time augmentation")
@@ -570,6 +658,7 @@ def batch_tab(models: list[str]) -> None:
         with gr.Column(scale=1):
             files = gr.File(label="Images or a zip of images", file_count="multiple", type="filepath",
                             file_types=[*IMAGE_TYPES, ".zip"], elem_id="batch-upload")
+            files.data_model = OneOrMoreFiles  # the API takes one file as well as a list (no custom component)
             model, tta, post = _model_options(models, "batch")
             run = gr.Button("Segment all", variant="primary", elem_id="batch-button")
         with gr.Column(scale=2):
@@ -633,7 +722,7 @@ def video(upload: Any, model_name: str | None, smoothing: float, lesion_free: bo
     the per-frame CSV (with each frame's lesion-present decision and score) and a summary with the clip's lesion
     events (false alarms per minute when the clip is known to hold no lesion)."""
     if upload is None:
-        raise gr.Error("Upload a video clip first (MP4, AVI, WebM or MOV).")
+        raise UserError("Upload a video clip first (MP4, AVI, WebM or MOV).")
     segmenter = _segmenter_or_error(model_name)
     path = Path(_file_path(upload))
     folder = _request_dir()
@@ -646,7 +735,7 @@ def video(upload: Any, model_name: str | None, smoothing: float, lesion_free: bo
         summary = segment_video(segmenter, path, folder / f"{stem}_segmented.mp4", folder / f"{stem}_frames.csv",
                                 smoothing=float(smoothing), progress=report)
     except VideoInputError as err:
-        raise gr.Error(str(err)) from err
+        raise UserError(str(err)) from err
     text = (f"**{summary.frames} frames** ({summary.duration_s:.1f} s at {summary.fps_in:.1f} fps, "
             f"{summary.width}x{summary.height}) segmented in {summary.seconds:.1f} s: "
             f"**{summary.processing_fps:.1f} frames per second** on this server · model `{segmenter.name}`"
@@ -661,7 +750,7 @@ def video_tab(models: list[str]) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Video clip", file_types=VIDEO_TYPES, type="filepath", elem_id="video-upload")
-            model = gr.Dropdown(models, value=default_model(models, video=True), label="Model",
+            model = gr.Dropdown(model_choices(models), value=default_model(models, video=True), label="Model",
                                 allow_custom_value=True, elem_id="video-model")
             smoothing = gr.Slider(0.0, 0.9, value=0.0, step=0.1, label="Temporal smoothing (0 = off)",
                                   info="exponential average of each frame's probabilities with the previous ones")
@@ -684,10 +773,11 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="medseg — lesion segmentation", delete_cache=(KEEP_OUTPUTS_S, KEEP_OUTPUTS_S)) as demo:
         gr.Markdown(
             "# medseg\nSegment polyps and other lesions in endoscopy images. Drop an image "
-            f"({IMAGE_FORMAT_NAMES}; up to {MAX_IMAGE_PIXELS // 1_000_000} MP) and press **Segment**. Research software: not a medical "
-            "device. A region is drawn only when it passes the lesion-present rule recorded with the model (chosen "
-            "on validation frames with and without polyps); otherwise the result says **No lesion found**, with the "
-            "frame's score and the threshold. Its false alarms and missed lesions are measured in the model card."
+            f"({IMAGE_FORMAT_NAMES}; up to {MAX_IMAGE_PIXELS // 1_000_000} MP) and press **Segment**. "
+            "Research software: not a medical device. A region is drawn only when it passes the lesion-present rule "
+            "recorded with the model (chosen on validation frames with and without polyps); otherwise the result "
+            "says **No lesion found**, with the frame's score and the threshold. Its false alarms and missed lesions "
+            "are measured in the model card."
         )
         with gr.Tab("Segment"):
             segment_tab(models)

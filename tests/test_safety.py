@@ -75,6 +75,12 @@ def _config(tiny_weights):
     ({"refiner": "owner/other-repo"}, "must name a sub-folder"),
     ({"tta_scales": [1.0, 40.0]}, "'tta_scales' = [1.0, 40.0] must list one to eight factors from 0.5 to 2"),
     ({"tta_scales": [1.0] * 100}, "'tta_scales'"),
+    ({"modality": "Colonoscopy<script>"}, "'modality' = 'Colonoscopy<script>' must be a lower-case word or two"),
+    ({"modality": ["colonoscopy"]}, "'modality' must be a str"),
+    ({"intended_use": "Polyps. [Click here](http://x)"}, "'intended_use' = 'Polyps. [Click here](http://x)' must be "
+                                                         "one short sentence of plain text"),
+    ({"intended_use": "x" * 161}, "'intended_use'"),
+    ({"intended_use": "two\nlines"}, "'intended_use'"),
 ])
 def test_hostile_config_values_are_refused_naming_the_field(tiny_weights, tmp_path, change, reason, monkeypatch):
     folder = tmp_path / "hostile"
@@ -105,6 +111,33 @@ def test_shipped_and_saved_configs_pass(tiny_weights):
         config = json.loads(config_file.read_text())
         assert validate_model_config(config, config_file.parent.name) is config
         helper_folder(config)
+
+
+def test_shipped_models_say_what_they_are_for_in_config_and_card(tmp_path, tiny_weights):
+    """Each shipped weights folder records its modality and intended use (plain text that validation accepts), and
+    its model card carries them in an "Intended use" section, as write_model_card writes it."""
+    from conftest import ROOT
+
+    from medseg_core.hub import intended_use_markdown, write_model_card
+
+    folders = sorted(p.parent for p in (ROOT / "weights").glob("*/config.json"))
+    assert len(folders) >= 5
+    modalities = {}
+    for folder in folders:
+        config = json.loads((folder / "config.json").read_text())
+        assert validate_model_config(config, folder.name) is config
+        modalities[folder.name] = config["modality"]
+        assert config["intended_use"].endswith(".") and len(config["intended_use"]) <= 160, folder.name
+        card = (folder / "README.md").read_text()
+        assert intended_use_markdown(config).strip() in card, folder.name
+        assert card.index("## Intended use") < card.index("## Data"), folder.name
+    assert modalities["unet_lite2.polyp"] == modalities["unet_lite0.polyp_fast"] == "colonoscopy"
+    assert modalities["unet_lite0.edd2020"] == "gastroscopy"
+    config = {**_config(tiny_weights), "modality": "colonoscopy", "intended_use": "Polyps in still images."}
+    card = write_model_card(tmp_path, name="tiny", config=config, data="d", recipe="r").read_text()
+    assert "## Intended use\n- Modality: colonoscopy.\n- Intended use: Polyps in still images.\n" in card
+    assert "## Intended use" not in write_model_card(tmp_path, name="tiny", config=_config(tiny_weights), data="d",
+                                                     recipe="r").read_text()
 
 
 # ---- Hub downloads ---------------------------------------------------------------------------------------------

@@ -272,3 +272,137 @@ def test_every_api_endpoint_names_its_inputs_and_outputs(app_module):
                   for value in [*endpoint["parameters"], *endpoint["returns"]]
                   if re.fullmatch(r"value_\d+", str(value.get("label")))]
     assert not unlabelled, unlabelled
+
+
+def test_uploads_and_the_header_name_the_one_list_of_formats(app_module):
+    import gradio as gr
+
+    from medseg_core.io import IMAGE_EXTENSIONS, IMAGE_FORMAT_NAMES
+
+    demo = app_module.build_demo()
+    files = {b.elem_id or b.label: b.file_types for b in demo.blocks.values() if isinstance(b, gr.File)}
+    images = {k: v for k, v in files.items() if v and ".png" in v}
+    assert len(images) >= 6, files
+    assert all(set(v) - {".zip", ".json"} == set(IMAGE_EXTENSIONS) for v in images.values()), images
+    text = " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+    assert f"({IMAGE_FORMAT_NAMES};" in text and "PNG, JPEG, TIFF, BMP;" not in text
+
+
+def test_models_say_what_they_are_for_in_the_list_the_summary_and_compare(app_module, tiny_weights, tiny_3class,
+                                                                          monkeypatch):
+    """The model list shows each model's intended use (values stay plain names), a result shows it beside it, and
+    Compare opens with the default model and one of the same modality and task, never a gastroscopy model beside a
+    colonoscopy one."""
+    import gradio as gr
+
+    weights = medseg_core.hub.WEIGHTS_DIR
+    purposes = {"a.polyp": ("colonoscopy", "Colonoscopy polyps in still images (most accurate)."),
+                "b.edd2020": ("gastroscopy", "Barrett's oesophagus in gastroscopy frames."),
+                "c.neopolyp": ("colonoscopy", "Colonoscopy polyps, neoplastic or not."),
+                "d.polyp_fast": ("colonoscopy", "Colonoscopy polyps in video.")}
+    for name, (modality, use) in purposes.items():
+        shutil.copytree(tiny_3class if name == "c.neopolyp" else tiny_weights, weights / name)
+        config = json.loads((weights / name / "config.json").read_text())
+        config.update(modality=modality, intended_use=use)
+        (weights / name / "config.json").write_text(json.dumps(config))
+    models = app_module.available_models()
+    choices = dict(app_module.model_choices(models))
+    assert choices["a.polyp: Colonoscopy polyps in still images (most accurate)"] == "a.polyp"
+    assert choices["tiny_unet.test"] == "tiny_unet.test"  # no recorded purpose: the plain name
+    monkeypatch.setenv("MEDSEG_DEFAULT_MODEL", "a.polyp")
+    assert app_module.compare_defaults(models) == ["a.polyp", "d.polyp_fast"]  # same modality and task
+    monkeypatch.setenv("MEDSEG_DEFAULT_MODEL", "b.edd2020")
+    assert app_module.compare_defaults(models) == ["b.edd2020", "tiny_unet.test"]  # never a colonoscopy model
+    monkeypatch.setenv("MEDSEG_DEFAULT_MODEL", "a.polyp")
+    demo = app_module.build_demo()
+    dropdowns = {b.elem_id: b for b in demo.blocks.values() if isinstance(b, gr.Dropdown)}
+    assert dropdowns["compare-models"].value == ["a.polyp", "d.polyp_fast"]
+    for key in ("segment-model", "batch-model", "video-model", "compare-models"):
+        assert ("a.polyp: Colonoscopy polyps in still images (most accurate)", "a.polyp") in dropdowns[key].choices
+    assert dropdowns["segment-model"].preprocess("a.polyp") == "a.polyp"
+    out = app_module.segment(str(EXAMPLES[0]), "a.polyp", False, False)
+    summary, report = out[2], out[4]
+    assert ("**Intended use:** Colonoscopy polyps in still images (most accurate). Made for colonoscopy images"
+            in summary)
+    assert report["intended_use"] == purposes["a.polyp"][1] and report["modality"] == "colonoscopy"
+    assert "Intended use" not in app_module.segment(str(EXAMPLES[0]), "tiny_unet.test", False, False)[2]
+
+
+def test_handled_user_errors_are_logged_as_one_line_without_a_traceback(app_module, capfd, caplog):
+    from gradio_client import Client
+
+    demo = app_module.build_demo()
+    demo.queue(default_concurrency_limit=2).launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        with caplog.at_level("INFO", logger="medseg.app"):
+            for args in [(None, "tiny_unet.test"), (None, None)]:
+                with pytest.raises(Exception, match="Upload an image first"):
+                    client.predict(*args, False, False, None, api_name="/segment")
+    finally:
+        demo.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "gradio.exceptions.Error" not in err, err[-2000:]
+    lines = [r.getMessage() for r in caplog.records if r.name == "medseg.app"]
+    assert lines.count("user error: Upload an image first (or pick one of the examples).") == 2, lines
+    assert issubclass(app_module.UserError, __import__("gradio").Error)
+
+
+def test_batch_api_takes_a_single_file_as_well_as_a_list(app_module):
+    """``/batch`` through gradio_client with one file (not wrapped in a list), with a list, and the handler with a
+    plain path: each segments what it was given."""
+    from gradio_client import Client, handle_file
+
+    assert app_module.batch(str(EXAMPLES[0]), "tiny_unet.test", False, False, progress=_NoProgress())[3] == \
+        "1 of 1 images segmented."
+    demo = app_module.build_demo()
+    demo.queue(default_concurrency_limit=2).launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        one = client.predict(handle_file(str(EXAMPLES[0])), "tiny_unet.test", False, False, api_name="/batch")
+        two = client.predict([handle_file(str(p)) for p in EXAMPLES[:2]], "tiny_unet.test", False, False,
+                             api_name="/batch")
+    finally:
+        demo.close()
+    assert one[3] == "1 of 1 images segmented." and two[3] == "2 of 2 images segmented."
+    assert [row[0] for row in one[2]["data"]] == [EXAMPLES[0].name]
+
+
+def test_the_overlay_shown_carries_its_colour_key_and_the_files_do_not(app_module, tmp_path):
+    from medseg_core.batch import segment_files
+    from medseg_core.io import read_image
+    from medseg_core.visualize import draw_legend
+
+    segmenter = app_module.get_segmenter("tiny_unet.test")
+    (before, after), *_ = app_module.segment(str(EXAMPLES[0]), "tiny_unet.test", False, False)
+    overlay = segmenter(read_image(EXAMPLES[0]), postprocess="none").overlay
+    assert np.array_equal(after, draw_legend(overlay, segmenter.schema)) and not np.array_equal(after, overlay)
+    colour = segmenter.schema.foreground_colours[0]
+    h, w = after.shape[:2]
+    assert (after[: h // 3, : w // 3] == colour).all(axis=2).sum() >= 4, "no swatch in the top-left corner"
+    gallery, _ = app_module.compare(str(EXAMPLES[0]), ["tiny_unet.test"], False, False)
+    assert np.array_equal(gallery[0][0], after)
+    segment_files(segmenter, [EXAMPLES[0]], tmp_path, postprocess="none")  # files written by batch: no key
+    assert np.array_equal(read_image(tmp_path / f"{EXAMPLES[0].stem}_overlay.png"), overlay)
+
+
+def test_segment_examples_show_thumbnails_that_fill_the_upload_and_the_preview(app_module):
+    """gr.Examples shows a gr.File input as its file name; the Segment tab's examples lead with the preview image,
+    so each shows as a picture, and a click fills the upload, the preview and the model."""
+    import gradio as gr
+
+    demo = app_module.build_demo()
+    preview = next(b for b in demo.blocks.values() if isinstance(b, gr.Image) and b.label == "Uploaded image")
+    upload = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "segment-upload")
+    datasets = [b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and upload in b._components]
+    assert len(datasets) == 1
+    dataset = datasets[0]
+    assert dataset._components[0] is preview and [type(c).__name__ for c in dataset._components] == [
+        "Image", "File", "Dropdown"]
+    assert len(dataset.samples) == len(app_module.EXAMPLES)
+    for sample, path in zip(dataset.samples, app_module.EXAMPLES):
+        picture, name, model = sample
+        assert picture["orig_name"] == name == path.name and picture["url"].endswith(path.name)
+        assert model == app_module.example_model(path, app_module.available_models())
