@@ -139,8 +139,9 @@ def format_table(title: str, means: dict[str, float], n: int) -> str:
     Dice and IoU and the split-level Dice."""
     keys = [k for k in (*BINARY_METRICS, "mdice", "miou", "class_dice", "pranet_mean_dice") if k in means]
     widths = [max(10, len(k)) + 2 for k in keys]
-    head = f"{'split':<24}{'n':>5}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths))
-    line = f"{title:<24}{n:>5}" + "".join(f"{means[k]:>{w}.4f}" for k, w in zip(keys, widths))
+    first = max(24, len(title) + 2)
+    head = f"{'split':<{first}}{'n':>5}" + "".join(f"{k:>{w}}" for k, w in zip(keys, widths))
+    line = f"{title:<{first}}{n:>5}" + "".join(f"{means[k]:>{w}.4f}" for k, w in zip(keys, widths))
     if means.get("lesion_free_images") and "dice_lesion_images" in means:
         line += (f"\nDice over the {n - means['lesion_free_images']} images with a lesion (without the "
                  f"{means['lesion_free_images']} lesion-free ones): {means['dice_lesion_images']:.4f}")
