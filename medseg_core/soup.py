@@ -112,8 +112,9 @@ def greedy_soup(folders: Sequence[str | Path], samples: Sequence[Sample],
 
 
 #: config.json keys tuned on a validation split for one set of weights (bench/class_bias.py, threshold_table.py,
-#: postprocess_table.py --record, the TTA scales): the soup is other weights, so they are not carried over.
-_TUNED = ("class_bias", "thresholds", "postprocess", "refiner", "tta_scales")
+#: postprocess_table.py --record, the TTA scales, medseg-calibrate's presence rule): the soup is other weights, so they
+#: are not carried over.
+_TUNED = ("class_bias", "thresholds", "postprocess", "refiner", "tta_scales", "presence")
 
 
 def save_soup(state: dict[str, torch.Tensor], template: str | Path, output: Path, fp16: bool = False) -> None:

@@ -94,16 +94,17 @@ def test_a_multi_class_soup_is_scored_by_class_dice_on_its_own_mask_encoding(tin
 
 
 def test_the_soup_does_not_inherit_settings_tuned_for_one_ingredient(tiny_3class, tmp_path):
-    from medseg_core.hub import record_class_bias, record_postprocess
+    from medseg_core.hub import record_class_bias, record_postprocess, record_presence
 
     template = shutil.copytree(tiny_3class, tmp_path / "tuned")
     record_class_bias(template, [0.0, 0.0, 0.75])
     record_postprocess(template, ["region_class_consistency"])
+    record_presence(template, {"score": "mean", "threshold": 0.9, "min_area": 0.0})
     (tmp_path / "soup").mkdir()
     (tmp_path / "soup" / "model.onnx").write_bytes(b"an earlier soup's export")
     soup.save_soup(soup.average_weights([template, tiny_3class]), template, tmp_path / "soup")
     assert not (tmp_path / "soup" / "model.onnx").exists()  # it would run the earlier weights
     config = json.loads((tmp_path / "soup" / "config.json").read_text())
-    assert "class_bias" not in config and "postprocess" not in config
+    assert "class_bias" not in config and "postprocess" not in config and "presence" not in config
     assert config["num_classes"] == json.loads((template / "config.json").read_text())["num_classes"]
     assert Segmenter.from_pretrained(tmp_path / "soup").class_bias is None
