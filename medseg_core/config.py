@@ -57,7 +57,12 @@ DEFAULTS: dict[str, Any] = {
         "loss": "dice_ce",
         # The Dice term summed over the whole batch instead of per image (nnU-Net's batch Dice; dice_ce and dice).
         "batch_dice": False,
+        # A class absent from the target (the image's, or the batch's with batch_dice) adds no Dice loss, as in
+        # segmentation_models_pytorch's DiceLoss (dice_ce and dice).
+        "dice_skip_absent": False,
         "augment": 1.0,
+        # full: flips, 90° rotations, affine, colour, blur and dropout; flips: flips and 90° rotations only.
+        "augment_preset": "full",
         # Magnitude of the colour augmentation (brightness, contrast, saturation, hue, gamma ranges) as a factor of
         # the default's: 2 doubles every range, for images from other centres and light sources; 0: none.
         "augment_colour": 1.0,
@@ -84,6 +89,9 @@ DEFAULTS: dict[str, Any] = {
         # Multi-scale training: each batch is resized by one of these factors of the input size (rounded to a
         # multiple of 32), e.g. [0.75, 1.0, 1.25]. Validation stays at the input size.
         "scales": None,
+        # best: keep the weights with the best validation score; last: the weights at the end of the run (the
+        # validation is still logged).
+        "select": "best",
     },
 }
 
@@ -147,13 +155,17 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in ("epochs", "batch_size"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise RecipeError(f"train.{key} must be a positive integer; got {t[key]!r}")
-    for key in ("batch_dice", "init_reset_head"):
+    for key in ("batch_dice", "dice_skip_absent", "init_reset_head"):
         if not isinstance(t[key], bool):
             raise RecipeError(f"train.{key} must be true or false; got {t[key]!r}")
     if t["init_reset_head"] and not t["init_from"]:
         raise RecipeError("train.init_reset_head applies to weights named by train.init_from, and none are named")
-    if t["batch_dice"] and t["loss"] not in ("dice_ce", "dice"):
-        raise RecipeError(f"train.batch_dice applies to the dice_ce and dice losses, not {t['loss']!r}")
+    for key in ("batch_dice", "dice_skip_absent"):
+        if t[key] and t["loss"] not in ("dice_ce", "dice"):
+            raise RecipeError(f"train.{key} applies to the dice_ce and dice losses, not {t['loss']!r}")
+    for key, choices in (("augment_preset", ("full", "flips")), ("select", ("best", "last"))):
+        if t[key] not in choices:
+            raise RecipeError(f"train.{key} must be one of {', '.join(choices)}; got {t[key]!r}")
     _check_number(t, "augment_colour", 0.0, 3.0, "a factor from 0 to 3")
     _check_number(t, "negative_crops", 0.0, 1.0, "a probability from 0 to 1")
     _check_number(t, "repeat_factor_threshold", 0.0, 1.0, "a fraction from 0 to 1 (0: off)")

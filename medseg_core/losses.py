@@ -43,6 +43,9 @@ class DiceLoss(nn.Module):
         batch: sum intersection and areas over the whole batch before dividing (nnU-Net's "batch Dice"): a class
             absent from an image then adds its false positives to the batch's sums instead of a loss of its own
             near 1, which per image pushes a rare class towards never being drawn.
+        skip_absent: a class absent from the target (of the image, or of the whole batch with ``batch``) adds no
+            Dice loss, as in segmentation_models_pytorch's ``DiceLoss``: its false positives are then left to the
+            cross-entropy term.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (an (N, C) tensor of per-image, per-class losses; (C,)
             with ``batch``).
     """
@@ -55,6 +58,7 @@ class DiceLoss(nn.Module):
         smooth_nr: float = 1e-5,
         smooth_dr: float = 1e-5,
         batch: bool = False,
+        skip_absent: bool = False,
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
@@ -66,6 +70,7 @@ class DiceLoss(nn.Module):
         self.include_background = include_background
         self.smooth_nr, self.smooth_dr = smooth_nr, smooth_dr
         self.batch = batch
+        self.skip_absent = skip_absent
         self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -82,6 +87,11 @@ class DiceLoss(nn.Module):
         inter = (probs * onehot).sum(dims)
         denom = probs.sum(dims) + onehot.sum(dims)
         loss = 1.0 - (2.0 * inter + self.smooth_nr) / (denom + self.smooth_dr)
+        if self.skip_absent:
+            present = (onehot.sum(dims) > 0).to(loss.dtype)
+            loss = loss * present
+            if self.reduction == "mean":  # over the classes present; 0 (with a gradient path) when none is
+                return loss.sum() / present.sum().clamp(min=1.0)
         if self.reduction == "mean":
             return loss.mean()
         if self.reduction == "sum":
@@ -91,8 +101,8 @@ class DiceLoss(nn.Module):
 
 class DiceCELoss(nn.Module):
     """Cross-entropy (BCE for one channel, CE for several) plus soft Dice, weighted. With ``multilabel``, BCE and
-    Dice per channel (each class its own sigmoid; targets (N, K, H, W)); ``batch``: the Dice over the whole batch
-    (see :class:`DiceLoss`)."""
+    Dice per channel (each class its own sigmoid; targets (N, K, H, W)); ``batch``: the Dice over the whole batch;
+    ``skip_absent``: classes absent from the target add no Dice loss (see :class:`DiceLoss`)."""
 
     def __init__(
         self,
@@ -102,6 +112,7 @@ class DiceCELoss(nn.Module):
         include_background: bool = False,
         multilabel: bool = False,
         batch: bool = False,
+        skip_absent: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -109,7 +120,8 @@ class DiceCELoss(nn.Module):
         self.binary = num_classes == 1 or multilabel
         self.multilabel = multilabel
         self.dice = DiceLoss(sigmoid=self.binary, softmax=not self.binary,
-                             include_background=include_background or multilabel, batch=batch)
+                             include_background=include_background or multilabel, batch=batch,
+                             skip_absent=skip_absent)
         self.lambda_dice, self.lambda_ce = lambda_dice, lambda_ce
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -150,17 +162,20 @@ class DeepSupervisionLoss(nn.Module):
 
 
 def build_loss(name: str, num_classes: int, deep_supervision_weights: Sequence[float] | None = None,
-               multilabel: bool = False, batch_dice: bool = False) -> nn.Module:
+               multilabel: bool = False, batch_dice: bool = False, dice_skip_absent: bool = False) -> nn.Module:
     """The training loss named in a recipe, wrapped for deep supervision. ``multilabel``: BCE + Dice per class;
-    ``batch_dice``: the Dice term over the whole batch instead of per image (``dice_ce`` and ``dice``)."""
-    if batch_dice and name not in ("dice_ce", "dice"):
-        raise ValueError(f"batch Dice applies to the dice_ce and dice losses, not {name!r}")
+    ``batch_dice``: the Dice term over the whole batch instead of per image; ``dice_skip_absent``: a class absent
+    from the target adds no Dice loss (``dice_ce`` and ``dice``)."""
+    if (batch_dice or dice_skip_absent) and name not in ("dice_ce", "dice"):
+        raise ValueError(f"batch Dice and skipping absent classes apply to the dice_ce and dice losses, not {name!r}")
     if name == "dice_ce":
-        base: nn.Module = DiceCELoss(num_classes=num_classes, multilabel=multilabel, batch=batch_dice)
+        base: nn.Module = DiceCELoss(num_classes=num_classes, multilabel=multilabel, batch=batch_dice,
+                                     skip_absent=dice_skip_absent)
     elif name == "ce":
         base = DiceCELoss(num_classes=num_classes, lambda_dice=0.0, multilabel=multilabel)
     elif name == "dice":
-        base = DiceCELoss(num_classes=num_classes, lambda_ce=0.0, multilabel=multilabel, batch=batch_dice)
+        base = DiceCELoss(num_classes=num_classes, lambda_ce=0.0, multilabel=multilabel, batch=batch_dice,
+                          skip_absent=dice_skip_absent)
     elif name == "structure" and multilabel:
         raise ValueError("the structure loss is for binary and multi-class models; use dice_ce for multi-label")
     elif name == "structure":

@@ -143,7 +143,7 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
     with accelerator.main_process_first():
         show = accelerator.is_local_main_process and not cfg["_no_progress"]
         augment = train_transform(size, mean, std, train["augment"], views, train["augment_colour"],
-                                  train["negative_crops"])
+                                  train["negative_crops"], preset=train["augment_preset"])
         train_ds = SegDataset(train_samples + [s for pool in extra_samples.values() for s in pool], augment,
                               cache_max_side=data["cache_max_side"], progress=show, schema=schema)
         val_ds = SegDataset(val_samples, eval_transform(size, mean, std, views), cache_max_side=data["cache_max_side"],
@@ -438,6 +438,9 @@ def recipe_text(cfg: dict[str, Any], summary: dict[str, Any] | None = None) -> s
     fresh_head = " (output layer fresh where its number of outputs differs)" if t.get("init_reset_head") else ""
     extras = [f"initialised from `{t['init_from']}`{fresh_head}" if t.get("init_from") else "",
               "Dice term over the whole batch (batch Dice)" if t.get("batch_dice") else "",
+              "classes absent from the target add no Dice loss" if t.get("dice_skip_absent") else "",
+              "flips and 90° rotations only" if t.get("augment_preset") == "flips" else "",
+              "the last weights kept (no selection on validation)" if t.get("select") == "last" else "",
               f"EMA of weights (decay {t['ema']})" if t.get("ema") else "",
               f"multi-scale training (x{', x'.join(str(f) for f in t['scales'])})" if t.get("scales") else ""]
     extra = "; ".join(e for e in extras if e)
@@ -502,7 +505,7 @@ def run(args: argparse.Namespace) -> Path:
         total_steps = min(total_steps, args.max_steps)
     scheduler = build_scheduler(optimizer, t, steps_per_epoch, total_steps)
     loss_fn = build_loss(t["loss"], model.num_classes, multilabel=recipe_schema(cfg).multilabel,
-                         batch_dice=t["batch_dice"])
+                         batch_dice=t["batch_dice"], dice_skip_absent=t["dice_skip_absent"])
     model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
@@ -545,13 +548,15 @@ def run(args: argparse.Namespace) -> Path:
             _validate_without_ema(accelerator, model, val_dl, cfg, progress, output_dir / "model_no_ema")
         if val["score"] > progress.best_dice:
             progress.best_dice, progress.best_epoch = val["score"], progress.epoch
-            if accelerator.is_main_process:
+            if accelerator.is_main_process and t["select"] == "best":
                 best = accelerator.unwrap_model(model) if ema is None else ema.module
                 save_best(best, model_dir, recipe_schema(cfg).to_config())
         save()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model) if ema is None else ema.module
+        if t["select"] == "last":
+            save_best(final, model_dir, recipe_schema(cfg).to_config())
         _finish(final, cfg, args, output_dir, model_dir, progress, time.time() - started,
                 accelerator)
     accelerator.end_training()

@@ -80,15 +80,25 @@ def _normalise(mean: Sequence[float], std: Sequence[float], views: Sequence[str]
 
 def train_transform(
     input_size: int, mean: Sequence[float], std: Sequence[float], strength: float = 1.0,
-    views: Sequence[str] | None = None, colour: float = 1.0, negative_crops: float = 0.0,
+    views: Sequence[str] | None = None, colour: float = 1.0, negative_crops: float = 0.0, preset: str = "full",
 ) -> A.Compose:
     """Geometric (flips, 90° rotations, shift-scale-rotate) and photometric (colour, gamma, blur) augmentation,
     plus coarse dropout. ``strength`` scales the probabilities (0 turns augmentation off); ``colour`` scales the
     ranges of the colour jitter and gamma (2: brightness and contrast ±0.4, saturation ±0.3, hue ±0.04, gamma
     0.6-1.4); ``negative_crops`` is the probability of a lesion-free crop (:class:`LesionFreeCrop`). With ``views``
-    (a multi-view model's), the augmented image becomes its stacked TDC-Enhance views before normalisation."""
+    (a multi-view model's), the augmented image becomes its stacked TDC-Enhance views before normalisation.
+    ``preset="flips"``: horizontal and vertical flips and a random multiple of 90° only (the plain loop of
+    ``shared/peers.md``), scaled by ``strength`` the same way."""
     p = max(0.0, min(1.0, strength))
     c = max(0.0, colour)
+    if preset == "flips":
+        return A.Compose([
+            A.Resize(input_size, input_size, interpolation=cv2.INTER_LINEAR),
+            A.HorizontalFlip(p=0.5 * p), A.VerticalFlip(p=0.5 * p), A.RandomRotate90(p=p),
+            *_normalise(mean, std, views), ToTensorV2(),
+        ])
+    if preset != "full":
+        raise ValueError(f"unknown augmentation preset {preset!r}; choose full or flips")
     return A.Compose(
         [
             *([LesionFreeCrop(p=min(1.0, negative_crops) * p)] if negative_crops > 0 else []),
