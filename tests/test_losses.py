@@ -184,3 +184,25 @@ def test_build_loss_structure_weighs_side_outputs_equally():
     assert build_loss("structure", 3).loss.softmax
     with pytest.raises(ValueError, match="structure"):
         build_loss("nope", 1)
+
+
+def test_skip_absent_leaves_a_class_missing_from_the_batch_to_the_cross_entropy():
+    """smp's multi-label Dice: a class absent from every target of the batch adds no Dice loss (no gradient),
+    where the plain batch Dice pushes it towards never being drawn; a present class is unchanged."""
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.zeros(2, 3, 8, 8)
+    target[0, 1, :4, :4] = 1
+    skipped = DiceLoss(sigmoid=True, batch=True, skip_absent=True)(logits, target)
+    skipped.backward()
+    assert logits.grad[:, 0].abs().sum() == 0 and logits.grad[:, 2].abs().sum() == 0
+    assert logits.grad[:, 1].abs().sum() > 0
+    per_class = DiceLoss(sigmoid=True, batch=True, reduction="none")(logits.detach(), target)
+    torch.testing.assert_close(skipped.detach(), per_class[1])
+    plain = torch.randn(2, 3, 8, 8, requires_grad=True)
+    DiceLoss(sigmoid=True, batch=True)(plain, target).backward()
+    assert plain.grad[:, 0].abs().sum() > 0
+    none_present = DiceLoss(sigmoid=True, skip_absent=True)(logits.detach(), torch.zeros(2, 3, 8, 8))
+    assert none_present.item() == 0.0
+    with pytest.raises(ValueError, match="dice_ce and dice"):
+        build_loss("structure", 2, dice_skip_absent=True)
+    assert isinstance(build_loss("dice_ce", 3, multilabel=True, dice_skip_absent=True).loss.dice.skip_absent, bool)

@@ -308,6 +308,10 @@ def test_init_reset_head_seeds_a_model_for_other_classes_from_a_binary_one(train
     (["--data.mix_splits", "{a: 0.2}", "--train.repeat_factor_threshold", "0.1"], "use one"),
     (["--data.val_split", "[]"], "split name or a list"),
     (["--data.mix_splitz", "{a: 0.2}"], "did you mean mix_splits"),
+    (["--train.augment_preset", "none"], "full, flips"),
+    (["--train.select", "first"], "best, last"),
+    (["--train.dice_skip_absent", "1"], "true or false"),
+    (["--train.dice_skip_absent", "true", "--train.loss", "ce"], "dice_ce and dice losses"),
 ])
 def test_ema_scales_and_batch_dice_are_checked(override, hint):
     with pytest.raises(RecipeError, match=hint):
@@ -366,3 +370,23 @@ def test_mixed_batch_sampler_keeps_a_fractional_share_on_average():
     assert 0.1 < sum(extra) / (4 * len(extra)) < 0.15 and set(extra) == {0, 1}
     with pytest.raises(ValueError, match="sum below 1"):
         MixedBatchSampler(10, [5, 5], [0.5, 0.5], batch_size=4)
+
+
+def test_select_last_keeps_the_weights_of_the_end_of_the_run(data_root, tmp_path):
+    """``train.select: last`` (the plain loop of shared/peers.md): model/ holds the final weights, whatever the
+    validation said, and flips-only augmentation trains."""
+    model_dir = training.main(tiny_args(data_root, tmp_path, "--train.select", "last", "--train.epochs", "2",
+                                        "--train.augment_preset", "flips", "--train.lr", "0.01", max_steps=4))
+    last = max((tmp_path / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1]))
+    final = load_file(last / "model.safetensors")
+    for name, value in load_model(model_dir).state_dict().items():
+        torch.testing.assert_close(value, final[name], msg=name)
+    assert "no selection on validation" in (model_dir / "README.md").read_text()
+
+
+def test_flips_preset_only_flips_and_turns():
+    from medseg_core.transforms import train_transform
+    names = [type(t).__name__ for t in train_transform(64, (0.5,) * 3, (0.5,) * 3, preset="flips").transforms]
+    assert names == ["Resize", "HorizontalFlip", "VerticalFlip", "RandomRotate90", "Normalize", "ToTensorV2"]
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        train_transform(64, (0.5,) * 3, (0.5,) * 3, preset="heavy")
