@@ -13,7 +13,6 @@ card of a run trained on it should state.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -31,34 +30,41 @@ def _resized(array, max_side: int, interpolation: int):
     return cv2.resize(array, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interpolation)
 
 
-def pack(data_root: Path, splits: list[str], out: Path, max_side: int, quality: int) -> tuple[int, int]:
+def pack(data_root: Path, splits: list[str], out: Path, max_side: int, quality: int,
+         limit: int | None = None) -> tuple[int, int]:
     """Write the packed copy; returns (pairs written, bytes written). A pair named by several splits (a combined
-    split file beside its parts) is written and counted once."""
+    split file beside its parts) is written and counted once. Per-class mask files (``<stem>_<class>.png``) are
+    packed each; ``limit``: only the first pairs of each split (its split file then lists those alone)."""
     (out / "splits").mkdir(parents=True, exist_ok=True)
     written, size = 0, 0
     done: set[str] = set()
     for split in splits:
-        samples = [s for s in read_split(data_root, split) if s.id not in done]
-        for sample in tqdm(samples, desc=split, unit="pair"):
-            if not isinstance(sample.mask, Path) or sample.mask.suffix == ".csv" or sample.prob is not None:
-                raise SystemExit(f"pack_data: {sample.id}: only one-file masks can be packed")
+        listed = read_split(data_root, split)[:limit]
+        for sample in tqdm([s for s in listed if s.id not in done], desc=split, unit="pair"):
+            masks = (sample.mask,) if isinstance(sample.mask, Path) else sample.mask or ()
+            if any(m.suffix == ".csv" for m in masks) or sample.prob is not None:
+                raise SystemExit(f"pack_data: {sample.id}: only masks stored as image files can be packed")
             folder, stem = sample.id.split("/", 1)
             image = cv2.imread(str(sample.image), cv2.IMREAD_COLOR)
-            mask = cv2.imread(str(sample.mask), cv2.IMREAD_UNCHANGED)
-            if image is None or mask is None:
-                raise SystemExit(f"pack_data: {sample.id}: image or mask unreadable")
+            if image is None:
+                raise SystemExit(f"pack_data: {sample.id}: image unreadable")
             image_out = out / folder / "images" / f"{stem}.jpg"
-            mask_out = out / folder / "masks" / f"{stem}.png"
             image_out.parent.mkdir(parents=True, exist_ok=True)
-            mask_out.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(image_out), _resized(image, max_side, cv2.INTER_AREA),
                         [cv2.IMWRITE_JPEG_QUALITY, quality])
-            cv2.imwrite(str(mask_out), _resized(mask, max_side, cv2.INTER_NEAREST))
+            size += image_out.stat().st_size
+            for m in masks:
+                mask = cv2.imread(str(m), cv2.IMREAD_UNCHANGED)
+                if mask is None:
+                    raise SystemExit(f"pack_data: {sample.id}: mask {m.name} unreadable")
+                mask_out = out / folder / "masks" / f"{m.stem}.png"
+                mask_out.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(mask_out), _resized(mask, max_side, cv2.INTER_NEAREST))
+                size += mask_out.stat().st_size
             done.add(sample.id)
             written += 1
-            size += image_out.stat().st_size + mask_out.stat().st_size
         split_file = Path(split) if split.endswith(".txt") else data_root / "splits" / f"{split}.txt"
-        shutil.copyfile(split_file, out / "splits" / split_file.name)
+        (out / "splits" / split_file.name).write_text("".join(f"{s.id}\n" for s in listed))
     return written, size
 
 
@@ -71,11 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-side", type=int, default=448,
                         help="longest side after resizing, in pixels (default 448; smaller images are kept)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the images (default 90)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N pairs of each split (smoke runs)")
     args = parser.parse_args(argv)
     if not 32 <= args.max_side <= 4096 or not 50 <= args.quality <= 100:
         parser.error("--max-side must lie in 32..4096 and --quality in 50..100")
     try:
-        written, size = pack(Path(args.data_root), args.splits, Path(args.out), args.max_side, args.quality)
+        written, size = pack(Path(args.data_root), args.splits, Path(args.out), args.max_side, args.quality,
+                             args.limit)
     except FileNotFoundError as err:
         raise SystemExit(f"pack_data: {err}") from err
     print(f"packed {written} pairs into {args.out}: {size / 2**20:.1f} MiB", file=sys.stderr)
