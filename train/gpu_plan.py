@@ -89,8 +89,9 @@ class Job:
         out = self.run_dir(runs)
         train = [PY, "train/train.py", "--config", self.recipe, "--output-dir", str(out), "--seed", str(self.seed),
                  "--no-progress", "--skip-data-check", "--data.root", data, *extra]
-        evaluate = [[PY, "train/evaluate.py", "--model", str(out / "model"), "--data", data, "--split", *self.val_splits,
-                     *(["--limit", "2"] if tiny else []), "--json", str(out / "eval_val.json")]]
+        evaluate = [[PY, "train/evaluate.py", "--model", str(out / "model"), "--data", data,
+                     "--split", *self.val_splits, *(["--limit", "2"] if tiny else []),
+                     "--json", str(out / "eval_val.json")]]
         return [train, *evaluate]
 
 
@@ -160,7 +161,8 @@ def collect(runs: Path, out: Path, jobs: list[Job], results: dict[str, dict]) ->
         best = _best_in_group([j for j in jobs if j.group == group], runs)
         if best is None:
             continue
-        state = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(best[0] / "model.safetensors").items()}
+        state = {k: (v.half() if v.is_floating_point() else v)
+                 for k, v in load_file(best[0] / "model.safetensors").items()}
         if not all(bool(torch.isfinite(v.float()).all()) for v in state.values()):
             continue  # a model with a non-finite tensor never comes back to be shipped
         path = out / f"{group}.safetensors"
@@ -260,7 +262,8 @@ def merge(args: argparse.Namespace) -> int:
         tar.extractall(runs, filter="data")
     chosen = json.loads((runs / "plan_chosen.json").read_text())
     for group, info in chosen.items():
-        state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(src / f"{group}.safetensors").items()}
+        state = {k: (v.float() if v.is_floating_point() else v)
+                 for k, v in load_file(src / f"{group}.safetensors").items()}
         save_file(state, runs / info["model"] / "model.safetensors", metadata={"format": "pt"})
         print(f"{group}: {runs / info['model']} (validation score {info['val_score']:.4f})")
     return 0
