@@ -12,6 +12,7 @@ import torch
 from conftest import ROOT
 
 from medseg_core import Segmenter, training
+from medseg_core.batch import segment_files
 from medseg_core.commands import train as train_command
 from medseg_core.config import DataLayoutError, RecipeError, load_config, recipe_schema
 from medseg_core.data import (
@@ -194,6 +195,10 @@ def test_a_recipe_trains_from_the_folder_saves_reloads_and_predicts(competition,
     raw = raws["case2_day3_slice_0003"]
     result = segmenter(raw)  # a 16-bit slice as it is on disk
     assert result.mask.shape == (3, *raw.shape) and result.probs.shape == (3, *raw.shape)
+    scans = root / "train" / "case2" / "case2_day3" / "scans"
+    rows = segment_files(segmenter, sorted(scans.iterdir()), tmp_path / "out")  # medseg-segment on the 16-bit files
+    assert [r["status"] for r in rows] == ["ok"] * SLICES
+    assert len(list((tmp_path / "out").glob("slice_0003_*_stomach.png"))) == 1
     out = evaluate(["--model", str(model_dir), "--data", str(root), "--split", "all", "--json",
                     str(tmp_path / "all.json")])
     assert out["n"] == len(masks) and {f"class_dice_{name}" for name in ORGANS} <= set(out)
