@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
         # splits: root holds splits/<name>.txt; uwmgi_competition: root is the UW-Madison GI Tract competition folder
         # (train.csv beside train/), train_split/val_split are train, val or all (see DATA_LAYOUTS).
         "layout": "splits",
-        # uwmgi_competition: the share of the cases (whole patients, never single slices) held out as the val split.
+        # uwmgi_competition: about this share of the slices is held out as the val split, in whole cases (patients).
         "val_fraction": 0.2,
     },
     "train": {
@@ -223,8 +223,8 @@ def _check_layout(data: Mapping[str, Any]) -> None:
         raise RecipeError(f"data.layout must be one of {', '.join(DATA_LAYOUTS)}; got {layout!r}")
     fraction = data["val_fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise RecipeError(f"data.val_fraction must be a fraction of the cases between 0 and 1 (exclusive); "
-                          f"got {fraction!r}")
+        raise RecipeError(f"data.val_fraction must be the share of the slices held out (in whole cases), between 0 "
+                          f"and 1 (exclusive); got {fraction!r}")
     if layout != "uwmgi_competition":
         return
     for key in ("train_split", "val_split"):

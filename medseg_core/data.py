@@ -536,8 +536,8 @@ __all__ += ["UWMADISON_CLASSES", "read_uwmadison_csv", "uwmadison_slice_info"]
 
 # The competition download as published: train.csv beside train/case<N>/case<N>_day<D>/scans/slice_*.png.
 
-#: The share of the competition's cases held out as the ``val`` split unless a recipe's ``data.val_fraction`` says
-#: otherwise.
+#: About this share of the competition's slices, in whole cases, is held out as the ``val`` split unless a recipe's
+#: ``data.val_fraction`` says otherwise.
 UWMGI_VAL_FRACTION = 0.2
 
 

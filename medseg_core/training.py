@@ -454,8 +454,8 @@ def data_text(cfg: dict[str, Any]) -> str:
     val = d["val_split"] if isinstance(d["val_split"], str) else "` + `".join(d["val_split"])
     mix = d.get("mix_splits") or {}
     mixed = "".join(f", with {share:.0%} of every batch drawn from `{name}`" for name, share in mix.items())
-    where = (f"the UW-Madison GI Tract competition's train.csv and slices, cases divided with "
-             f"{d['val_fraction']:g} of them held out as `val`" if d.get("layout") == "uwmgi_competition"
+    where = (f"the UW-Madison GI Tract competition's train.csv and slices, about {d['val_fraction']:g} of the "
+             f"slices held out as `val` in whole cases" if d.get("layout") == "uwmgi_competition"
              else f"split files in `{d['root']}/splits`")
     return (f"Trained on split `{d['train_split']}`{mixed}, model selected on `{val}` ({where}); mask encoding "
             f"`{d['mask_encoding']}`.")
