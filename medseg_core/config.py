@@ -18,7 +18,7 @@ from .labels import LabelSchema, schema_from_config
 from .models import get_model_class
 
 __all__ = ["DATA_LAYOUTS", "DEFAULTS", "DataLayoutError", "OPTIMIZERS", "SCHEDULES", "RecipeError", "load_config",
-           "recipe_schema", "validate_config"]
+           "UWMGI_SPLITS", "recipe_schema", "validate_config"]
 
 #: Optimisers and learning-rate schedules a recipe can name (``train.optimizer`` / ``train.schedule``).
 OPTIMIZERS = ("adamw", "adam", "sgd")
