@@ -17,11 +17,18 @@ import yaml
 from .labels import LabelSchema, schema_from_config
 from .models import get_model_class
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULES", "RecipeError", "load_config", "recipe_schema", "validate_config"]
+__all__ = ["DATA_LAYOUTS", "DEFAULTS", "DataLayoutError", "OPTIMIZERS", "SCHEDULES", "RecipeError", "load_config",
+           "UWMGI_SPLITS", "recipe_schema", "validate_config"]
 
 #: Optimisers and learning-rate schedules a recipe can name (``train.optimizer`` / ``train.schedule``).
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "exponential", "constant")
+#: How ``data.root`` is laid out (``data.layout``): ``splits``, the project's ``<root>/splits/<name>.txt`` lists of
+#: ``<dataset folder>/<image id>``; ``uwmgi_competition``, the UW-Madison GI Tract competition download as published
+#: (``train.csv`` beside ``train/case<N>/case<N>_day<D>/scans/*.png``), split by case (medseg_core.data).
+DATA_LAYOUTS = ("splits", "uwmgi_competition")
+#: The split names of the ``uwmgi_competition`` layout: its cases divided by ``data.val_fraction``, or all of them.
+UWMGI_SPLITS = ("train", "val", "all")
 
 DEFAULTS: dict[str, Any] = {
     "name": "model",
@@ -40,6 +47,11 @@ DEFAULTS: dict[str, Any] = {
         "mix_splits": None,
         "mask_encoding": "binary",
         "cache_max_side": None,
+        # splits: root holds splits/<name>.txt; uwmgi_competition: root is the UW-Madison GI Tract competition folder
+        # (train.csv beside train/), train_split/val_split are train, val or all (see DATA_LAYOUTS).
+        "layout": "splits",
+        # uwmgi_competition: about this share of the slices is held out as the val split, in whole cases (patients).
+        "val_fraction": 0.2,
     },
     "train": {
         "epochs": 10,
@@ -98,6 +110,11 @@ DEFAULTS: dict[str, Any] = {
 
 class RecipeError(ValueError):
     """A recipe or override that names an unknown key or holds an impossible value; the message says which."""
+
+
+class DataLayoutError(RecipeError, FileNotFoundError):
+    """``data.root`` does not hold what ``data.layout`` reads (no ``train.csv``, no ``train/`` folder, a slice the
+    CSV names without an image): a recipe mistake, and a missing file, so the commands exit with status 2."""
 
 
 def _unknown(key: str, known: Sequence[str], where: str) -> RecipeError:
@@ -183,7 +200,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
 def _check_splits(data: Mapping[str, Any]) -> None:
     """``data.train_split`` a split name, ``data.val_split`` one or a list, ``data.mix_splits`` a mapping of split
-    names to shares of a batch, each between 0 and 1 and together below 1."""
+    names to shares of a batch, each between 0 and 1 and together below 1; ``data.layout`` and, for the UW-Madison
+    competition layout, its split names, ``data.val_fraction`` and its mask encoding."""
+    _check_layout(data)
     if not isinstance(data["train_split"], str) or not data["train_split"]:
         raise RecipeError(f"data.train_split must be a split name; got {data['train_split']!r}")
     val = data["val_split"]
@@ -206,6 +225,30 @@ def _check_splits(data: Mapping[str, Any]) -> None:
     if sum(mix.values()) >= 1:
         raise RecipeError(f"data.mix_splits: the shares sum to {sum(mix.values()):g}; they must leave room for the "
                           "train split (sum below 1)")
+
+
+def _check_layout(data: Mapping[str, Any]) -> None:
+    """``data.layout`` one of :data:`DATA_LAYOUTS`; the ``uwmgi_competition`` layout reads split names
+    :data:`UWMGI_SPLITS`, run-length masks (``rle_csv``), no extra splits, and ``data.val_fraction`` in (0, 1)."""
+    layout = data["layout"]
+    if layout not in DATA_LAYOUTS:
+        raise RecipeError(f"data.layout must be one of {', '.join(DATA_LAYOUTS)}; got {layout!r}")
+    fraction = data["val_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise RecipeError(f"data.val_fraction must be the share of the slices held out (in whole cases), between 0 "
+                          f"and 1 (exclusive); got {fraction!r}")
+    if layout != "uwmgi_competition":
+        return
+    for key in ("train_split", "val_split"):
+        names = data[key] if isinstance(data[key], list) else [data[key]]
+        if not names or any(n not in UWMGI_SPLITS for n in names):
+            raise RecipeError(f"data.{key}: the uwmgi_competition layout's splits are {', '.join(UWMGI_SPLITS)} "
+                              f"(cases divided by data.val_fraction); got {data[key]!r}")
+    if data["mask_encoding"] != "rle_csv":
+        raise RecipeError(f"data.mask_encoding: the uwmgi_competition layout's masks are the run-lengths of "
+                          f"train.csv (rle_csv); got {data['mask_encoding']!r}")
+    if data["mix_splits"]:
+        raise RecipeError("data.mix_splits: the uwmgi_competition layout has no extra splits to mix in")
 
 
 def _check_number(t: Mapping[str, Any], key: str, lo: float, hi: float, what: str, below_hi: bool = False) -> None:

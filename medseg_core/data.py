@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "read_sample_mask",
     "read_split",
     "read_splits",
+    "recipe_split",
     "repeat_factors",
 ]
 
@@ -50,12 +52,17 @@ class Sample:
 
     ``prob`` is an optional coarse lesion-probability map (8-bit grey, 0..255) read as an extra input channel,
     e.g. the training crops of the refiner (``train/make_refiner_data.py``).
+
+    ``meta`` is what the data source knows about the image beyond its pixels, e.g. for a UW-Madison competition
+    slice (:func:`read_uwmadison_competition`) its case, day, slice number and pixel spacing; ``meta["rle_id"]``,
+    when present, is the row id of the sample in an ``rle_csv`` mask file (else the image's file stem).
     """
 
     id: str
     image: Path
     mask: Path | tuple[Path, ...] | None
     prob: Path | None = None
+    meta: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
@@ -88,6 +95,10 @@ def read_split(data_root: str | os.PathLike, split: str) -> list[Sample]:
     """
     root = Path(data_root)
     split_file = Path(split) if split.endswith(".txt") else root / "splits" / f"{split}.txt"
+    if not split_file.is_file() and is_uwmadison_competition(root):
+        # The competition download as published: split by case at the default fraction (``medseg-evaluate --data
+        # <competition folder> --split val`` reads the cases a recipe with the default data.val_fraction held out).
+        return read_uwmadison_competition(root, split)
     if not split_file.is_file():
         known = sorted(p.stem for p in (root / "splits").glob("*.txt")) if (root / "splits").is_dir() else []
         raise FileNotFoundError(f"no split file {split_file}; known splits: {', '.join(known) or 'none'}")
@@ -117,6 +128,18 @@ def read_splits(data_root: str | os.PathLike, splits: str | Sequence[str]) -> li
     ``data.val_split: [polyp-val, polyp-negative-val]``)."""
     names = [splits] if isinstance(splits, (str, os.PathLike)) else list(splits)
     return [s for name in names for s in read_split(data_root, os.fspath(name))]
+
+
+def recipe_split(data: Mapping[str, Any], splits: str | Sequence[str]) -> list[Sample]:
+    """The samples of a recipe's split(s), read as its ``data`` section says: ``data.layout: splits`` (the default)
+    reads split files under ``data.root`` (:func:`read_splits`); ``uwmgi_competition`` reads the UW-Madison
+    competition folder ``data.root`` directly, its cases divided by ``data.val_fraction``
+    (:func:`read_uwmadison_competition`)."""
+    if data.get("layout", "splits") != "uwmgi_competition":
+        return read_splits(data["root"], splits)
+    names = [splits] if isinstance(splits, str) else list(splits)
+    return [s for name in names
+            for s in read_uwmadison_competition(data["root"], name, data.get("val_fraction", UWMGI_VAL_FRACTION))]
 
 
 def pairs_from_folders(images_dir: str | os.PathLike, masks_dir: str | os.PathLike | None = None) -> list[Sample]:
@@ -191,7 +214,8 @@ def read_sample_mask(sample: Sample, schema: LabelSchema | None, shape: tuple[in
             raise ValueError(f"{encoding} masks need the label schema (which classes, in which order)")
         if encoding == "rle_csv":
             csv_file = Path(sample.mask)
-            rows = _rle_rows(csv_file, csv_file.stat().st_mtime).get(sample.image.stem, [])
+            key = (sample.meta or {}).get("rle_id", sample.image.stem)
+            rows = _rle_rows(csv_file, csv_file.stat().st_mtime).get(key, [])
             stack = rle_stack(rows, shape, schema.foreground)
         else:
             files = sample.mask if isinstance(sample.mask, tuple) else (sample.mask,)
@@ -508,3 +532,126 @@ def read_uwmadison_csv(
 
 
 __all__ += ["UWMADISON_CLASSES", "read_uwmadison_csv", "uwmadison_slice_info"]
+
+
+# The competition download as published: train.csv beside train/case<N>/case<N>_day<D>/scans/slice_*.png.
+
+#: About this share of the competition's slices, in whole cases, is held out as the ``val`` split unless a recipe's
+#: ``data.val_fraction`` says otherwise.
+UWMGI_VAL_FRACTION = 0.2
+
+
+def uwmadison_slice_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """What the path of a competition slice says about it.
+
+    ``train/case123/case123_day20/scans/slice_0065_266_310_1.50_1.50.png`` -> ``{"rle_id":
+    "case123_day20_slice_0065", "case": "case123", "day": "day20", "slice": 65, "width": 266, "height": 310,
+    "spacing": (1.5, 1.5)}``: the file name is ``slice_<n>_<width>_<height>_<spacing x>_<spacing y>`` (the pixel
+    spacing in mm, across and down), the folder two above it ``case<N>_day<D>``, and ``rle_id`` the row id of
+    the slice in ``train.csv``. Raises ``ValueError`` for any other name.
+    """
+    p = Path(path)
+    parts, case_day = p.stem.split("_"), p.parent.parent.name
+    try:
+        if len(parts) != 6 or parts[0] != "slice":
+            raise ValueError
+        number, width, height = int(parts[1]), int(parts[2]), int(parts[3])
+        spacing = (float(parts[4]), float(parts[5]))
+    except ValueError:
+        raise ValueError(f"{p.name} is not named slice_<n>_<width>_<height>_<spacing>_<spacing>") from None
+    case, _, day = case_day.partition("_")
+    if not (case.startswith("case") and case[4:].isdigit() and day.startswith("day") and day[3:].isdigit()):
+        raise ValueError(f"{p} is not in a case<N>_day<D>/scans/ folder")
+    return {"rle_id": f"{case_day}_slice_{parts[1]}", "case": case, "day": day, "slice": number, "width": width,
+            "height": height, "spacing": spacing}
+
+
+def is_uwmadison_competition(root: str | os.PathLike) -> bool:
+    """Whether ``root`` looks like the competition folder: ``train.csv`` beside a ``train/`` folder."""
+    return (Path(root) / "train.csv").is_file() and (Path(root) / "train").is_dir()
+
+
+@functools.lru_cache(maxsize=4)
+def _uwmadison_index(root: Path, csv_mtime: float) -> tuple[tuple[str, Path, tuple[tuple[str, Any], ...]], ...]:
+    """``(rle_id, image, meta)`` for every slice ``train.csv`` names, sorted by id; a slice it names without an
+    image is an error, an image it does not name is left out (with a warning)."""
+    from .config import DataLayoutError
+
+    csv_file, scans = root / "train.csv", root / "train"
+    try:
+        rows = _rle_rows(csv_file, csv_mtime)
+    except ValueError as err:  # a CSV without the competition's columns, or not text at all
+        raise DataLayoutError(f"{csv_file}: {err}") from err
+    if not rows:
+        raise DataLayoutError(f"{csv_file} lists no slices")
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path in sorted(scans.glob("case*/case*_day*/scans/slice_*.png")):
+        try:
+            meta = uwmadison_slice_meta(path)
+        except ValueError as err:
+            raise DataLayoutError(f"{scans}: {err}") from err
+        found[meta["rle_id"]] = (path, meta)
+    missing = [sid for sid in rows if sid not in found]
+    if missing:
+        raise DataLayoutError(f"{csv_file} names {len(missing)} slice(s) with no image under {scans} (e.g. "
+                              f"{missing[0]}); is the download complete?")
+    extra = len(found) - len(rows)
+    if extra:
+        log.warning("%d slice image(s) under %s have no row in train.csv and are left out", extra, scans)
+    return tuple((sid, found[sid][0], tuple(found[sid][1].items())) for sid in sorted(rows))
+
+
+def read_uwmadison_competition(root: str | os.PathLike, split: str = "all",
+                               val_fraction: float = UWMGI_VAL_FRACTION) -> list[Sample]:
+    """The UW-Madison GI Tract competition folder as published, read as it is: ``train.csv`` (``id``, ``class``,
+    ``segmentation``: run-lengths of large bowel, small bowel and stomach, organs that may overlap) beside
+    ``train/case<N>/case<N>_day<D>/scans/slice_<n>_<w>_<h>_<spacing>_<spacing>.png`` (16-bit grey).
+
+    Args:
+        root: the folder holding ``train.csv`` and ``train/``.
+        split: ``all`` the slices; ``train`` or ``val``, the slices of the cases (patients, with all their days)
+            :func:`group_split` deals to each part: about ``val_fraction`` of the slices go to ``val``, never a case
+            in both. Deterministic: the same folder and fraction give the same split.
+        val_fraction: the share held out as ``val``, in (0, 1).
+
+    Returns:
+        Samples sorted by id, the competition's slice id (``case123_day20_slice_0065``), whose ``mask`` is
+        ``train.csv`` (the ``rle_csv`` encoding, read with ``meta["rle_id"]``) and whose ``meta`` holds the case,
+        day, slice number, size and pixel spacing (:func:`uwmadison_slice_meta`). Images are read like every other
+        (:func:`medseg_core.io.read_image`: the 16-bit slice windowed per image, 0.5th to 99.5th percentile to 0..255,
+        as three equal channels).
+
+    Raises:
+        medseg_core.config.DataLayoutError: no ``train.csv`` or ``train/`` folder, slices named without an image, an
+            unknown split name, or a fraction that leaves a part without any case.
+    """
+    from .config import UWMGI_SPLITS, DataLayoutError
+
+    root = Path(root)
+    if split not in UWMGI_SPLITS:
+        raise DataLayoutError(f"the UW-Madison competition folder {root} has the splits {', '.join(UWMGI_SPLITS)}; "
+                              f"got {split!r}")
+    if not (root / "train.csv").is_file():
+        raise DataLayoutError(f"{root} holds no train.csv: give the UW-Madison GI Tract competition folder, "
+                              "train.csv beside train/ (docs/how-to/uw-madison.md)")
+    if not (root / "train").is_dir():
+        raise DataLayoutError(f"{root} holds train.csv but no train/ folder of slices "
+                              "(train/case<N>/case<N>_day<D>/scans/slice_*.png)")
+    if isinstance(val_fraction, bool) or not 0 < val_fraction < 1:
+        raise DataLayoutError(f"the val fraction must be between 0 and 1 (exclusive); got {val_fraction!r}")
+    index = _uwmadison_index(root, (root / "train.csv").stat().st_mtime)
+    metas = {sid: dict(meta) for sid, _, meta in index}
+    chosen = set(metas)
+    if split != "all":
+        ids = list(metas)
+        parts = dict(zip(("train", "val"), group_split(ids, [metas[i]["case"] for i in ids],
+                                                       (1 - val_fraction, val_fraction))))
+        if not parts["train"] or not parts["val"]:
+            cases = len({m["case"] for m in metas.values()})
+            raise DataLayoutError(f"a val fraction of {val_fraction:g} of {cases} case(s) leaves the "
+                                  f"{'train' if not parts['train'] else 'val'} split without a case")
+        chosen = set(parts[split])
+    return [Sample(sid, image, root / "train.csv", meta=metas[sid]) for sid, image, _ in index if sid in chosen]
+
+
+__all__ += ["UWMGI_VAL_FRACTION", "is_uwmadison_competition", "read_uwmadison_competition", "uwmadison_slice_meta"]

@@ -39,8 +39,7 @@ from .data import (
     RepeatFactorSampler,
     SegDataset,
     class_repeat_factors,
-    read_split,
-    read_splits,
+    recipe_split,
     repeat_factors,
 )
 from .hub import push_model, resolve_weights, write_model_card
@@ -133,10 +132,10 @@ def rescale_batch(images: torch.Tensor, masks: torch.Tensor, factor: float) -> t
 def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegModel) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders; the seam tests can swap."""
     data, train = cfg["data"], cfg["train"]
-    train_samples = read_split(data["root"], data["train_split"])[: train["max_train_samples"]]
-    val_samples = read_splits(data["root"], data["val_split"])[: train["max_val_samples"]]
+    train_samples = recipe_split(data, data["train_split"])[: train["max_train_samples"]]
+    val_samples = recipe_split(data, data["val_split"])[: train["max_val_samples"]]
     mix = dict(data["mix_splits"] or {})
-    extra_samples = {name: read_split(data["root"], name) for name in mix}
+    extra_samples = {name: recipe_split(data, name) for name in mix}
     size, mean, std = model.input_size, model.mean, model.std
     views = getattr(model, "views", None)  # multi-view models (DynaSiam) read stacked TDC-Enhance views
     schema = recipe_schema(cfg)
@@ -392,9 +391,9 @@ def check_training_data(cfg: dict[str, Any]) -> None:
     """Decode every training and validation image and mask once; ``SystemExit`` listing the unreadable ones (so a
     corrupt file is found before training, not at step 4,000)."""
     data, train = cfg["data"], cfg["train"]
-    samples = (read_split(data["root"], data["train_split"])[: train["max_train_samples"]]
-               + [s for name in data.get("mix_splits") or {} for s in read_split(data["root"], name)]
-               + read_splits(data["root"], data["val_split"])[: train["max_val_samples"]])
+    samples = (recipe_split(data, data["train_split"])[: train["max_train_samples"]]
+               + [s for name in data.get("mix_splits") or {} for s in recipe_split(data, name)]
+               + recipe_split(data, data["val_split"])[: train["max_val_samples"]])
     problems = unreadable_samples(samples)
     if problems:
         shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
@@ -458,8 +457,11 @@ def data_text(cfg: dict[str, Any]) -> str:
     val = d["val_split"] if isinstance(d["val_split"], str) else "` + `".join(d["val_split"])
     mix = d.get("mix_splits") or {}
     mixed = "".join(f", with {share:.0%} of every batch drawn from `{name}`" for name, share in mix.items())
-    return (f"Trained on split `{d['train_split']}`{mixed}, model selected on `{val}` (split files in "
-            f"`{d['root']}/splits`); mask encoding `{d['mask_encoding']}`.")
+    where = (f"the UW-Madison GI Tract competition's train.csv and slices, about {d['val_fraction']:g} of the "
+             f"slices held out as `val` in whole cases" if d.get("layout") == "uwmgi_competition"
+             else f"split files in `{d['root']}/splits`")
+    return (f"Trained on split `{d['train_split']}`{mixed}, model selected on `{val}` ({where}); mask encoding "
+            f"`{d['mask_encoding']}`.")
 
 
 def main(argv: list[str] | None = None) -> Path:
