@@ -3,10 +3,10 @@
     python studies/results_tables.py                       # runs/results/*.json -> docs/results/<table>.{csv,md}
     python studies/results_tables.py --runs DIR --out DIR
 
-Every JSON that ``medseg-evaluate --json``, ``medseg-train`` (``train_summary.json``), ``bench/zoo.py --json``,
-``bench/postprocess_table.py --json``, ``bench/latency.py --json``, ``bench/video.py --json``, ``bench/load.py --json``
-and ``bench/train_speed.py --json`` write is recognised by its keys and becomes one or more rows of one table; the
-``run`` column is the JSON file's name without ``.json``, so a row names the file it came from. Tables:
+Every JSON that ``medseg-evaluate --json``, ``medseg-train`` (``train_summary.json``), ``studies/zoo.py --json``,
+``medseg-calibrate --what postprocess --json``, ``bench/latency.py``, ``bench/video.py``, ``bench/load.py`` and
+``bench/train_speed.py`` (each with ``--json``) write is recognised by its keys and becomes one or more rows of one
+table; the ``run`` column is the JSON file's name without ``.json``, so a row names the file it came from. Tables:
 
 - ``polyp``: binary evaluations (one lesion class), one row per model and split.
 - ``neopolyp``: multi-class evaluations (neoplastic / non-neoplastic), lesion Dice and per-class split-level Dice.
@@ -67,8 +67,8 @@ NOTES = {
                 "(pixels summed over the split); `mdice`: mean over classes of per-image Dice.",
     "edd2020": "`threshold`: one value, or one per class as recorded with the weights; `class_dice_*` split-level.",
     "training": "Validation at the network's input resolution, as training selects; `seconds` of training.",
-    "zoo": "One recipe and budget for every architecture (`bench/zoo.py`); `val_dice` is the training run's best.",
-    "postprocess": "`bench/postprocess_table.py`: each step alone and the full chain; lesion Dice per image, "
+    "zoo": "One recipe and budget for every architecture (`studies/zoo.py`); `val_dice` is the training run's best.",
+    "postprocess": "`medseg-calibrate --what postprocess`: each step alone and the full chain; lesion Dice per image, "
                    "split-level class Dice and per-image mean class Dice (multi-class models).",
     "speed": "Median latencies in milliseconds, throughputs per second, load in seconds; `threads` CPU threads.",
 }
@@ -133,11 +133,11 @@ def rows_of(run: str, d) -> list[tuple[str, dict]]:
                 out.append(("zoo", base | {k: m.get(k) for k in ("n", "dice", "iou", "class_dice", "mdice")}
                             | {"split": split}))
         return out
-    if isinstance(d.get("table"), dict) and "split" in d:
+    if isinstance(d.get("table"), dict) and all(isinstance(v, dict) for v in d["table"].values()):
         out = []
         for chain, entry in d["table"].items():
             mean = entry.get("mean") or {}
-            out.append(("postprocess", {"run": run, "split": d["split"], "n": d.get("n"), "tta": d.get("tta"),
+            out.append(("postprocess", {"run": run, "split": d.get("split"), "n": d.get("n"), "tta": d.get("tta"),
                                         "chain": chain} | {k: mean.get(k) for k in ("dice", "class_dice", "mdice")}))
         return out
     return [("speed", r | {"run": run}) for r in _speed_rows(d)]
