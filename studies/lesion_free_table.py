@@ -62,7 +62,9 @@ def main() -> None:
     p.add_argument("results", nargs="+", help="medseg-evaluate --json files")
     p.add_argument("--out", required=True, help="output path without extension")
     args = p.parse_args()
-    results = [json.loads(Path(f).read_text()) for f in args.results]
+    # medseg-evaluate --json files only: the --sweep / --plot data written beside them (X_sweep.json) is skipped.
+    results = [r for r in (json.loads(Path(f).read_text()) for f in args.results)
+               if isinstance(r, dict) and "model" in r and "split" in r]
     rows = [row_of(r) for r in results] + pooled(results, ("test-kvasir", "test-clinicdb"))
     rows.sort(key=lambda r: (r["model"], r["rule"] != "none", r["split"]))
     out = Path(args.out)
