@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--collect", action="store_true", help="train nothing; tabulate the finished entries")
     p.add_argument("--tune-thresholds", action="store_true",
                    help="multi-label recipes: also choose per-class thresholds on the validation split "
-                        "(bench/threshold_table.py --record) and evaluate the test splits with them")
+                        "(medseg-calibrate --what thresholds --record) and evaluate the test splits with them")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--json", default=None, help="write the table (and the commands) to this JSON file")
     p.add_argument("--markdown", default=None, help="write the table as Markdown to this file")
@@ -96,9 +96,9 @@ def commands(name: str, entry: dict[str, Any], args: argparse.Namespace, extra: 
     # Raw evaluation at threshold 0.5 even once per-class thresholds are recorded in the model's config.json.
     cmds: dict[str, Any] = {"train": train, "evaluate": evaluate("", ["--threshold", "0.5"])}
     if args.tune_thresholds:
-        cmds["thresholds"] = ["python", "bench/threshold_table.py", "--model", str(run_dir / "model"), "--data",
-                              args.data, "--split", _splits(args, extra)[1], "--record", "--no-progress", "--json",
-                              str(run_dir / "eval" / "thresholds.json")]
+        cmds["thresholds"] = ["python", "-m", "medseg_core.calibrate", "--what", "thresholds", "--model",
+                              str(run_dir / "model"), "--data", args.data, "--split", _splits(args, extra)[1],
+                              "--record", "--no-progress", "--json", str(run_dir / "eval" / "thresholds.json")]
         cmds["evaluate_thresholds"] = evaluate("_thresholds", [])
     return cmds
 
@@ -269,7 +269,7 @@ def markdown(rows: list[dict[str, Any]], splits: list[str], ablation: bool = Fal
     if any(k.startswith("class_dice") for r in rows for t in r["test"].values() for k in t):
         table = markdown_classes(rows, splits)
         if any(r.get("test_thresholds") for r in rows):
-            table += ("\n\nAt per-class thresholds chosen on the validation split (bench/threshold_table.py):\n\n"
+            table += ("\n\nAt per-class thresholds chosen on the validation split (medseg-calibrate --what thresholds):\n\n"
                       + markdown_classes(rows, splits, "test_thresholds"))
         return table
     splits = [Path(s).stem for s in splits]
