@@ -179,15 +179,24 @@ def calibrate(argv: Argv = None) -> int:
 
 
 def _recipe_sections(path: str) -> set[str]:
-    """The top-level keys of a YAML recipe (``name``, ``model``, ``data``, ...), read without building anything;
-    empty when the file is not a mapping (loading the recipe will say what is wrong)."""
+    """The top-level keys of a YAML recipe (``name``, ``model``, ``data``, ...) and of its ``base:`` chain, read
+    without building anything; what cannot be read adds nothing (loading the recipe will say what is wrong)."""
     import yaml
 
-    try:
-        recipe = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return set()
-    return set(recipe) if isinstance(recipe, dict) else set()
+    sections: set[str] = set()
+    seen: set[Path] = set()
+    file: Path | None = Path(path)
+    while file is not None and file.resolve() not in seen:
+        seen.add(file.resolve())
+        try:
+            recipe = yaml.safe_load(file.read_text())
+        except (OSError, yaml.YAMLError):
+            break
+        if not isinstance(recipe, dict):
+            break
+        sections |= set(recipe) - {"base"}
+        file = file.parent / recipe["base"] if isinstance(recipe.get("base"), str) else None
+    return sections
 
 
 def parse_train_args(argv: Argv = None) -> argparse.Namespace:

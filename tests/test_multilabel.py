@@ -96,22 +96,6 @@ def test_uwmgi_mini_trains_as_four_classes_from_palette_and_from_rle(data_root, 
     assert json.loads((model_dir / "config.json").read_text())["mask_encoding"] == "rle_csv"
 
 
-def test_the_overlay_figure_draws_expert_and_model_masks_per_image(edd_model, data_root, tmp_path):
-    from conftest import run_script
-
-    ids = (data_root / "splits" / "edd-test.txt").read_text().split()[:2]
-    out = tmp_path / "fig.png"
-    run_script("bench/overlay_figure.py", "--model", edd_model, "--data", data_root, "--ids", *ids,
-               "--out", out, "--tile-width", "96")
-    fig = read_image(out)
-    sizes = [read_image(data_root / i.split("/")[0] / "images" / f"{i.split('/')[1]}.jpg").shape[:2] for i in ids]
-    heights = [round(h * 96 / w) for h, w in sizes]
-    assert fig.shape == (sum(heights) + 26 * 3, 3 * 96 + 2 * 4, 3)  # two labelled rows and the legend
-    failed = run_script("bench/overlay_figure.py", "--model", edd_model, "--data", data_root, "--ids",
-                        "edd2020/no_such_image", "--out", tmp_path / "no.png", expect=1)
-    assert "not in any split file" in failed.stderr and not (tmp_path / "no.png").exists()
-
-
 def test_per_class_thresholds_are_checked_and_applied(edd_model):
     from medseg_core.inference import check_thresholds
 

@@ -63,16 +63,16 @@ def test_neopolyp_validation_split_is_every_8th_sorted_training_id(data_root):
     assert [s.id for s in samples] == val and all(s.mask.is_file() for s in samples)
 
 
-def test_neopolyp_recipe():
+def test_neopolyp_recipe(data_root):
     from medseg_core.config import load_config, recipe_schema
     from medseg_core.training import build_model
 
-    cfg = load_config(ROOT / "train/configs/unet_lite0_neopolyp.yaml", [])
+    cfg = load_config(ROOT / "train/configs/unet_lite2_neopolyp_full_gpu.yaml", [])
     assert cfg["model"]["num_classes"] == 3 and cfg["model"]["input_size"] == 352
     assert cfg["data"]["mask_encoding"] == "palette" and cfg["data"]["cache_max_side"] == 448
     assert recipe_schema(cfg) == BKAI_NEOPOLYP
     for key in ("train_split", "val_split"):
-        assert (ROOT / cfg["data"][key]).is_file()
+        assert read_split(data_root, cfg["data"][key])
     model = build_model({**cfg, "model": {**cfg["model"], "encoder_weights": "random"}})
     assert model.num_classes == 3
 

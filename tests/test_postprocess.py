@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_UNET, run_script
+from conftest import ROOT, TINY_UNET, run_main
 
 from medseg_core import create_model
 from medseg_core.data import SegDataset, read_split
@@ -248,7 +248,7 @@ def test_make_refiner_data_writes_crops_the_dataset_reads_with_4_channels(tmp_pa
     split = tmp_path / "two.txt"
     split.write_text("cvc-clinicdb/1\ncvc-clinicdb/2\n")
     out = tmp_path / "refiner_data"
-    log = run_script("train/make_refiner_data.py", "--model", tmp_path / "base", "--data", data_root, "--split",
+    log = run_main("train/make_refiner_data.py", "--model", tmp_path / "base", "--data", data_root, "--split",
                      split, "--out", out, "--size", "48", "--device", "cpu", "--out-split", "refiner-train").stderr
     assert "4 crops from 2 images (0 with no predicted region)" in log
     samples = read_split(out, "refiner-train")
@@ -279,7 +279,7 @@ def test_the_refiner_recipe_trains_on_those_crops(tmp_path, data_root):
     split = tmp_path / "one.txt"
     split.write_text("cvc-clinicdb/3\n")
     out = tmp_path / "refiner_data"
-    run_script("train/make_refiner_data.py", "--model", tmp_path / "base", "--data", data_root, "--split", split,
+    run_main("train/make_refiner_data.py", "--model", tmp_path / "base", "--data", data_root, "--split", split,
                "--out", out, "--size", "32", "--device", "cpu", "--margin", "0.2", "0.3")
     model_dir = train_main(["--config", str(ROOT / "train/configs/refiner_polyp.yaml"), "--output-dir",
                             str(tmp_path / "run"), "--max-steps", "2", "--no-progress", "--data.root", str(out),
@@ -290,7 +290,7 @@ def test_the_refiner_recipe_trains_on_those_crops(tmp_path, data_root):
 
 
 def test_make_refiner_data_help():
-    assert "--crops-per-region" in run_script("train/make_refiner_data.py", "--help").stdout
+    assert "--crops-per-region" in run_main("train/make_refiner_data.py", "--help").stdout
 
 
 # --- the chain recorded with a model's weights -------------------------------------------------------------------
