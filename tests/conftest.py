@@ -119,3 +119,14 @@ def run_main(script: str, *args: Any, expect: int = 0) -> subprocess.CompletedPr
     status = status or 0
     assert status == expect, f"{script}: exit {status}\n{out.getvalue()[-2000:]}\n{err.getvalue()[-3000:]}"
     return subprocess.CompletedProcess([script, *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
+def run_script(script: str | Path, *args: Any, timeout: float = 600, expect: int = 0) -> subprocess.CompletedProcess:
+    """Run a repository script in another process, as a user would, with this interpreter (for a script that must
+    run as its own process, e.g. one that starts and stops others); assert its exit status and return the finished
+    process (stdout and stderr as text). Prefer :func:`run_main`."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+    assert proc.returncode == expect, f"{script}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc
