@@ -368,7 +368,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = _RUNS[args.what](args, samples, title)
     if "recorded_in" in result:
         print(f"recorded in {result['recorded_in']}")
-    out = {"model": str(args.model), "splits": list(args.split), "n": len(samples), "what": args.what, **result}
+    out = {"model": str(args.model), "split": title, "splits": list(args.split), "n": len(samples), "what": args.what,
+           **result}
     write_json(args.json, out)
     return out
 

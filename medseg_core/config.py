@@ -20,8 +20,7 @@ import yaml
 from .labels import LabelSchema, schema_from_config
 from .models import get_model_class
 
-__all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULES", "RecipeError", "load_config", "read_recipe", "recipe_schema",
-           "validate_config"]
+__all__ = ["DEFAULTS", "OPTIMIZERS", "SCHEDULES", "RecipeError", "load_config", "recipe_schema", "validate_config"]
 
 #: Optimisers and learning-rate schedules a recipe can name (``train.optimizer`` / ``train.schedule``).
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -239,7 +238,7 @@ def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def _read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe file as a mapping, its ``base:`` resolved: ``base: other.yaml`` (a path relative to the recipe's
     folder) is read first, and this file's keys are deep-merged over it; a base may name a base of its own.
 
@@ -265,11 +264,11 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     base_path = path.parent / base
     if not base_path.is_file():
         raise RecipeError(f"{path}: base recipe {base_path} does not exist")
-    return _deep_merge(read_recipe(base_path, (*_seen, resolved)), recipe)
+    return _deep_merge(_read_recipe(base_path, (*_seen, resolved)), recipe)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The recipe: :data:`DEFAULTS`, updated by the YAML file (with its ``base:`` chain, :func:`read_recipe`),
+    """The recipe: :data:`DEFAULTS`, updated by the YAML file (with its ``base:`` chain, :func:`_read_recipe`),
     updated by ``--section.key value`` overrides.
 
     Raises:
@@ -277,7 +276,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, An
             a missing base recipe or a cycle of them.
     """
     cfg = copy.deepcopy(DEFAULTS)
-    _merge(cfg, read_recipe(path))
+    _merge(cfg, _read_recipe(path))
     _apply_overrides(cfg, overrides)
     validate_config(cfg)
     return cfg

@@ -68,6 +68,7 @@ def test_postprocess_records_the_steps_that_helped_and_segmenter_runs_them(tiny_
     saved = json.loads((tmp_path / "p.json").read_text())
     assert status == 0 and "full chain" in out and "Δ dice" in out and "recorded in" in out
     assert list(saved["table"]) == ["none", *DEFAULT_CHAIN, "full chain"] and saved["n"] == 2
+    assert saved["split"] == split.stem and saved["what"] == "postprocess"
     assert saved["chosen"] == recorded_postprocess(folder)["steps"] == DEFAULT_CHAIN
     assert Segmenter.from_pretrained(folder, device="cpu").postprocess == tuple(DEFAULT_CHAIN)
     # The table's raw and full-chain rows are medseg-evaluate's figures without and with the recorded chain.
