@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .cli import ArgumentParser, add_postprocess_argument, add_threshold_argument, postprocess_from_args, run_command
 from .labels import MASK_ENCODINGS
+from .postprocess import POSTPROCESSING_STEPS
 
 __all__ = ["app", "calibrate", "evaluate", "export", "parse_app_args", "parse_calibrate_args", "parse_evaluate_args",
            "parse_export_args", "parse_segment_args", "parse_soup_args", "parse_train_args", "predict_folder",
@@ -99,26 +100,74 @@ def _fraction(text: str) -> float:
     return value
 
 
+#: The flags that belong to one ``--what`` only, and that one.
+_CALIBRATE_ONLY = {"specificity": "presence", "plot": "presence", "steps": "postprocess", "refiner": "postprocess",
+                   "min_gain": "postprocess", "tta": "postprocess", "mask_encoding": "postprocess",
+                   "chains": "class-bias"}
+
+
 def parse_calibrate_args(argv: Argv = None) -> argparse.Namespace:
     p = ArgumentParser(prog="medseg-calibrate", description=(
-        "Choose a setting on validation splits and record it in the weights' config.json. --what presence: the "
-        "image-level 'lesion present' rule with the highest per-lesion sensitivity at a given frame specificity."))
+        "Choose a setting on validation splits and record it in the weights' config.json. --what postprocess: the "
+        "post-processing steps that raise Dice; class-bias: a multi-class model's per-class log-odds offsets; "
+        "thresholds: a multi-label model's per-class probability thresholds; presence: the image-level 'lesion "
+        "present' rule with the highest per-lesion sensitivity at a given frame specificity."))
     p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--what", choices=["presence"], default="presence", help="what to calibrate")
+    p.add_argument("--what", choices=["postprocess", "class-bias", "thresholds", "presence"], default="presence",
+                   help="what to calibrate (default: presence)")
     p.add_argument("--data", default="../shared/data", help="dataset root holding splits/")
     p.add_argument("--split", nargs="+", required=True, metavar="SPLIT",
                    help="validation splits read together; for presence, with frames with and without a lesion, "
                         "e.g. polyp-val polyp-negative-val")
-    p.add_argument("--specificity", type=_fraction, default=0.95,
-                   help="least share of lesion-free frames left undrawn (default 0.95)")
-    p.add_argument("--record", action="store_true", help="write the chosen rule into the weights' config.json")
-    p.add_argument("--plot", metavar="PNG", help="the sensitivity / false-alarm trade-off with the rule marked "
-                                                 "(its data beside it: X.png -> X_sweep.json)")
+    p.add_argument("--record", action="store_true", help="write the choice into the weights' config.json")
     p.add_argument("--json", help="write the choice and its figures to this JSON file")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
     p.add_argument("--device", default=None, help="cpu or cuda")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto", help="network engine")
-    return p.parse_args(argv)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("presence")
+    g.add_argument("--specificity", type=_fraction, default=None,
+                   help="least share of lesion-free frames left undrawn (default 0.95)")
+    g.add_argument("--plot", metavar="PNG", help="the sensitivity / false-alarm trade-off with the rule marked "
+                                                 "(its data beside it: X.png -> X_sweep.json)")
+    g = p.add_argument_group("postprocess")
+    g.add_argument("--steps", nargs="+", default=None, choices=sorted(POSTPROCESSING_STEPS), metavar="STEP",
+                   help="the chain tried, in order (default: remove_small_components fill_holes adaptive_morphology "
+                        "region_class_consistency, then refine with --refiner)")
+    g.add_argument("--refiner", default=None, help="weights of a 'refiner' model for the refine step")
+    g.add_argument("--min-gain", type=float, default=None,
+                   help="the least gain in the headline score (alone, against none) a recorded step needs "
+                        "(default 0.001)")
+    g.add_argument("--tta", action="store_true", default=None, help="flip test-time augmentation")
+    g.add_argument("--mask-encoding", choices=MASK_ENCODINGS, default=None,
+                   help="how the masks store classes (default: the mask_encoding of the weights' label schema)")
+    g = p.add_argument_group("class-bias and thresholds")
+    g.add_argument("--grid", nargs="+", type=float, default=None, metavar="V",
+                   help="class-bias: log-odds offsets tried for each lesion class (default 0 0.25 .. 3); thresholds: "
+                        "probability thresholds tried for each class (default 0.05 .. 0.95; 0.5 always)")
+    g.add_argument("--chains", nargs="+", default=None, metavar="CHAIN",
+                   help="class-bias: post-processing chains tried, each as step names joined by '+' ('none': raw "
+                        "masks; default: none region_class_consistency)")
+    args = p.parse_args(argv)
+    for key, what in _CALIBRATE_ONLY.items():
+        if getattr(args, key) is not None and args.what != what:
+            p.error(f"--{key.replace('_', '-')} is for --what {what}")
+    if args.grid is not None and args.what not in ("class-bias", "thresholds"):
+        p.error("--grid is for --what class-bias or thresholds")
+    if args.limit is not None and args.limit < 1:
+        p.error("--limit must be a positive number of images")
+    if args.steps and "refine" in args.steps and not args.refiner:
+        p.error("the refine step needs --refiner")
+    for chain in args.chains or []:
+        unknown = [s for s in chain.split("+") if chain != "none" and s not in POSTPROCESSING_STEPS]
+        if unknown:
+            p.error(f"--chains: unknown post-processing step {unknown[0]!r}; choose from "
+                    f"{', '.join(sorted(POSTPROCESSING_STEPS))}")
+    args.specificity = 0.95 if args.specificity is None else args.specificity
+    args.min_gain = 0.001 if args.min_gain is None else args.min_gain
+    args.tta = bool(args.tta)
+    args.chains = args.chains or ["none", "region_class_consistency"]
+    return args
 
 
 def calibrate(argv: Argv = None) -> int:
@@ -130,15 +179,24 @@ def calibrate(argv: Argv = None) -> int:
 
 
 def _recipe_sections(path: str) -> set[str]:
-    """The top-level keys of a YAML recipe (``name``, ``model``, ``data``, ...), read without building anything;
-    empty when the file is not a mapping (loading the recipe will say what is wrong)."""
+    """The top-level keys of a YAML recipe (``name``, ``model``, ``data``, ...) and of its ``base:`` chain, read
+    without building anything; what cannot be read adds nothing (loading the recipe will say what is wrong)."""
     import yaml
 
-    try:
-        recipe = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return set()
-    return set(recipe) if isinstance(recipe, dict) else set()
+    sections: set[str] = set()
+    seen: set[Path] = set()
+    file: Path | None = Path(path)
+    while file is not None and file.resolve() not in seen:
+        seen.add(file.resolve())
+        try:
+            recipe = yaml.safe_load(file.read_text())
+        except (OSError, yaml.YAMLError):
+            break
+        if not isinstance(recipe, dict):
+            break
+        sections |= set(recipe) - {"base"}
+        file = file.parent / recipe["base"] if isinstance(recipe.get("base"), str) else None
+    return sections
 
 
 def parse_train_args(argv: Argv = None) -> argparse.Namespace:

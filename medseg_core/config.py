@@ -1,5 +1,8 @@
 """Training recipes: YAML files with ``model``, ``data`` and ``train`` sections, overridden by ``--section.key value``.
 
+A recipe states only what differs from another with ``base: other.yaml`` (relative to its own folder): the base is
+read first and the recipe's keys are deep-merged over it; bases chain, and a cycle is an error.
+
 Keys are strict: a key that no section knows (``--train.epoch 2``) is an error that names the close matches,
 never silently ignored. ``model`` keys are checked against the architecture's constructor.
 """
@@ -279,17 +282,56 @@ def recipe_schema(cfg: Mapping[str, Any]) -> LabelSchema:
         raise RecipeError("labels.colours: palette masks need the colour of every class")
     return schema
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The recipe: :data:`DEFAULTS`, updated by the YAML file, updated by ``--section.key value`` overrides.
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on top: mappings merge key by key, at any depth; any other value replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file as a mapping, its ``base:`` resolved: ``base: other.yaml`` (a path relative to the recipe's
+    folder) is read first, and this file's keys are deep-merged over it; a base may name a base of its own.
 
     Raises:
-        RecipeError: an unknown key anywhere (with the close matches), a malformed override, a bad option value.
+        RecipeError: a file that is not a mapping, a ``base`` that is not a file name or does not exist, a cycle.
+        FileNotFoundError: ``path`` itself does not exist.
     """
-    cfg = copy.deepcopy(DEFAULTS)
-    recipe = yaml.safe_load(Path(path).read_text()) or {}
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in _seen:
+        cycle = " -> ".join(p.name for p in (*_seen, resolved))
+        raise RecipeError(f"the base recipes form a cycle: {cycle}")
+    recipe = yaml.safe_load(path.read_text()) or {}
     if not isinstance(recipe, Mapping):
         raise RecipeError(f"{path} is not a recipe: expected sections model, data, train")
-    _merge(cfg, recipe)
+    recipe = dict(recipe)
+    base = recipe.pop("base", None)
+    if base is None:
+        return recipe
+    if not isinstance(base, str) or not base.strip():
+        raise RecipeError(f"{path}: base must name another recipe file, e.g. base: unet_lite0_polyp.yaml; "
+                          f"got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise RecipeError(f"{path}: base recipe {base_path} does not exist")
+    return _deep_merge(_read_recipe(base_path, (*_seen, resolved)), recipe)
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The recipe: :data:`DEFAULTS`, updated by the YAML file (with its ``base:`` chain, :func:`_read_recipe`),
+    updated by ``--section.key value`` overrides.
+
+    Raises:
+        RecipeError: an unknown key anywhere (with the close matches), a malformed override, a bad option value,
+            a missing base recipe or a cycle of them.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    _merge(cfg, _read_recipe(path))
     _apply_overrides(cfg, overrides)
     validate_config(cfg)
     return cfg

@@ -96,7 +96,7 @@ class SingleImageConfig:
             the smaller of ROI and complement) before positives are sampled.
         outer_margin: width of the band around the ROI left out of training, as a fraction of the same size. A
             rough marking inside a lesion stops well short of its edge, so the band must reach past it: 0.5 was
-            chosen on 4 ``polyp-val`` images with ``bench/single_image_eval.py``'s ROIs (mean Dice 0.73 against
+            chosen on 4 ``polyp-val`` images with ``studies/single_image_eval.py``'s ROIs (mean Dice 0.73 against
             0.69 with 0.3).
         steps: optimiser steps (the run time is about proportional: the default 450 took 51-57 s of CPU time per
             image on one core of the development machine, for 384x288 to 480x480 images).
@@ -274,7 +274,7 @@ def read_roi(path: str | os.PathLike, image_shape: Sequence[int], max_pixels: in
 def roi_from_ground_truth(mask: np.ndarray, rng: np.random.Generator, erode: float = 0.25, points: int = 8
                           ) -> np.ndarray:
     """A rough ROI inside the lesion of a ground-truth mask, imitating a clinician's quick polygon (the evaluation's
-    ROI rule, ``bench/single_image_eval.py``). Boolean (H, W).
+    ROI rule, ``studies/single_image_eval.py``). Boolean (H, W).
 
     Rule: take the largest lesion region; erode it by ``erode`` x its equivalent radius (sqrt(area / pi)), halving
     the erosion until something is left; draw ``points`` points of the eroded outline at random; the ROI is their

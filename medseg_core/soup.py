@@ -111,9 +111,8 @@ def greedy_soup(folders: Sequence[str | Path], samples: Sequence[Sample],
     return chosen, own, trail
 
 
-#: config.json keys tuned on a validation split for one set of weights (bench/class_bias.py, threshold_table.py,
-#: postprocess_table.py --record, the TTA scales, medseg-calibrate's presence rule): the soup is other weights, so they
-#: are not carried over.
+#: config.json keys tuned on a validation split for one set of weights (medseg-calibrate --record, the TTA scales): the
+#: soup is other weights, so they are not carried over.
 _TUNED = ("class_bias", "thresholds", "postprocess", "refiner", "tta_scales", "presence")
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,9 +84,47 @@ def tiny_3class(tmp_path_factory) -> Path:
     return folder
 
 
-def run_script(script: str | Path, *args: str, timeout: float = 600, expect: int = 0) -> subprocess.CompletedProcess:
-    """Run a repository script (``train/...``, ``bench/...``) as a user would, with this interpreter; assert its exit
-    status and return the finished process (stdout and stderr as text)."""
+def load_script(script: str) -> ModuleType:
+    """A repository script (``studies/...``, ``bench/...``, ``train/...``) imported as a module, so that a test calls
+    its ``main(argv)`` in-process."""
+    path = ROOT / script
+    spec = importlib.util.spec_from_file_location(f"_script_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(script: str, *args: Any, expect: int = 0) -> subprocess.CompletedProcess:
+    """Call a repository script's ``main(argv)`` in this process, as :func:`run_script` runs it in another: its
+    stdout, and its stderr with the log lines, as text; the exit status its ``SystemExit`` gives (a message: 1)."""
+    module = load_script(script)
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                module.main([str(a) for a in args])
+                status = 0
+            except SystemExit as exit_:
+                status = exit_.code if exit_.code is None or isinstance(exit_.code, int) else 1
+                if not isinstance(exit_.code, (int, type(None))):
+                    print(exit_.code, file=sys.stderr)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    status = status or 0
+    assert status == expect, f"{script}: exit {status}\n{out.getvalue()[-2000:]}\n{err.getvalue()[-3000:]}"
+    return subprocess.CompletedProcess([script, *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
+def run_script(script: str | Path, *args: Any, timeout: float = 600, expect: int = 0) -> subprocess.CompletedProcess:
+    """Run a repository script in another process, as a user would, with this interpreter (for a script that must
+    run as its own process, e.g. one that starts and stops others); assert its exit status and return the finished
+    process (stdout and stderr as text). Prefer :func:`run_main`."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)

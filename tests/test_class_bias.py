@@ -1,12 +1,11 @@
 """A multi-class model's class bias: which lesion class a pixel or region takes, never where the lesion is; its
-checks, its record in config.json and bench/class_bias.py choosing it on a split."""
+checks and its record in config.json (medseg-calibrate --what class-bias chooses it: tests/test_calibrate.py)."""
 
 import json
 import shutil
 
 import numpy as np
 import pytest
-from conftest import run_script
 
 from medseg_core import Segmenter
 from medseg_core.hub import UnsafeWeightsError, record_class_bias, resolve_weights
@@ -61,31 +60,6 @@ def test_bad_class_bias_is_refused(tiny_3class, tiny_weights, tmp_path):
         Segmenter.from_pretrained(resolve_weights(model), device="cpu")
 
 
-def test_class_bias_script_chooses_records_and_evaluate_uses_it(tiny_3class, data_root, tmp_path):
-    from medseg_core.evaluation import main as evaluate
-
-    model = tmp_path / "tiny_unet.neopolyp"
-    shutil.copytree(tiny_3class, model)
-    split = tmp_path / "three.txt"
-    ids = (data_root / "splits/neopolyp-full-val.txt").read_text().split()
-    split.write_text("".join(f"{i}\n" for i in ids[:3]))
-    out = run_script("bench/class_bias.py", "--model", model, "--data", data_root, "--split", split, "--grid", "0",
-                     "1", "3", "--json", tmp_path / "b.json", "--record", "--no-progress").stdout
-    saved = json.loads((tmp_path / "b.json").read_text())
-    chosen = saved["chosen"]
-    assert "recorded in" in out and len(saved["results"]) == 2
-    assert chosen["class_dice"] == max(r["class_dice"] for r in saved["results"]) >= saved["class_dice_plain"]
-    config = json.loads((model / "config.json").read_text())
-    assert config["class_bias"] == chosen["class_bias"] and config["postprocess"] == chosen["postprocess"]
-    args = ["--model", str(model), "--data", str(data_root), "--split", str(split), "--device", "cpu"]
-    tuned = evaluate(args)
-    untuned = evaluate([*args, "--class-bias", "0", "0", "0", "--postprocess", "none"])
-    assert tuned["postprocess"] == chosen["postprocess"] and untuned["class_bias"] is None
-    assert tuned["class_dice"] == pytest.approx(chosen["class_dice"], abs=1e-6)
-    assert untuned["class_dice"] == pytest.approx(saved["class_dice_plain"], abs=1e-6)
-    assert run_script("bench/class_bias.py", "--model", model, "--split", split, "--grid", "20", expect=2)
-
-
 def test_recording_a_choice_made_on_a_test_split_warns(caplog):
     from medseg_core.cli import warn_if_test_split
 
@@ -94,46 +68,3 @@ def test_recording_a_choice_made_on_a_test_split_warns(caplog):
         assert not caplog.records
         warn_if_test_split("splits/neopolyp-full-test.txt", "class bias")
     assert len(caplog.records) == 1 and "class bias chosen on a test split" in caplog.records[0].getMessage()
-
-
-def test_region_classifier_probe_counts_confusion_and_region_votes(tiny_3class, data_root, tmp_path):
-    """bench/region_classifier.py: the pixel confusion covers the split's pixels and gives the split-level class Dice
-    evaluate.py gives; every ground-truth polyp is a region with the model's vote, whose accuracy the JSON states; a
-    classifier trains and is scored; a training split whose polyps hold one class only, or none, is refused."""
-    from PIL import Image
-
-    from medseg_core.data import read_sample_mask, read_split
-    from medseg_core.evaluation import main as evaluate
-    from medseg_core.labels import BKAI_NEOPOLYP
-
-    split = tmp_path / "eight.txt"
-    split.write_text("".join(f"{i}\n" for i in (data_root / "splits/neopolyp-full-val.txt").read_text().split()[:8]))
-    run_script("bench/region_classifier.py", "--model", tiny_3class, "--data", data_root, "--train", split, "--val",
-               split, "--size", "32", "--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress",
-               "--json", tmp_path / "r.json")
-    saved = json.loads((tmp_path / "r.json").read_text())
-    confusion = np.array(saved["confusion"])
-    assert confusion.sum() == sum(np.prod(Image.open(s.image).size) for s in read_split(data_root, str(split)))
-    scores = evaluate(["--model", str(tiny_3class), "--data", str(data_root), "--split", str(split), "--device",
-                       "cpu"])
-    for name in ("neoplastic", "non-neoplastic"):
-        assert saved["pixels"][name]["dice"] == pytest.approx(scores[f"class_dice_{name}"], abs=1e-6)
-    b = saved["pixels"]["non-neoplastic"]
-    assert (b["missed_as_background"], b["taken_for_other_class"]) == (confusion[2, 0], confusion[2, 1])
-    rows = saved["per_region"]
-    assert saved["regions"]["val"] == len(rows) >= 8 and 0 < saved["regions"]["val_second"] < len(rows)
-    right = [(r["vote"] > 0.5) == bool(r["label"]) for r in rows]
-    assert saved["vote"]["wrong"] == right.count(False)
-    assert saved["vote"]["area_weighted"] == pytest.approx(
-        sum(r["area"] for r, ok in zip(rows, right) if ok) / sum(r["area"] for r in rows))
-    assert all(0.0 <= r["vote"] <= 1.0 and 0.0 <= r["classifier"] <= 1.0 for r in rows)
-    assert [e["epoch"] for e in saved["epochs"]] == [1]
-    neoplastic_only = tmp_path / "red.txt"
-    red = [s.id for s in read_split(data_root, str(split))
-           if set(np.unique(read_sample_mask(s, BKAI_NEOPOLYP, Image.open(s.image).size[::-1]))) == {0, 1}]
-    neoplastic_only.write_text("".join(f"{i}\n" for i in red))
-    for train, extra, message in ((neoplastic_only, (), "do not cover both lesion classes"),
-                                  (split, ("--min-area", "100000000"), "no ground-truth polyp of at least")):
-        refused = run_script("bench/region_classifier.py", "--model", tiny_3class, "--data", data_root, "--train",
-                             train, "--val", split, "--no-progress", *extra, expect=1)
-        assert message in refused.stderr and "Traceback" not in refused.stderr

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_UNET, run_script
+from conftest import TINY_UNET, run_main
 from test_models import TINY
 
 from medseg_core import create_model, list_models
@@ -90,9 +90,13 @@ def test_latency_bench_times_every_engine_it_finds(tiny_weights, tmp_path):
     """bench/latency.py on tiny weights: torch and ONNX Runtime rows; OpenVINO's row when it is installed (its output
     then matches ONNX Runtime's), else a line saying it was skipped."""
     export_onnx(tiny_weights, tmp_path / "onnx")
-    proc = run_script("bench/latency.py", "--model", tiny_weights, "--onnx-dir", tmp_path / "onnx", "--repeats", "2",
-                      "--threads", "1", "--engines", "torch-fp32", "onnx-fp32", "--openvino", "--image-size", "96",
-                      "--json", tmp_path / "lat.json")
+    threads = torch.get_num_threads()
+    try:
+        proc = run_main("bench/latency.py", "--model", tiny_weights, "--onnx-dir", tmp_path / "onnx", "--repeats", "2",
+                        "--threads", "1", "--engines", "torch-fp32", "onnx-fp32", "--openvino", "--image-size", "96",
+                        "--json", tmp_path / "lat.json")
+    finally:
+        torch.set_num_threads(threads)
     rows = {r["engine"].split(" ")[0]: r for r in json.loads((tmp_path / "lat.json").read_text())["rows"]}
     assert rows["torch-fp32"]["forward_ms"] > 0 and rows["onnx-fp32"]["segmenter_ms"] > 0
     if "openvino-fp32" in rows:

@@ -82,7 +82,7 @@ def test_model_card_rows_name_how_each_figure_was_measured(tmp_path, tiny_weight
     import json
     import shutil
 
-    from conftest import run_script
+    from conftest import run_main
 
     folder = tmp_path / "tiny_unet.test"
     shutil.copytree(tiny_weights, folder)
@@ -94,7 +94,7 @@ def test_model_card_rows_name_how_each_figure_was_measured(tmp_path, tiny_weight
     for name, change in variants.items():
         files.append(tmp_path / f"{name}.json")
         files[-1].write_text(json.dumps({**base, **change}))
-    run_script("train/model_card.py", "--weights", folder, "--name", "tiny_unet.test", "--eval", *files)
+    run_main("train/model_card.py", "--weights", folder, "--name", "tiny_unet.test", "--eval", *files)
     card = (folder / "README.md").read_text()
     assert "| test-kvasir (n=3) | 0.5000 |" in card
     assert "| test-kvasir (n=3), flip TTA | 0.6000 |" in card

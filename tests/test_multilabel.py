@@ -96,22 +96,6 @@ def test_uwmgi_mini_trains_as_four_classes_from_palette_and_from_rle(data_root, 
     assert json.loads((model_dir / "config.json").read_text())["mask_encoding"] == "rle_csv"
 
 
-def test_the_overlay_figure_draws_expert_and_model_masks_per_image(edd_model, data_root, tmp_path):
-    from conftest import run_script
-
-    ids = (data_root / "splits" / "edd-test.txt").read_text().split()[:2]
-    out = tmp_path / "fig.png"
-    run_script("bench/overlay_figure.py", "--model", edd_model, "--data", data_root, "--ids", *ids,
-               "--out", out, "--tile-width", "96")
-    fig = read_image(out)
-    sizes = [read_image(data_root / i.split("/")[0] / "images" / f"{i.split('/')[1]}.jpg").shape[:2] for i in ids]
-    heights = [round(h * 96 / w) for h, w in sizes]
-    assert fig.shape == (sum(heights) + 26 * 3, 3 * 96 + 2 * 4, 3)  # two labelled rows and the legend
-    failed = run_script("bench/overlay_figure.py", "--model", edd_model, "--data", data_root, "--ids",
-                        "edd2020/no_such_image", "--out", tmp_path / "no.png", expect=1)
-    assert "not in any split file" in failed.stderr and not (tmp_path / "no.png").exists()
-
-
 def test_per_class_thresholds_are_checked_and_applied(edd_model):
     from medseg_core.inference import check_thresholds
 
@@ -128,38 +112,20 @@ def test_per_class_thresholds_are_checked_and_applied(edd_model):
     assert check_thresholds(0.3, schema) == 0.3
 
 
-def test_thresholds_chosen_on_a_split_are_recorded_and_used(edd_model, data_root, tmp_path):
+def test_bad_recorded_thresholds_are_refused(edd_model, tmp_path):
     import shutil
 
-    from conftest import run_script
-
-    from medseg_core.hub import resolve_weights
+    from medseg_core.hub import record_thresholds, resolve_weights
     from medseg_core.safety import UnsafeWeightsError
 
     model = tmp_path / "model"
     shutil.copytree(edd_model, model)
-    split = tmp_path / "three.txt"
-    split.write_text("".join(f"{i}\n" for i in (data_root / "splits/edd-val.txt").read_text().split()[:3]))
-    out = run_script("bench/threshold_table.py", "--model", model, "--data", data_root, "--split", split,
-                     "--grid", "0.2", "0.4", "0.6", "--json", tmp_path / "t.json", "--record", "--no-progress").stdout
-    saved = json.loads((tmp_path / "t.json").read_text())
-    assert len(saved["thresholds"]) == 5 and set(saved["thresholds"]) <= {0.2, 0.4, 0.5, 0.6}
-    dice = np.array(saved["dice"])  # (thresholds, classes): the choice is the best of each column
-    for c, t in enumerate(saved["thresholds"]):
-        assert dice[saved["grid"].index(t), c] == dice[:, c].max()
-    assert saved["class_dice_at_thresholds"] >= saved["class_dice_at_0.5"] and "recorded in" in out
-    config = json.loads((model / "config.json").read_text())
-    assert config["thresholds"] == saved["thresholds"]
-    assert Segmenter.from_pretrained(model, device="cpu").threshold == saved["thresholds"]
+    record_thresholds(model, [0.2, 0.4, 0.5, 0.6, 0.5])
+    assert Segmenter.from_pretrained(model, device="cpu").threshold == [0.2, 0.4, 0.5, 0.6, 0.5]
     assert Segmenter.from_pretrained(model, device="cpu", threshold=0.5).threshold == 0.5
-    tuned = evaluate(["--model", str(model), "--data", str(data_root), "--split", str(split)])
-    untuned = evaluate(["--model", str(model), "--data", str(data_root), "--split", str(split), "--threshold", "0.5"])
-    assert tuned["threshold"] == saved["thresholds"] and untuned["threshold"] == 0.5
-    assert tuned["class_dice"] == pytest.approx(saved["class_dice_at_thresholds"], abs=1e-6)
-    assert untuned["class_dice"] == pytest.approx(saved["class_dice_at_0.5"], abs=1e-6)
-    with pytest.raises(SystemExit) as exc:  # the shared --threshold argument: a probability, or a usage error
-        evaluate(["--model", str(model), "--data", str(data_root), "--split", str(split), "--threshold", "1.5"])
-    assert exc.value.code == 2
+    with pytest.raises(UnsafeWeightsError, match="thresholds"):
+        record_thresholds(model, [0.5, 0.5, 0.5, 2.0, 0.5])
+    config = json.loads((model / "config.json").read_text())
     config["thresholds"] = [0.5, 0.5, 0.5, 2.0, 0.5]
     (model / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsafeWeightsError, match="thresholds"):

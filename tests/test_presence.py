@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,42 +169,3 @@ def test_summary_says_no_lesion_found_with_score_and_threshold():
     text = presence_markdown(stats)
     assert "No lesion found" in text and "0.620" in text and "0.9" in text and "2 weaker" in text
     assert "Lesion found" in presence_markdown({**stats, "lesion_present": True, "regions_kept": 2})
-
-
-def test_calibrate_records_a_rule_that_evaluate_then_applies(tiny_weights, tmp_path, data_root):
-    """medseg-calibrate on lesion and lesion-free frames chooses a rule, records it, and medseg-evaluate reports
-    the presence figures at it."""
-    from medseg_core.commands import calibrate, evaluate
-
-    folder = tmp_path / "tiny_unet.cal"
-    shutil.copytree(tiny_weights, folder)
-    split = tmp_path / "mixed.txt"
-    lines = (data_root / "splits" / "polyp-val.txt").read_text().split()[:3]
-    lines += (data_root / "splits" / "polyp-negative-val.txt").read_text().split()[:3]
-    split.write_text("\n".join(lines) + "\n")
-    out = tmp_path / "cal.json"
-    assert calibrate(["--model", str(folder), "--data", str(data_root), "--split", str(split), "--specificity", "1",
-                      "--record", "--json", str(out), "--plot", str(tmp_path / "trade.png"), "--device", "cpu"]) == 0
-    chosen = json.loads(out.read_text())
-    recorded = json.loads((folder / "config.json").read_text())["presence"]
-    assert recorded["threshold"] == chosen["rule"]["threshold"] and recorded["chosen_on"] == ["mixed"]
-    assert chosen["metrics"]["frame_specificity"] == 1.0
-    assert (tmp_path / "trade.png").stat().st_size > 1000 and (tmp_path / "trade_sweep.json").is_file()
-    result = tmp_path / "eval.json"
-    assert evaluate(["--model", str(folder), "--data", str(data_root), "--split", str(split), "--json", str(result),
-                     "--device", "cpu"]) == 0
-    figures = json.loads(result.read_text())
-    assert figures["presence_frame_specificity"] == 1.0 and figures["presence_rule"]["threshold"] == recorded[
-        "threshold"]
-    assert figures["presence_lesion_free_frames"] == 3 and "regions" in figures["per_image"][0]["presence"]
-
-
-def test_calibrate_refuses_splits_without_lesion_free_frames(tiny_weights, tmp_path, data_root, capsys):
-    from medseg_core.commands import calibrate
-
-    split = tmp_path / "pos.txt"
-    split.write_text("\n".join((data_root / "splits" / "polyp-val.txt").read_text().split()[:2]) + "\n")
-    assert calibrate(["--model", str(tiny_weights), "--data", str(data_root), "--split", str(split),
-                      "--device", "cpu"]) == 2
-    assert "frames without a lesion" in capsys.readouterr().err
-    assert "presence" not in json.loads(Path(tiny_weights, "config.json").read_text())

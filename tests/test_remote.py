@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, run_main
 from safetensors.torch import load_file
 
 from medseg_core.data import read_split
@@ -15,9 +15,9 @@ from medseg_core.models.encoders import LITE_WEIGHTS
 
 def test_packed_encoder_weights_restore_to_the_packaged_ones_without_their_head(tmp_path):
     spec = LITE_WEIGHTS["tf_efficientnet_lite0"]
-    run_script("train/remote.py", "pack-encoders", tmp_path / "enc", "--names", "tf_efficientnet_lite0")
+    run_main("train/remote.py", "pack-encoders", tmp_path / "enc", "--names", "tf_efficientnet_lite0")
     packed = tmp_path / "enc" / f"{spec.filename}.safetensors"
-    run_script("train/remote.py", "restore-encoders", tmp_path / "enc", tmp_path / "site")
+    run_main("train/remote.py", "restore-encoders", tmp_path / "enc", tmp_path / "site")
     restored = torch.load(tmp_path / "site" / spec.package / "models" / spec.filename, weights_only=True)
     with importlib.resources.as_file(importlib.resources.files(spec.package) / "models" / spec.filename) as f:
         original = torch.load(f, weights_only=True)
@@ -27,7 +27,7 @@ def test_packed_encoder_weights_restore_to_the_packaged_ones_without_their_head(
     assert all(torch.allclose(restored[k], body[k].float(), rtol=1e-3, atol=1e-4) for k in body)
     assert packed.stat().st_size < 0.4 * sum(v.numel() * 4 for v in original.values())
     (tmp_path / "enc" / "other.safetensors").write_bytes(packed.read_bytes())
-    bad = run_script("train/remote.py", "restore-encoders", tmp_path / "enc", tmp_path / "site2", expect=1)
+    bad = run_main("train/remote.py", "restore-encoders", tmp_path / "enc", tmp_path / "site2", expect=1)
     assert "not a packed EfficientNet-Lite checkpoint" in bad.stderr
 
 
@@ -42,24 +42,24 @@ def test_collect_and_merge_bring_back_the_best_model_in_small_shards(tiny_weight
     summary = {"best_val_dice": 0.5, "best_val_dice_no_ema": 0.6 if no_ema_better else 0.4}
     (run / "train_summary.json").write_text(json.dumps(summary))
     out = tmp_path / "out"
-    listing = run_script("train/remote.py", "collect", run, out, "tiny", "--limit-mb", "0.05").stdout.split()
+    listing = run_main("train/remote.py", "collect", run, out, "tiny", "--limit-mb", "0.05").stdout.split()
     shards = [load_file(p) for p in listing if p.endswith(".safetensors")]
     # Every shard stays under the limit, unless it holds one tensor larger than the limit on its own.
     assert len(shards) > 1
     assert all(sum(v.numel() * v.element_size() for v in s.values()) <= 0.05 * 2**20 or len(s) == 1 for s in shards)
     back = tmp_path / "back"
-    run_script("train/remote.py", "merge", out, "tiny", back)
+    run_main("train/remote.py", "merge", out, "tiny", back)
     chosen = run / ("model_no_ema" if no_ema_better else "model")
     expected, got = load_file(chosen / "model.safetensors"), load_file(back / "model" / "model.safetensors")
     assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
     assert json.loads((back / "train_summary.json").read_text()) == summary
     assert (back / "model" / "config.json").read_text() == (chosen / "config.json").read_text()
-    missing = run_script("train/remote.py", "merge", out, "other", tmp_path / "x", expect=1)
+    missing = run_main("train/remote.py", "merge", out, "other", tmp_path / "x", expect=1)
     assert "no other_<n>.safetensors shards" in missing.stderr
 
 
 def test_remote_has_help():
-    assert "pack-encoders" in run_script("train/remote.py", "--help").stdout
+    assert "pack-encoders" in run_main("train/remote.py", "--help").stdout
     assert (ROOT / "docs" / "gpu_runs.md").is_file()
 
 
@@ -72,7 +72,7 @@ def test_pack_data_writes_a_pair_named_by_two_splits_once(data_root, tmp_path):
     part.write_text("\n".join(ids[:2]) + "\n")
     combined.write_text("\n".join(ids) + "\n")
     out = tmp_path / "packed"
-    proc = run_script("train/pack_data.py", "--data-root", data_root, "--splits", part, combined, "--out", out,
+    proc = run_main("train/pack_data.py", "--data-root", data_root, "--splits", part, combined, "--out", out,
                       "--max-side", "64", "--quality", "70")
     assert "packed 3 pairs" in proc.stdout + proc.stderr
     assert [s.id for s in read_split(out, str(out / "splits" / "part+more.txt"))] == ids

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, ROOT, run_script
+from conftest import EXAMPLES
 
 from medseg_core.io import read_image, read_mask
 from medseg_core.metrics import dice_score
@@ -255,42 +255,3 @@ def test_roi_from_ground_truth_is_a_rough_polygon_inside_the_lesion(data_root):
     assert not np.array_equal(roi, roi_from_ground_truth(gt, np.random.default_rng(1)))
     with pytest.raises(ValueError, match="no lesion"):
         roi_from_ground_truth(np.zeros((10, 10), np.uint8), np.random.default_rng(0))
-
-
-def test_single_image_eval_runs_on_two_images(data_root, tmp_path):
-    assert "--baseline" in run_script("bench/single_image_eval.py", "--help").stdout
-    run_script("bench/single_image_eval.py", "--data", data_root, "--n", "2", "--steps", "3", "--max-side", "96",
-               "--json", tmp_path / "si.json")
-    saved = json.loads((tmp_path / "si.json").read_text())
-    rows = saved["rows"] if "rows" in saved else saved["per_image"]
-    assert [r["id"].split("/")[0] for r in rows] == ["kvasir-seg", "cvc-clinicdb"], "spread over the two splits"
-    assert all(0.0 <= r["dice"] <= 1.0 for r in rows)
-
-
-def test_single_image_eval_takes_the_lesion_from_chosen_classes_of_multilabel_masks(data_root, tmp_path):
-    """EDD2020: the lesion is the union of BE, HGD and cancer; only images holding one of them are picked."""
-    run_script("bench/single_image_eval.py", "--data", data_root, "--splits", "edd-test", "--classes", "HGD",
-               "cancer", "--recipe", ROOT / "train" / "configs" / "unet_lite0_edd2020.yaml", "--n", "1",
-               "--steps", "2", "--max-side", "96", "--json", tmp_path / "edd.json")
-    saved = json.loads((tmp_path / "edd.json").read_text())
-    assert saved["classes"] == ["HGD", "cancer"] and saved["n"] == 1
-    assert saved["per_image"][0]["id"].startswith("edd2020/") and 0.0 <= saved["per_image"][0]["dice"] <= 1.0
-    bad = run_script("bench/single_image_eval.py", "--splits", "edd-test", "--classes", "HGD", expect=2)
-    assert "--classes needs --recipe" in bad.stderr
-    binary = run_script("bench/single_image_eval.py", "--data", data_root, "--splits", "edd-test", "--classes", "HGD",
-                        "--recipe", ROOT / "train" / "configs" / "unet_lite0_edd2020.yaml", "--n", "1",
-                        "--baseline", ROOT / "weights" / "unet_lite2.polyp", expect=1)
-    assert "has no class HGD" in binary.stderr
-
-
-def test_single_image_eval_can_measure_a_model_alone_on_the_same_images(data_root, tmp_path):
-    """--baseline-only: the shipped gastroscopy model on the images the single-image table used, no training."""
-    recipe = ROOT / "train" / "configs" / "unet_lite0_edd2020.yaml"
-    run_script("bench/single_image_eval.py", "--data", data_root, "--splits", "edd-test", "--classes", "BE", "HGD",
-               "cancer", "--recipe", recipe, "--n", "2", "--baseline", "unet_lite0.edd2020", "--baseline-only",
-               "--json", tmp_path / "b.json")
-    saved = json.loads((tmp_path / "b.json").read_text())
-    assert "single_image" not in saved and saved["baseline"]["model"] == "unet_lite0.edd2020"
-    assert [set(r) for r in saved["per_image"]] == [{"id", "baseline_dice", "baseline_seconds",
-                                                    "baseline_cpu_seconds"}] * 2
-    assert "needs --baseline" in run_script("bench/single_image_eval.py", "--baseline-only", expect=2).stderr

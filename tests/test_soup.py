@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_UNET, run_script
+from conftest import TINY_UNET
 from safetensors.torch import load_file, save_file
 
 from medseg_core import Segmenter, create_model, soup
@@ -67,22 +67,27 @@ def test_greedy_soup_keeps_only_ingredients_that_do_not_lower_the_score(three_ti
     assert scores == {f: pytest.approx(-abs(own[f] - target), abs=1e-6) for f in folders}
 
 
-def test_soup_command_writes_a_loadable_model_and_its_scores(three_tiny, data_root, tmp_path):
+def test_soup_command_writes_a_loadable_model_and_its_scores(three_tiny, data_root, tmp_path, capsys):
+    from medseg_core.commands import soup as soup_command
+
     folders = [str(f) for f in three_tiny[0]]
     split = tmp_path / "few.txt"
     split.write_text("\n".join((data_root / "splits" / "polyp-val.txt").read_text().split()[:2]))
     out, report = tmp_path / "soup", tmp_path / "soup.json"
-    proc = run_script("train/soup.py", "--models", *folders, "--output", out, "--greedy", "--data", data_root,
-                      "--split", split, "--fp16", "--json", report)
+    assert soup_command(["--models", *folders, "--output", str(out), "--greedy", "--data", str(data_root),
+                         "--split", str(split), "--fp16", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
     result = json.loads(report.read_text())
     assert result["kind"] == "greedy" and set(result["ingredients"]) == set(folders)
     assert result["chosen"][0] == max(result["ingredients"], key=result["ingredients"].get)
     assert result["chosen"] == result["chosen"][:1] + [t["add"] for t in result["trail"] if t["kept"]]
-    assert len(result["trail"]) == len(folders) - 1 and "greedy soup of" in proc.stdout
+    assert len(result["trail"]) == len(folders) - 1 and "greedy soup of" in printed
     assert all(v.dtype == torch.float16 for v in load_file(out / "model.safetensors").values()
                if v.is_floating_point())
     assert Segmenter.from_pretrained(out)(torch.zeros(80, 96, 3, dtype=torch.uint8).numpy()).mask.shape == (80, 96)
-    run_script("train/soup.py", "--models", *folders, "--output", out, "--greedy", expect=2)  # no split: usage
+    with pytest.raises(SystemExit) as exc:  # no split: a usage error
+        soup_command(["--models", *folders, "--output", str(out), "--greedy"])
+    assert exc.value.code == 2
 
 
 def test_a_multi_class_soup_is_scored_by_class_dice_on_its_own_mask_encoding(tiny_3class, data_root):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, run_main
 from safetensors.torch import load_file
 
 from medseg_core import Segmenter, load_model, training
@@ -14,7 +14,7 @@ from medseg_core.enhance import VIEWS
 from medseg_core.models.dynasiam import DynaSiam
 
 CONFIG = str(ROOT / "train" / "configs" / "unet_lite0_polyp.yaml")
-PRANET_CONFIG = ROOT / "train" / "configs" / "pranet_polyp.yaml"
+ZOO_CONFIG = ROOT / "train" / "configs" / "zoo_polyp.yaml"
 
 
 def tiny_args(data_root, out, *extra, max_steps=2):
@@ -88,8 +88,9 @@ def test_repeat_factor_sampling_draws_the_rarer_class_more_often(data_root, capl
     from medseg_core.data import RepeatFactorSampler
     from medseg_core.models import create_model
 
-    cfg = load_config(ROOT / "train" / "configs" / "unet_lite0_neopolyp_full_ft.yaml", [
+    cfg = load_config(ROOT / "train" / "configs" / "unet_lite2_neopolyp_full_gpu.yaml", [
         "--data.root", str(data_root), "--data.train_split", "neopolyp-full-train", "--data.cache_max_side", "64",
+        "--train.num_workers", "0",
         "--train.max_train_samples", "24", "--train.max_val_samples", "2", "--train.repeat_factor_threshold", "1"])
     cfg["_no_progress"] = True
     model = create_model("unet", encoder="tf_efficientnet_lite0", encoder_weights="random", num_classes=3,
@@ -108,12 +109,6 @@ def test_repeat_factor_sampling_draws_the_rarer_class_more_often(data_root, capl
     cfg["train"]["repeat_factor_threshold"] = 0.0
     assert not isinstance(training.get_dataloaders(Accelerator(cpu=True), cfg, model)[0].sampler,
                           RepeatFactorSampler)
-
-
-def test_every_shipped_recipe_loads():
-    for recipe in sorted((ROOT / "train" / "configs").glob("*.yaml")):
-        cfg = load_config(recipe)
-        assert cfg["model"]["arch"] and cfg["train"]["optimizer"] in ("adamw", "adam", "sgd"), recipe.name
 
 
 def test_a_typo_stops_train_with_the_hint(data_root, tmp_path, capsys):
@@ -158,18 +153,13 @@ def test_push_to_hub_offline_fails_clearly_but_keeps_the_weights(data_root, tmp_
 # ---- the architectures' own recipes ----------------------------------------------------------------------------
 
 
-def test_aspp_net_recipe_builds_a_two_class_model():
-    cfg = load_config(ROOT / "train" / "configs" / "aspp_net_polyp.yaml")
-    model = training.build_model(cfg)
-    assert model.arch == "aspp_net" and model.num_classes == 2 and cfg["train"]["loss"] == "ce"
-    assert model.input_size == 256
-
-
-def test_pranet_recipe_trains_with_the_structure_loss(data_root, tmp_path):
-    """The real train.py on the PraNet recipe (tiny: Lite0 encoder, 64 px, two steps, four real images)."""
+def test_pranet_trains_with_the_structure_loss(data_root, tmp_path):
+    """The real train.py on the zoo recipe with PraNet and its structure loss (tiny: Lite0 encoder, 64 px, two
+    steps, four real images)."""
     out = tmp_path / "run"
     model_dir = training.main([
-        "--config", str(PRANET_CONFIG), "--output-dir", str(out), "--max-steps", "2", "--no-progress",
+        "--config", str(ZOO_CONFIG), "--output-dir", str(out), "--max-steps", "2", "--no-progress",
+        "--model.arch", "pranet", "--train.loss", "structure", "--model.encoder_weights", "imagenet",
         "--data.root", str(data_root), "--data.cache_max_side", "96",
         "--train.max_train_samples", "4", "--train.max_val_samples", "2", "--train.batch_size", "2",
         "--model.input_size", "64", "--model.encoder", "tf_efficientnet_lite0", "--model.rfb_channels", "8",
@@ -178,8 +168,7 @@ def test_pranet_recipe_trains_with_the_structure_loss(data_root, tmp_path):
     model = load_model(model_dir)
     assert model.arch == "pranet" and model.config["encoder_weights"] == "imagenet"
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1, 64, 64)
-    cfg = load_config(PRANET_CONFIG)
-    assert cfg["train"]["loss"] == "structure" and cfg["model"]["encoder"] == "res2net50_26w_4s"
+    assert json.loads((out / "train_summary.json").read_text())["config"]["train"]["loss"] == "structure"
 
 
 def test_dynasiam_recipe_trains_two_steps(data_root, tmp_path, example_image):
@@ -236,7 +225,7 @@ def test_history_lists_each_epochs_validation_from_the_tensorboard_logs(data_roo
     # 5 epochs of 2 steps: the trainer logs the per-step series every 10 steps, so one exists to be left out.
     training.main(tiny_args(data_root, tmp_path / "run", "--train.epochs", "5", "--train.ema", "0.9",
                             max_steps=10))
-    out = run_script("train/history.py", tmp_path / "run", "--json", tmp_path / "h.json").stdout
+    out = run_main("train/history.py", tmp_path / "run", "--json", tmp_path / "h.json").stdout
     rows = json.loads((tmp_path / "h.json").read_text())["rows"]
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5] and [r["step"] for r in rows] == [2, 4, 6, 8, 10]
@@ -244,7 +233,7 @@ def test_history_lists_each_epochs_validation_from_the_tensorboard_logs(data_roo
     best = max(rows, key=lambda r: r["val/score"])
     assert (best["epoch"], best["val/score"]) == (summary["best_epoch"], pytest.approx(summary["best_val_dice"]))
     assert "train/loss" not in out and not any(k in r for r in rows for k in ("train/loss", "train/lr"))
-    assert "no TensorBoard event files" in run_script("train/history.py", tmp_path / "empty", expect=1).stderr
+    assert "no TensorBoard event files" in run_main("train/history.py", tmp_path / "empty", expect=1).stderr
 
 
 def test_history_keeps_the_later_value_of_a_step_logged_twice(tmp_path):
@@ -257,7 +246,7 @@ def test_history_keeps_the_later_value_of_a_step_logged_twice(tmp_path):
         for tag, value in (("val/score", score), ("train/epoch", 3), ("train/loss", 1.0)):
             writer.add_scalar(tag, value, 7, walltime=wall)
         writer.close()
-    run_script("train/history.py", tmp_path / "run", "--json", tmp_path / "h.json")
+    run_main("train/history.py", tmp_path / "run", "--json", tmp_path / "h.json")
     rows = json.loads((tmp_path / "h.json").read_text())["rows"]
     assert rows == [{"epoch": 3, "step": 7, "val/score": pytest.approx(0.2)}]
 

@@ -1,6 +1,6 @@
 """How much of a split's mean Dice its lesion-free images take, read from evaluate.py JSON files already written.
 
-    python bench/lesion_free.py docs/results/unet_lite2.polyp_*test-polypgen*.json --json out.json
+    python studies/lesion_free.py docs/results/unet_lite2.polyp_*test-polypgen*.json --json out.json
 
 An image without a lesion (14 of PolypGen's 150 test frames) scores Dice 1 when nothing is drawn on it and 0 for any
 drawn pixel, so a handful of them moves a split's mean by far more than their share of pixels. ``train/evaluate.py``

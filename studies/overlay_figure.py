@@ -1,6 +1,6 @@
 """A figure of a model on dataset images: each row the image, its expert masks and the model's, with a class legend.
 
-    python bench/overlay_figure.py --model weights/unet_lite0.edd2020 --ids edd2020/EDD2020_ACB0004 \
+    python studies/overlay_figure.py --model weights/unet_lite0.edd2020 --ids edd2020/EDD2020_ACB0004 \
         --out docs/edd2020_overlay.png
 
 ``--ids`` are lines of a split file (``<dataset folder>/<stem>`` under ``--data``). The masks are read with the

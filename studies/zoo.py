@@ -1,10 +1,10 @@
 """Train every model with one recipe and the same budget, evaluate each on the test splits, print the table.
 
-    python bench/zoo.py                                   # every registered model (train, evaluate, table)
-    python bench/zoo.py --models unet pranet              # some of them
-    python bench/zoo.py --ablation                        # the TDC-Enhance / DynaSiam ablation (4 entries)
-    python bench/zoo.py --collect                         # no training: the table of what runs/zoo holds
-    python bench/zoo.py --train.epochs 20 --model.input_size 352    # a bigger budget (e.g. on a GPU), all alike
+    python studies/zoo.py                                   # every registered model (train, evaluate, table)
+    python studies/zoo.py --models unet pranet              # some of them
+    python studies/zoo.py --ablation                        # the TDC-Enhance / DynaSiam ablation (4 entries)
+    python studies/zoo.py --collect                         # no training: the table of what runs/zoo holds
+    python studies/zoo.py --train.epochs 20 --model.input_size 352    # a bigger budget (e.g. on a GPU), all alike
 
 Each entry is one ``train/train.py`` run of ``train/configs/zoo_polyp.yaml`` (train on ``polyp-train``, best epoch
 on ``polyp-val``) followed by ``train/evaluate.py`` on every test split; the exact commands are printed and stored
@@ -13,7 +13,7 @@ EfficientNet-Lite0 (the one set of ImageNet weights reachable offline); DDANet, 
 encoders and start from random weights. Two more entries make the DynaSiam ablation: ``unet_tdc`` (a single-path
 U-Net trained on the TDC-enriched training set, written by ``python -m medseg_core.enhance``) and ``dynasiam_nodfi``;
 ``unet_seed004`` is U-Net with the NeoPolyp reference design's optimiser and schedule (Adam, lr x0.6 in steps,
-from ``train/configs/unet_lite0_neopolyp_seed004.yaml``) at this recipe's budget.
+:data:`SEED004_TRAIN`) at this recipe's budget.
 
 Finished runs are not repeated: an entry whose model and evaluations exist is only collected. Several copies of
 this script may run at once (e.g. one per CPU core): each entry is claimed by one of them.
@@ -35,8 +35,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 LITE0 = ["--model.encoder", "tf_efficientnet_lite0", "--model.encoder_weights", "imagenet"]
 ABLATION = ["unet", "unet_tdc", "dynasiam", "dynasiam_nodfi"]
-# The NeoPolyp reference design's (seed 004) optimiser and schedule, taken from its recipe for entry unet_seed004.
-SEED004_RECIPE = "train/configs/unet_lite0_neopolyp_seed004.yaml"
+# The NeoPolyp reference design's (seed 004) optimiser and schedule for entry unet_seed004: Adam with weight decay
+# 1e-4, the learning rate x0.6 every 5 of its 24 epochs (ExponentialLR stepped per 5 epochs).
+SEED004_TRAIN = {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0001, "schedule": "exponential", "gamma": 0.6,
+                 "step_epochs": 5, "epochs": 24}
 OPTIMISER_KEYS = ("optimizer", "lr", "weight_decay", "schedule", "gamma", "step_epochs")
 # What a row keeps of each evaluation; multi-class and multi-label models add mdice / miou and the split-level
 # class_dice_<class> (and their mean, class_dice).
@@ -55,7 +57,7 @@ def entries(tdc_root: Path) -> dict[str, dict[str, Any]]:
         out[name] = {"arch": name, "overrides": LITE0 if takes_encoder else []}
     out["unet_tdc"] = {"arch": "unet", "data_root": str(tdc_root), "overrides": LITE0}
     out["dynasiam_nodfi"] = {"arch": "dynasiam", "overrides": [*LITE0, "--model.dfi", "false"]}
-    out["unet_seed004"] = {"arch": "unet", "optimiser_from": SEED004_RECIPE, "overrides": LITE0}
+    out["unet_seed004"] = {"arch": "unet", "optimiser_from": SEED004_TRAIN, "overrides": LITE0}
     return out
 
 
@@ -72,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--collect", action="store_true", help="train nothing; tabulate the finished entries")
     p.add_argument("--tune-thresholds", action="store_true",
                    help="multi-label recipes: also choose per-class thresholds on the validation split "
-                        "(bench/threshold_table.py --record) and evaluate the test splits with them")
+                        "(medseg-calibrate --what thresholds --record) and evaluate the test splits with them")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--json", default=None, help="write the table (and the commands) to this JSON file")
     p.add_argument("--markdown", default=None, help="write the table as Markdown to this file")
@@ -96,9 +98,9 @@ def commands(name: str, entry: dict[str, Any], args: argparse.Namespace, extra: 
     # Raw evaluation at threshold 0.5 even once per-class thresholds are recorded in the model's config.json.
     cmds: dict[str, Any] = {"train": train, "evaluate": evaluate("", ["--threshold", "0.5"])}
     if args.tune_thresholds:
-        cmds["thresholds"] = ["python", "bench/threshold_table.py", "--model", str(run_dir / "model"), "--data",
-                              args.data, "--split", _splits(args, extra)[1], "--record", "--no-progress", "--json",
-                              str(run_dir / "eval" / "thresholds.json")]
+        cmds["thresholds"] = ["python", "-m", "medseg_core.calibrate", "--what", "thresholds", "--model",
+                              str(run_dir / "model"), "--data", args.data, "--split", _splits(args, extra)[1],
+                              "--record", "--no-progress", "--json", str(run_dir / "eval" / "thresholds.json")]
         cmds["evaluate_thresholds"] = evaluate("_thresholds", [])
     return cmds
 
@@ -124,12 +126,9 @@ def _same_budget(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return ["--max-steps", str(steps), "--train.warmup_epochs", f"{t['warmup_epochs'] / views:g}"]
 
 
-def _optimiser_of(recipe: str, args: argparse.Namespace, extra: list[str]) -> list[str]:
-    """Overrides that train with another recipe's optimiser and learning-rate schedule, its step schedule squeezed
-    into this budget: as many lr steps, at the same fractions of the run, as in that recipe's own epochs."""
-    from medseg_core.config import load_config
-
-    theirs = load_config(ROOT / recipe)["train"]
+def _optimiser_of(theirs: dict[str, Any], args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Overrides that train with another recipe's optimiser and learning-rate schedule (its ``train`` keys), its step
+    schedule squeezed into this budget: as many lr steps, at the same fractions of the run, as in its own epochs."""
     budget = _recipe(args, extra)["train"]["epochs"]
     values = {k: theirs[k] for k in OPTIMISER_KEYS}
     values["step_epochs"] = theirs["step_epochs"] * budget / theirs["epochs"]
@@ -269,7 +268,7 @@ def markdown(rows: list[dict[str, Any]], splits: list[str], ablation: bool = Fal
     if any(k.startswith("class_dice") for r in rows for t in r["test"].values() for k in t):
         table = markdown_classes(rows, splits)
         if any(r.get("test_thresholds") for r in rows):
-            table += ("\n\nAt per-class thresholds chosen on the validation split (bench/threshold_table.py):\n\n"
+            table += ("\n\nAt per-class thresholds chosen on the validation split (medseg-calibrate --what thresholds):\n\n"
                       + markdown_classes(rows, splits, "test_thresholds"))
         return table
     splits = [Path(s).stem for s in splits]

@@ -1,6 +1,6 @@
 """How well does single-image training do, given a rough ROI like a clinician's? And how does a base model do?
 
-    python bench/single_image_eval.py --n 50 --baseline weights/unet_lite0.polyp --json single_image.json
+    python studies/single_image_eval.py --n 50 --baseline weights/unet_lite0.polyp --json single_image.json
 
 N test images are taken evenly from test-kvasir and test-clinicdb (the same ones on every run). The ROI of each
 image is derived from its ground truth by a fixed rule that imitates a rough marking inside the lesion
@@ -13,7 +13,7 @@ inflate); ``--baseline`` runs a trained model on the same images.
 Multi-label data (EDD2020) names the classes that make up the lesion, and the recipe that says how its masks are
 stored; every test image with one of those classes is used (``--n`` caps the count):
 
-    python bench/single_image_eval.py --splits edd-test --classes BE HGD cancer \
+    python studies/single_image_eval.py --splits edd-test --classes BE HGD cancer \
         --recipe train/configs/unet_lite0_edd2020.yaml --baseline runs/unet_lite0.edd2020/model --json edd.json
 """
 
