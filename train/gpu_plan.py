@@ -14,9 +14,9 @@ The jobs (``PLAN``), all started at once and stopped at ``--budget-s``:
   (docs/studies/edd2020-rare-classes.md: the Dice term over the batch, classes absent from it skipped), two seeds;
   validation on ``neopolyp-full-val``.
 - ``edd_<entry>_s0``, ``edd_<entry>_s1``: the EDD2020 four-entry study (U-Net, U-Net on the TDC-enriched set,
-  DynaSiam, DynaSiam without DFI: ``bench/zoo.py``'s ablation, one job an entry, the entries of a seed in one
+  DynaSiam, DynaSiam without DFI: ``studies/zoo.py``'s ablation, one job an entry, the entries of a seed in one
   folder ``runs/gpu/edd2020_s<seed>``) at 352 px and a real schedule, two seeds, each entry evaluated on
-  ``edd-test`` at 0.5 and at thresholds chosen on ``edd-val``; ``bench/zoo.py --collect --ablation --out
+  ``edd-test`` at 0.5 and at thresholds chosen on ``edd-val``; ``studies/zoo.py --collect --ablation --out
   runs/gpu/edd2020_s0`` tabulates a seed.
 - ``polyp_next``: the polyp default's next recipe, the shipped Lite2 GPU recipe from ImageNet with a quarter of
   every batch drawn from polyp-free frames, selected on polyp-val together with polyp-negative-val.
@@ -66,7 +66,7 @@ TINY = ["--max-steps", "2", "--model.input_size", "64", "--data.cache_max_side",
 
 @dataclass
 class Job:
-    """One training (``train/train.py``) followed by its evaluations, or one ``bench/zoo.py`` study (which trains
+    """One training (``train/train.py``) followed by its evaluations, or one ``studies/zoo.py`` study (which trains
     and evaluates its entries itself). ``group``: the runs among which the best on validation comes back."""
 
     name: str
@@ -82,8 +82,8 @@ class Job:
 
     def commands(self, runs: Path, data: str, tiny: bool) -> list[list[str]]:
         extra = [*self.overrides, *(TINY if tiny else [])]
-        if self.zoo:  # bench/zoo.py hands what it does not know (--seed, overrides) to every train/train.py run
-            return [[PY, "bench/zoo.py", "--config", self.recipe, "--data", data, "--test-splits", "edd-test",
+        if self.zoo:  # studies/zoo.py hands what it does not know (--seed, overrides) to every train/train.py run
+            return [[PY, "studies/zoo.py", "--config", self.recipe, "--data", data, "--test-splits", "edd-test",
                      "--tune-thresholds", "--out", str(runs / f"{self.group}_s{self.seed}"), "--seed", str(self.seed),
                      *extra]]
         out = self.run_dir(runs)
@@ -95,7 +95,7 @@ class Job:
         return [train, *evaluate]
 
 
-EDD_ENTRIES = ["unet", "unet_tdc", "dynasiam", "dynasiam_nodfi"]  # bench/zoo.py's ablation, one job an entry
+EDD_ENTRIES = ["unet", "unet_tdc", "dynasiam", "dynasiam_nodfi"]  # studies/zoo.py's ablation, one job an entry
 EDD_BUDGET = ["--model.input_size", "352", "--data.cache_max_side", "448", "--train.epochs", "100"]
 
 PLAN = [
