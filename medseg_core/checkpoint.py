@@ -15,17 +15,21 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import PIL.Image
+import torch
 
 __all__ = [
     "MARKER",
     "NonFiniteLossError",
+    "NonFiniteModelError",
+    "check_finite",
     "find_latest_checkpoint",
     "list_checkpoints",
+    "nonfinite_tensors",
     "save_checkpoint",
     "unreadable_samples",
 ]
@@ -39,6 +43,27 @@ _NAME = re.compile(r"^checkpoint_(\d+)$")
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (``--on-nan stop``); the message names the step."""
+
+
+class NonFiniteModelError(ValueError):
+    """Weights holding a NaN or an infinity: never saved as a run's model, averaged into a soup, stored or exported."""
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor] | torch.nn.Module) -> list[str]:
+    """The names of the floating-point tensors that hold a NaN or an infinity; a module is read as its
+    ``state_dict`` (parameters and buffers, BatchNorm's running statistics included)."""
+    state = tensors.state_dict() if isinstance(tensors, torch.nn.Module) else tensors
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor] | torch.nn.Module, what: str) -> None:
+    """Raise :class:`NonFiniteModelError` (one line: how many tensors, the first names) when ``tensors`` (a state dict
+    or a module) hold a NaN or an infinity."""
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        total = len(tensors.state_dict() if isinstance(tensors, torch.nn.Module) else tensors)
+        raise NonFiniteModelError(f"{what} holds NaN or infinite values in {len(bad)} of {total} tensors "
+                                  f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
 
 
 def _fsync_tree(folder: Path) -> None:

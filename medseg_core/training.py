@@ -30,7 +30,14 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import NonFiniteLossError, find_latest_checkpoint, save_checkpoint, unreadable_samples
+from .checkpoint import (
+    NonFiniteLossError,
+    check_finite,
+    find_latest_checkpoint,
+    nonfinite_tensors,
+    save_checkpoint,
+    unreadable_samples,
+)
 from .cli import UsageError, setup_logging
 from .commands import parse_train_args
 from .config import RecipeError, load_config, recipe_schema
@@ -44,6 +51,7 @@ from .data import (
     repeat_factors,
 )
 from .hub import push_model, resolve_weights, write_model_card
+from .labels import LabelSchema
 from .losses import build_loss
 from .metrics import split_class_dice
 from .models import SegModel, create_model
@@ -130,8 +138,10 @@ def rescale_batch(images: torch.Tensor, masks: torch.Tensor, factor: float) -> t
     return images, (m if masks.dim() == 4 else m[:, 0])
 
 
-def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegModel) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders; the seam tests can swap."""
+def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegModel,
+                    schema: LabelSchema | None = None) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders; the seam tests can swap. ``schema``: the recipe's label schema (built from
+    ``cfg`` when not given)."""
     data, train = cfg["data"], cfg["train"]
     train_samples = read_split(data["root"], data["train_split"])[: train["max_train_samples"]]
     val_samples = read_splits(data["root"], data["val_split"])[: train["max_val_samples"]]
@@ -139,7 +149,7 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
     extra_samples = {name: read_split(data["root"], name) for name in mix}
     size, mean, std = model.input_size, model.mean, model.std
     views = getattr(model, "views", None)  # multi-view models (DynaSiam) read stacked TDC-Enhance views
-    schema = recipe_schema(cfg)
+    schema = schema or recipe_schema(cfg)
     with accelerator.main_process_first():
         show = accelerator.is_local_main_process and not cfg["_no_progress"]
         augment = train_transform(size, mean, std, train["augment"], views, train["augment_colour"],
@@ -247,9 +257,10 @@ class Progress:
             setattr(self, k, type(getattr(self, k))(v))
 
 
-def _loss_is_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
-    """True when every process's loss is finite (all processes take the same branch, so none waits forever)."""
-    return bool(torch.isfinite(accelerator.gather(loss.detach().float().reshape(1))).all())
+def _all_finite(accelerator: Accelerator, tensors: list[torch.Tensor]) -> bool:
+    """True when every process's ``tensors`` are finite (all processes take the same branch, so none waits forever)."""
+    ok = torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all() if tensors else torch.tensor(True)
+    return bool(accelerator.gather(ok.float().reshape(1)).all())
 
 
 def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg, max_steps,
@@ -257,8 +268,11 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
                     save: Callable[[], Any] | None = None, ema: ModelEmaV3 | None = None) -> float:
     """One pass over the training loader; returns the mean loss.
 
-    A NaN or infinite loss raises :class:`~medseg_core.checkpoint.NonFiniteLossError` naming the step
-    (``on_nan="stop"``), or skips that batch's update (``"skip"``: the step is counted, nothing is learnt).
+    A NaN or infinite loss, BatchNorm statistics or gradients raise :class:`~medseg_core.checkpoint.NonFiniteLossError`
+    naming the step (``on_nan="stop"``), or skip that batch (``"skip"``: the step is counted, nothing is learnt).
+    A skipped batch leaves the model as it was: no optimiser step, and the buffers its forward pass updated
+    (BatchNorm's running statistics) are put back from a copy taken before it. (Under fp16 the gradient scaler
+    skips steps with overflowing gradients itself and lowers its scale, so the gradients are not checked here.)
     ``save`` is called after every ``checkpoint_every`` optimiser steps; ``ema`` (when given) is updated after each.
     ``train.scales`` resizes each batch by one of its factors, drawn at random."""
     model.train()
@@ -267,12 +281,17 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
     bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}", disable=not accelerator.is_local_main_process
                or cfg["_no_progress"], leave=False)
     scales = cfg["train"].get("scales")
+    buffers = list(model.buffers())
+    statistics = [b for b in buffers if b.is_floating_point()]  # BatchNorm's running means and variances
+    check_grads = accelerator.scaler is None
     for batch in bar:
         images, masks = batch["image"], batch["mask"]
         if scales:
             images, masks = rescale_batch(images, masks, random.choice(scales))
         if cfg["train"]["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
+        # What the forward pass may change (BatchNorm statistics), put back if the batch is skipped.
+        saved = [b.detach().clone() for b in buffers] if on_nan == "skip" else []
         with accelerator.autocast():
             outputs = model(images)
         loss = loss_fn(outputs, masks)
@@ -280,8 +299,16 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
         if aux is not None:
             loss = loss + aux
         optimizer.zero_grad(set_to_none=True)
-        if _loss_is_finite(accelerator, loss):
+        problem = None
+        if not _all_finite(accelerator, [loss]):
+            problem = f"the training loss is {loss.item()}"
+        elif not _all_finite(accelerator, statistics):  # a finite loss, but the batch variance overflowed
+            problem = "the BatchNorm statistics hold NaN or infinite values"
+        else:
             accelerator.backward(loss)
+            if check_grads and not _all_finite(accelerator, [p.grad for p in model.parameters() if p.grad is not None]):
+                problem = "the gradients hold NaN or infinite values"
+        if problem is None:
             optimizer.step()
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model), step=progress.step)
@@ -289,9 +316,14 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
         else:
             where = f"step {progress.step + 1} (epoch {progress.epoch + 1})"
             if on_nan != "skip":
-                raise NonFiniteLossError(f"the training loss is {loss.item()} at {where}; stopping (the last "
-                                         "checkpoint is intact; lower the learning rate, or pass --on-nan skip)")
-            log.warning("the training loss is %s at %s; this batch is skipped", loss.item(), where)
+                raise NonFiniteLossError(f"{problem} at {where}; stopping (the last checkpoint is intact; lower the "
+                                         "learning rate, or pass --on-nan skip)")
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, before in zip(buffers, saved):
+                    buffer.copy_(before)
+            log.warning("%s at %s; this batch is skipped (the weights and BatchNorm statistics are left as they "
+                        "were)", problem, where)
         scheduler.step()
         progress.step += 1
         bar.set_postfix(loss=f"{total / max(1, count):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -325,15 +357,17 @@ def _image_scores(pred: torch.Tensor, target: torch.Tensor, classes: int, multil
 
 
 @torch.inference_mode()
-def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
+def evaluate(accelerator, model, loader, cfg, schema: LabelSchema | None = None) -> dict[str, float]:
     """Per-image Dice and IoU at the model's input size, gathered over processes, then averaged.
 
     ``dice``/``iou`` are the lesion region's (any foreground class). Multi-class and multi-label models add the
     split-level ``class_dice`` (:func:`medseg_core.metrics.split_class_dice`), their selection ``score``; binary
-    models are selected on ``dice``.
+    models are selected on ``dice``. A model whose logits hold a NaN or an infinity on any validation image gets the
+    score NaN (never the best). ``schema``: the recipe's label schema (built from ``cfg`` when not given).
     """
     model.eval()
-    schema = recipe_schema(cfg)
+    schema = schema or recipe_schema(cfg)
+    nonfinite = torch.zeros(1)
     classes = 0 if schema.task == "binary" else len(schema.foreground)
     rows = []
     for batch in tqdm(loader, desc="validate", disable=not accelerator.is_local_main_process or cfg["_no_progress"],
@@ -343,6 +377,8 @@ def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             logits = model(images).float()
+        nonfinite += accelerator.gather(torch.tensor([int(not torch.isfinite(logits).all())],
+                                                     device=logits.device)).sum().cpu()
         if schema.multilabel:
             pred = (logits > 0).long()
         else:
@@ -356,6 +392,10 @@ def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
                for k, v in ((f"n_inter_{n}", r[2 * c].item()), (f"n_total_{n}", r[2 * c + 1].item()))} for r in table]
     out.update(split_class_dice(counts))
     out["score"] = out.get("class_dice", out["dice"])
+    if nonfinite.item():
+        log.warning("the model's outputs hold NaN or infinite values on %d validation batch(es): no score",
+                    int(nonfinite.item()))
+        out["score"] = float("nan")
     return out
 
 
@@ -377,7 +417,9 @@ def resolve_resume_path(resume: str | None, output_dir: Path) -> Path | None:
 
 def save_best(model: SegModel, model_dir: Path, config: dict[str, Any]) -> None:
     """Write the best model atomically: into a sibling folder, then swapped in, so a kill never leaves a half-written
-    ``model/`` behind (the previous best stays until the new one is complete)."""
+    ``model/`` behind (the previous best stays until the new one is complete). A model with a NaN or infinite
+    tensor (parameters or buffers) raises :class:`~medseg_core.checkpoint.NonFiniteModelError` and writes nothing."""
+    check_finite(model, f"the model for {model_dir}")
     tmp, old = model_dir.with_name(f".{model_dir.name}.tmp"), model_dir.with_name(f".{model_dir.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, config=config)
@@ -473,6 +515,7 @@ def run(args: argparse.Namespace) -> Path:
     except RecipeError as err:
         raise UsageError(f"medseg-train: {err}") from err
     cfg["_no_progress"] = args.no_progress
+    schema = recipe_schema(cfg)  # built once, passed to the data, the loss, validation and the saved models
     output_dir = Path(args.output_dir or Path("runs") / cfg["name"])
     t = cfg["train"]
     precision = auto_precision() if t["precision"] == "auto" else t["precision"]
@@ -494,15 +537,14 @@ def run(args: argparse.Namespace) -> Path:
             raise UsageError(f"medseg-train: {err}") from err
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    train_dl, val_dl = get_dataloaders(accelerator, cfg, model)
+    train_dl, val_dl = get_dataloaders(accelerator, cfg, model, schema)
     optimizer = build_optimizer(model.parameters(), t)
     steps_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes)
     total_steps = t["epochs"] * steps_per_epoch
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
     scheduler = build_scheduler(optimizer, t, steps_per_epoch, total_steps)
-    loss_fn = build_loss(t["loss"], model.num_classes, multilabel=recipe_schema(cfg).multilabel,
-                         batch_dice=t["batch_dice"])
+    loss_fn = build_loss(t["loss"], model.num_classes, multilabel=schema.multilabel, batch_dice=t["batch_dice"])
     model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
@@ -535,45 +577,55 @@ def run(args: argparse.Namespace) -> Path:
         except NonFiniteLossError as err:
             accelerator.end_training()
             raise SystemExit(f"medseg-train: {err}") from err
-        val = evaluate(accelerator, model if ema is None else ema.module, val_dl, cfg)
+        val = evaluate(accelerator, model if ema is None else ema.module, val_dl, cfg, schema)
+        best = accelerator.unwrap_model(model) if ema is None else ema.module
         progress.epoch += 1
         accelerator.log({**{f"val/{k}": v for k, v in val.items()}, "train/epoch_loss": train_loss,
                          "train/epoch": progress.epoch}, step=progress.step)
         log.info("epoch %d/%d: train loss %.4f, val %s", progress.epoch, t["epochs"], train_loss,
                  ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
         if ema is not None:
-            _validate_without_ema(accelerator, model, val_dl, cfg, progress, output_dir / "model_no_ema")
-        if val["score"] > progress.best_dice:
+            _validate_without_ema(accelerator, model, val_dl, cfg, schema, progress, output_dir / "model_no_ema")
+        if val["score"] > progress.best_dice and _finite(best, f"epoch {progress.epoch}'s model"):
             progress.best_dice, progress.best_epoch = val["score"], progress.epoch
             if accelerator.is_main_process:
-                best = accelerator.unwrap_model(model) if ema is None else ema.module
-                save_best(best, model_dir, recipe_schema(cfg).to_config())
+                save_best(best, model_dir, schema.to_config())
         save()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model) if ema is None else ema.module
-        _finish(final, cfg, args, output_dir, model_dir, progress, time.time() - started,
-                accelerator)
+        _finish(final, cfg, schema, args, output_dir, model_dir, progress, time.time() - started, accelerator)
     accelerator.end_training()
     return model_dir
 
 
-def _validate_without_ema(accelerator: Accelerator, model, val_dl, cfg: dict[str, Any], progress: Progress,
-                          model_dir: Path) -> None:
+def _finite(model: torch.nn.Module, what: str) -> bool:
+    """Whether every tensor of ``model`` (parameters and buffers) is finite; a warning names the others."""
+    bad = nonfinite_tensors(model)
+    if bad:
+        log.warning("%s is not saved: NaN or infinite values in %d tensors (%s%s)", what, len(bad),
+                    ", ".join(bad[:3]), ", ..." if len(bad) > 3 else "")
+    return not bad
+
+
+def _validate_without_ema(accelerator: Accelerator, model, val_dl, cfg: dict[str, Any], schema: LabelSchema,
+                          progress: Progress, model_dir: Path) -> None:
     """Validate the trained weights (not their average), log them as ``val_no_ema/*`` and keep the best in
     ``model_dir``: what the same run gives without the EMA lever, at the cost of one more validation pass."""
-    val = evaluate(accelerator, model, val_dl, cfg)
+    val = evaluate(accelerator, model, val_dl, cfg, schema)
+    trained = accelerator.unwrap_model(model)
     accelerator.log({f"val_no_ema/{k}": v for k, v in val.items()}, step=progress.step)
     log.info("epoch %d, without EMA: val %s", progress.epoch, ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
-    if val["score"] > progress.best_dice_no_ema:
+    if val["score"] > progress.best_dice_no_ema and _finite(trained, f"epoch {progress.epoch}'s model without EMA"):
         progress.best_dice_no_ema, progress.best_epoch_no_ema = val["score"], progress.epoch
         if accelerator.is_main_process:
-            save_best(accelerator.unwrap_model(model), model_dir, recipe_schema(cfg).to_config())
+            save_best(trained, model_dir, schema.to_config())
 
 
-def _finish(saved: SegModel, cfg: dict[str, Any], args: argparse.Namespace, output_dir: Path, model_dir: Path,
-            progress: Progress, seconds: float, accelerator: Accelerator) -> None:
-    """Write the training summary and the model card; push to the Hub when asked."""
+def _finish(saved: SegModel, cfg: dict[str, Any], schema: LabelSchema, args: argparse.Namespace, output_dir: Path,
+            model_dir: Path, progress: Progress, seconds: float, accelerator: Accelerator) -> None:
+    """Write the training summary and the model card; push to the Hub when asked. ``SystemExit`` (status 1) when no
+    model was saved: every validated model had NaN or infinite weights or outputs."""
     threads = torch.get_num_threads()
     device = "GPU" if torch.cuda.is_available() else f"CPU ({threads} thread{'' if threads == 1 else 's'})"
     summary = {"best_val_dice": progress.best_dice, "best_epoch": progress.best_epoch, "epochs": progress.epoch,
@@ -582,7 +634,11 @@ def _finish(saved: SegModel, cfg: dict[str, Any], args: argparse.Namespace, outp
                   if cfg["train"]["ema"] else {}),
                "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
     (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    write_model_card(model_dir, name=cfg["name"], config={**saved.config, **recipe_schema(cfg).to_config()},
+    if not (model_dir / "model.safetensors").is_file():
+        accelerator.end_training()
+        raise SystemExit(f"medseg-train: no model saved: every validated model had NaN or infinite weights or outputs "
+                         f"(see the warnings above); lower train.lr (now {cfg['train']['lr']:g}) or check the data")
+    write_model_card(model_dir, name=cfg["name"], config={**saved.config, **schema.to_config()},
                      data=data_text(cfg),
                      recipe=f"`{args.config}`: " + recipe_text(cfg, summary))
     log.info("best model (epoch %d, val score %.4f) in %s", progress.best_epoch, progress.best_dice, model_dir)

@@ -1,0 +1,184 @@
+"""Training never ships a broken model: non-finite batches skipped without touching BatchNorm, non-finite weights
+never saved, stored, averaged or exported; recipe values bounded; resume reads only safe formats; one label schema.
+
+Runs are a few steps on a tiny synthetic dataset (48 px images), so the file needs no shared data."""
+
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import ROOT, TINY_UNET
+from safetensors.torch import load_file, save_file
+
+from medseg_core import training
+from medseg_core.checkpoint import NonFiniteModelError, check_finite, nonfinite_tensors
+from medseg_core.cli import UsageError
+from medseg_core.models import create_model
+
+CONFIG = str(ROOT / "train" / "configs" / "unet_lite0_polyp.yaml")
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    """Six 48 px images with a bright square lesion and its mask: four to train on, two to validate on."""
+    root = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    for kind in ("images", "masks"):
+        (root / "toy" / kind).mkdir(parents=True)
+    ids = []
+    for i in range(6):
+        image = rng.integers(0, 120, (48, 48, 3), dtype=np.uint8)
+        mask = np.zeros((48, 48), np.uint8)
+        y, x = rng.integers(4, 28, 2)
+        image[y:y + 16, x:x + 16] = 230
+        mask[y:y + 16, x:x + 16] = 255
+        PIL.Image.fromarray(image).save(root / "toy" / "images" / f"{i}.png")
+        PIL.Image.fromarray(mask).save(root / "toy" / "masks" / f"{i}.png")
+        ids.append(f"toy/{i}")
+    (root / "splits").mkdir()
+    (root / "splits" / "toy-train.txt").write_text("\n".join(ids[:4]) + "\n")
+    (root / "splits" / "toy-val.txt").write_text("\n".join(ids[4:]) + "\n")
+    return root
+
+
+def synthetic_args(root, out, *extra, max_steps=2):
+    return ["--config", CONFIG, "--output-dir", str(out), "--max-steps", str(max_steps), "--no-progress",
+            "--data.root", str(root), "--data.train_split", "toy-train", "--data.val_split", "toy-val",
+            "--train.batch_size", "2", "--model.input_size", "64",
+            "--model.decoder_channels", "[16, 16, 16, 16, 8]", "--model.encoder_weights", "random", *extra]
+
+
+def _saved_weights(out):
+    return sorted(out.rglob("model.safetensors"))
+
+
+# ---- --on-nan skip leaves BatchNorm untouched; a broken model is never saved --------------------------------------
+
+
+def test_a_huge_learning_rate_with_on_nan_skip_never_saves_a_non_finite_model(synthetic_root, tmp_path):
+    """lr 1e6: the first step blows the weights up, later forward passes overflow. Each skipped batch must leave the
+    BatchNorm statistics as they were, and no model with a NaN or infinity may be saved, nor the run end with
+    status 0 and no usable model."""
+    out = tmp_path / "huge_lr"
+    args = synthetic_args(synthetic_root, out, "--on-nan", "skip", "--train.lr", "1000000.0", "--train.epochs", "2",
+                          max_steps=4)
+    try:
+        model_dir = training.main(args)
+    except SystemExit as err:  # allowed: the run says that it has no finite model, with a non-zero status
+        assert err.code not in (0, None) and "no model saved" in str(err.code)
+        assert not (out / "model" / "model.safetensors").exists()
+    else:
+        assert (model_dir / "model.safetensors").is_file()
+    for file in _saved_weights(out):
+        state = load_file(file)
+        assert not nonfinite_tensors(state), f"{file} holds non-finite tensors: {nonfinite_tensors(state)[:5]}"
+
+
+def test_a_skipped_batch_leaves_the_batchnorm_statistics_as_they_were(synthetic_root, tmp_path, monkeypatch):
+    """A batch whose forward pass overflows (an image of infinities) is skipped; the running statistics after it equal
+    those before it, so validation and the saved model are unaffected."""
+    seen = []
+    real_epoch = training.train_one_epoch
+
+    def poisoned_epoch(accelerator, model, loader, *args, **kwargs):
+        def batches():
+            for i, batch in enumerate(loader):
+                if i == 1:  # the second batch of the run: a forward pass that overflows every BatchNorm
+                    batch = {**batch, "image": torch.full_like(batch["image"], float("inf"))}
+                    seen.append({k: v.clone() for k, v in model.state_dict().items() if "running" in k})
+                yield batch
+
+        result = real_epoch(accelerator, model, batches(), *args, **kwargs)
+        seen.append({k: v.clone() for k, v in model.state_dict().items() if "running" in k})
+        return result
+
+    monkeypatch.setattr(training, "train_one_epoch", poisoned_epoch)
+    model_dir = training.main(synthetic_args(synthetic_root, tmp_path / "poisoned", "--on-nan", "skip",
+                                             "--train.epochs", "1"))
+    before, after = seen
+    assert before and before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), f"{k} changed by the skipped batch"
+    assert not nonfinite_tensors(load_file(model_dir / "model.safetensors"))
+
+
+def test_save_best_refuses_a_model_with_a_non_finite_buffer(tmp_path):
+    model = create_model("unet", **TINY_UNET)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_var[0] = float("nan")
+    with pytest.raises(NonFiniteModelError, match=r"NaN or infinite values in 1 of \d+ tensors .*running_var"):
+        training.save_best(model, tmp_path / "model", {})
+    assert not (tmp_path / "model").exists()
+    bn.running_var[0] = 1.0
+    training.save_best(model, tmp_path / "model", {})
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_check_finite_reads_parameters_and_buffers():
+    model = create_model("unet", **TINY_UNET)
+    check_finite(model, "a fresh model")
+    with torch.no_grad():
+        next(model.parameters())[0] = float("inf")
+    with pytest.raises(NonFiniteModelError, match="a broken model holds NaN or infinite values in 1 of"):
+        check_finite(model, "a broken model")
+
+
+@pytest.fixture()
+def weights_pair(tmp_path):
+    """Two finite weights folders of one tiny network, and a third whose BatchNorm statistics hold a NaN."""
+    folders = []
+    for name, seed in (("a", 0), ("b", 1), ("broken", 2)):
+        torch.manual_seed(seed)
+        model = create_model("unet", **TINY_UNET)
+        if name == "broken":
+            next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean[0] = float("nan")
+        model.save_pretrained(tmp_path / name)
+        folders.append(tmp_path / name)
+    return folders
+
+
+def test_store_fp16_refuses_non_finite_weights_and_values_that_overflow_fp16(weights_pair, tmp_path):
+    sys.path.insert(0, str(ROOT / "train"))
+    try:
+        from store_fp16 import store_fp16
+    finally:
+        sys.path.remove(str(ROOT / "train"))
+    good, _, broken = weights_pair
+    with pytest.raises(SystemExit, match="store_fp16: .*NaN or infinite values in 1 of"):
+        store_fp16(broken, tmp_path / "copy")
+    assert not (tmp_path / "copy" / "model.safetensors").exists()
+    state = load_file(good / "model.safetensors")
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first].clone()
+    state[first].view(-1)[0] = 1e6  # finite in fp32, infinite in fp16 (largest 65504)
+    save_file(state, good / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SystemExit, match="fp16 copy .*NaN or infinite"):
+        store_fp16(good, tmp_path / "copy2")
+    assert not (tmp_path / "copy2" / "model.safetensors").exists()
+
+
+def test_a_soup_refuses_a_non_finite_ingredient(weights_pair, tmp_path):
+    from medseg_core import soup
+
+    a, b, broken = weights_pair
+    with pytest.raises(ValueError, match="broken.*NaN or infinite values in 1 of"):
+        soup.average_weights([a, broken])
+    with pytest.raises(UsageError, match="medseg-soup: .*broken.*NaN or infinite"):
+        soup.main(["--models", str(a), str(broken), "--output", str(tmp_path / "soup")])
+    assert not (tmp_path / "soup").exists()
+    with pytest.raises(UsageError, match="fp16 soup .*NaN or infinite"):  # 1e6 is finite in fp32 only
+        soup.save_soup({"w": torch.tensor([1e6])}, a, tmp_path / "soup16", fp16=True)
+    assert not (tmp_path / "soup16" / "model.safetensors").exists()
+    soup.main(["--models", str(a), str(b), "--output", str(tmp_path / "soup")])
+    assert not nonfinite_tensors(load_file(tmp_path / "soup" / "model.safetensors"))
+
+
+def test_export_refuses_a_non_finite_model(weights_pair, tmp_path):
+    from medseg_core.export import export_onnx
+
+    *_, broken = weights_pair
+    with pytest.raises(NonFiniteModelError, match="NaN or infinite values in 1 of"):
+        export_onnx(broken, tmp_path / "onnx")
+    assert not (tmp_path / "onnx" / "model.onnx").exists()
