@@ -3,7 +3,10 @@ never saved, stored, averaged or exported; recipe values bounded; resume reads o
 
 Runs are a few steps on a tiny synthetic dataset (48 px images), so the file needs no shared data."""
 
+import json
+import subprocess
 import sys
+import time
 
 import numpy as np
 import PIL.Image
@@ -15,6 +18,8 @@ from safetensors.torch import load_file, save_file
 from medseg_core import training
 from medseg_core.checkpoint import NonFiniteModelError, check_finite, nonfinite_tensors
 from medseg_core.cli import UsageError
+from medseg_core.config import RecipeError, load_config, recipe_schema
+from medseg_core.labels import LabelSchema
 from medseg_core.models import create_model
 
 CONFIG = str(ROOT / "train" / "configs" / "unet_lite0_polyp.yaml")
@@ -182,3 +187,83 @@ def test_export_refuses_a_non_finite_model(weights_pair, tmp_path):
     with pytest.raises(NonFiniteModelError, match="NaN or infinite values in 1 of"):
         export_onnx(broken, tmp_path / "onnx")
     assert not (tmp_path / "onnx" / "model.onnx").exists()
+
+
+# ---- recipe values bounded like weights' configs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, hint", [
+    (["--model.input_size", "8192"], "model.input_size must be a multiple of 32 .* to 1024 .*got 8192"),
+    (["--model.input_size", "200"], "model.input_size must be a multiple of 32"),
+    (["--model.num_classes", "100"], "model.num_classes = 100 is out of range"),
+    (["--model.decoder_channels", "[16, 16, 16, 16, 100000]"], "model.decoder_channels .* out of range"),
+    (["--train.batch_size", "100000"], "train.batch_size must be an integer from 1 to 512"),
+    (["--train.epochs", "10000000"], "train.epochs must be an integer from 1 to 10000"),
+    (["--train.epochs", "true"], "train.epochs must be an integer"),
+    (["--train.lr", "1e-4"], "train.lr must be .*YAML reads 1e-4 as text"),
+    (["--train.lr", "-0.1"], "train.lr must be a learning rate above 0"),
+    (["--train.lr", ".nan"], "train.lr must be"),
+    (["--train.precision", "no"], 'train.precision must be one of auto, no, fp16, bf16 .*write "no"'),
+    (["--train.num_workers", "1000"], "train.num_workers must be an integer from 0 to 64"),
+    (["--data.cache_max_side", "100000"], "data.cache_max_side must be an integer from 32 to 16383"),
+    (["--name", "../../elsewhere"], "name must be a plain name"),
+])
+def test_recipe_values_are_bounded(override, hint):
+    with pytest.raises(RecipeError, match=hint):
+        load_config(CONFIG, override)
+
+
+def test_an_8192_input_is_refused_in_one_line_before_anything_is_built(tmp_path):
+    """The issue's reproduction: --model.input_size 8192 was OOM-killed at 19.9 GB after 70 s. Now a usage error
+    (status 2), one line, no traceback, and no run folder written."""
+    started = time.time()
+    proc = subprocess.run([sys.executable, str(ROOT / "train" / "train.py"), "--config", CONFIG, "--output-dir",
+                           str(tmp_path / "run"), "--model.input_size", "8192"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "model.input_size" in lines[0] and "8192" in lines[0], proc.stderr
+    assert not (tmp_path / "run").exists()
+    print(f"refused in {time.time() - started:.1f} s (interpreter start included): {lines[0]}")
+
+
+# ---- one label schema per run -----------------------------------------------------------------------------------
+
+
+def test_training_main_builds_the_label_schema_once(synthetic_root, tmp_path, monkeypatch):
+    """After the recipe is read (its validation builds a schema to check it), a run builds its label schema exactly
+    as often as one ``recipe_schema`` call does, and passes it to the data, the loss, each validation, each saved
+    model. Two epochs, so validation and saving run twice."""
+    built = []
+    real_init = LabelSchema.__post_init__
+
+    def counting_init(self):
+        built.append(self.task)
+        real_init(self)
+
+    monkeypatch.setattr(LabelSchema, "__post_init__", counting_init)
+    args = synthetic_args(synthetic_root, tmp_path / "run", "--train.epochs", "2", "--train.max_train_samples", "2")
+    cfg = load_config(CONFIG, args[args.index("--no-progress") + 1:])
+    built.clear()
+    recipe_schema(cfg)
+    one_call = len(built)
+    real_load = training.load_config
+
+    def load(*a, **kw):
+        loaded = real_load(*a, **kw)
+        built.clear()  # count from here: what the run builds itself
+        return loaded
+
+    real_card = training.write_model_card
+
+    def card(*a, **kw):  # the model card describes the config.json it is given, as for any weights (hub.py)
+        n = len(built)
+        real_card(*a, **kw)
+        del built[n:]
+
+    monkeypatch.setattr(training, "load_config", load)
+    monkeypatch.setattr(training, "write_model_card", card)
+    training.main(args)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["epochs"] == 2
+    assert len(built) == one_call, f"{len(built)} schema constructions; one recipe_schema call makes {one_call}"
