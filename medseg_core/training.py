@@ -6,6 +6,11 @@
 Hyperparameters live in the YAML recipe (:mod:`medseg_core.config`); infrastructure in flags. The best model by
 validation score is written to ``<output-dir>/model`` (``from_pretrained`` loads it); ``save_state`` checkpoints go
 to ``<output-dir>/checkpoints`` and ``--resume`` continues from one.
+
+Resuming reads only safe formats (safetensors, JSON, tensors through ``torch.load(weights_only=True)``) from a folder
+whose files match the list its marker keeps (:func:`medseg_core.checkpoint.verify_checkpoint`). Any other folder,
+such as an older trainer's checkpoint with pickled ``custom_checkpoint_*.pkl`` files, is refused unless
+``--trust-resume`` is given: a pickle runs code when loaded, so such a run folder is trusted as code is.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import math
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,12 +37,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoint import (
+    EMA_FILE,
+    PROGRESS_FILE,
     NonFiniteLossError,
+    UnverifiedCheckpointError,
     check_finite,
     find_latest_checkpoint,
     nonfinite_tensors,
     save_checkpoint,
     unreadable_samples,
+    verify_checkpoint,
 )
 from .cli import UsageError, setup_logging
 from .commands import parse_train_args
@@ -66,6 +76,7 @@ __all__ = [
     "evaluate",
     "get_dataloaders",
     "init_weights",
+    "load_checkpoint",
     "main",
     "recipe_text",
     "rescale_batch",
@@ -254,7 +265,61 @@ class Progress:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         for k, v in state.items():
-            setattr(self, k, type(getattr(self, k))(v))
+            if k in vars(self):  # only the known fields, each as its own type
+                setattr(self, k, type(getattr(self, k))(v))
+
+
+def _write_run_state(folder: Path, progress: Progress, ema: ModelEmaV3 | None) -> None:
+    """The run's own part of a checkpoint, in safe formats: the progress as JSON, the EMA weights as safetensors."""
+    (folder / PROGRESS_FILE).write_text(json.dumps(progress.state_dict(), indent=2))
+    if ema is not None:
+        safetensors.torch.save_model(ema, str(folder / EMA_FILE))
+
+
+def load_checkpoint(accelerator: Accelerator, folder: Path, progress: Progress, ema: ModelEmaV3 | None,
+                    trust: bool = False) -> None:
+    """Restore a run from ``folder``: the weights, optimiser, scheduler and random states through Accelerate
+    (safetensors and ``torch.load(weights_only=True)``), the progress from JSON, the EMA from safetensors.
+
+    A folder that :func:`~medseg_core.checkpoint.verify_checkpoint` does not accept (not written by this trainer as
+    it is now, changed since, or holding pickled objects) is a :class:`UsageError`, unless ``trust``: then it is
+    loaded as it is, pickled ``custom_checkpoint_*.pkl`` files included (an older trainer's progress and EMA), which
+    runs any code they hold."""
+    try:
+        verify_checkpoint(folder)
+    except UnverifiedCheckpointError as err:
+        if not trust:
+            raise UsageError(f"medseg-train: --resume {folder}: refused: {err}. Resume only from checkpoints this "
+                             "trainer wrote; a run folder from elsewhere is code (pickles run when loaded): pass "
+                             "--trust-resume only for one you trust as you would trust its code") from err
+        log.warning("--trust-resume: loading %s as it is (%s); any pickled object in it runs as code", folder, err)
+    pickled = sorted(folder.glob("custom_checkpoint_*.pkl"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
+    if not pickled:
+        accelerator.load_state(str(folder))
+        _read_run_state(folder, progress, ema)
+        return
+    # An older trainer's checkpoint (trusted above): Progress, then the EMA, were pickled by Accelerate.
+    objects = [progress] + ([ema] if ema is not None else [])
+    if len(pickled) != len(objects):
+        raise UsageError(f"medseg-train: --resume {folder}: {len(pickled)} pickled objects, but this run keeps "
+                         f"{len(objects)} (progress{', EMA' if ema is not None else ''}): another recipe's checkpoint")
+    with tempfile.TemporaryDirectory() as view:  # Accelerate's part without the pickles, which it would count
+        for f in folder.iterdir():
+            if f not in pickled:
+                (Path(view) / f.name).symlink_to(f.resolve())
+        accelerator.load_state(view)
+    for obj, file in zip(objects, pickled):
+        obj.load_state_dict(torch.load(file, map_location="cpu", weights_only=False))
+
+
+def _read_run_state(folder: Path, progress: Progress, ema: ModelEmaV3 | None) -> None:
+    try:
+        progress.load_state_dict(json.loads((folder / PROGRESS_FILE).read_text()))
+        if ema is not None:
+            safetensors.torch.load_model(ema, str(folder / EMA_FILE))
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        raise UsageError(f"medseg-train: --resume {folder}: the run's progress or EMA cannot be read "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
 
 
 def _all_finite(accelerator: Accelerator, tensors: list[torch.Tensor]) -> bool:
@@ -547,15 +612,13 @@ def run(args: argparse.Namespace) -> Path:
     loss_fn = build_loss(t["loss"], model.num_classes, multilabel=schema.multilabel, batch_dice=t["batch_dice"])
     model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
     progress = Progress()
-    accelerator.register_for_checkpointing(progress)
     # The average lives outside Accelerate's wrapping: validated, saved and checkpointed in place of the weights.
+    # Neither is registered with Accelerate (which would pickle them): the checkpoint writes them as JSON and
+    # safetensors (_write_run_state).
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=t["ema"]) if t["ema"] else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
     resume = resolve_resume_path(args.resume, output_dir)
     if resume is not None:
-        accelerator.load_state(str(resume))
-        accelerator.project_configuration.iteration = int(resume.name.split("_")[-1]) + 1
+        load_checkpoint(accelerator, resume, progress, ema, trust=args.trust_resume)
         log.info("resumed from %s at epoch %d (best score %.4f)", resume, progress.epoch, progress.best_dice)
     accelerator.init_trackers(cfg["name"].replace("/", "_"), config=_flat_hparams(cfg))
     model_dir = output_dir / "model"
@@ -564,7 +627,7 @@ def run(args: argparse.Namespace) -> Path:
 
     def save() -> None:
         save_checkpoint(accelerator, checkpoints, progress.step, keep=args.keep_checkpoints,
-                        info={"epoch": progress.epoch})
+                        info={"epoch": progress.epoch}, extra=lambda folder: _write_run_state(folder, progress, ema))
 
     while progress.epoch < t["epochs"] and (args.max_steps is None or progress.step < args.max_steps):
         # A checkpoint from the middle of an epoch: continue that epoch after the batches it had done.

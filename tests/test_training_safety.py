@@ -4,6 +4,9 @@ never saved, stored, averaged or exported; recipe values bounded; resume reads o
 Runs are a few steps on a tiny synthetic dataset (48 px images), so the file needs no shared data."""
 
 import json
+import pathlib
+import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +19,13 @@ from conftest import ROOT, TINY_UNET
 from safetensors.torch import load_file, save_file
 
 from medseg_core import training
-from medseg_core.checkpoint import NonFiniteModelError, check_finite, nonfinite_tensors
+from medseg_core.checkpoint import (
+    CHECKPOINT_FORMAT,
+    NonFiniteModelError,
+    check_finite,
+    nonfinite_tensors,
+    verify_checkpoint,
+)
 from medseg_core.cli import UsageError
 from medseg_core.config import RecipeError, load_config, recipe_schema
 from medseg_core.labels import LabelSchema
@@ -267,3 +276,96 @@ def test_training_main_builds_the_label_schema_once(synthetic_root, tmp_path, mo
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["epochs"] == 2
     assert len(built) == one_call, f"{len(built)} schema constructions; one recipe_schema call makes {one_call}"
+
+
+# ---- resume reads only safe formats ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpointed(synthetic_root, tmp_path_factory):
+    """One step of a run with an EMA (so the checkpoint holds the progress and the averaged weights): its folder
+    and checkpoint_1."""
+    out = tmp_path_factory.mktemp("checkpointed")
+    training.main(synthetic_args(synthetic_root, out, "--train.epochs", "3", "--train.max_train_samples", "2",
+                                 "--train.ema", "0.5", max_steps=1))
+    return out, out / "checkpoints" / "checkpoint_1"
+
+
+def _resume_args(root, out, folder, *extra):
+    return synthetic_args(root, out, "--train.epochs", "3", "--train.max_train_samples", "2", "--train.ema", "0.5",
+                          "--resume", str(folder), *extra, max_steps=2)
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled: stands for any code a crafted checkpoint could run."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.target,))
+
+
+def test_a_checkpoint_holds_no_pickled_objects_and_resumes_from_its_listed_files(checkpointed, synthetic_root,
+                                                                                tmp_path):
+    out, ckpt = checkpointed
+    marker = verify_checkpoint(ckpt)
+    assert marker["format"] == CHECKPOINT_FORMAT and marker["step"] == 1
+    assert set(marker["files"]) == {p.name for p in ckpt.iterdir()} - {"medseg_checkpoint.json"}
+    assert not list(ckpt.glob("custom_checkpoint_*")) and {"progress.json", "ema.safetensors"} <= set(marker["files"])
+    assert json.loads((ckpt / "progress.json").read_text())["step"] == 1
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    training.main(_resume_args(synthetic_root, resumed, resumed / "checkpoints" / "checkpoint_1"))
+    summary = json.loads((resumed / "train_summary.json").read_text())
+    assert (summary["steps"], summary["epochs"]) == (2, 2)
+
+
+def test_resume_refuses_a_folder_with_a_crafted_pickle_and_runs_none_of_it(checkpointed, synthetic_root, tmp_path):
+    """The issue's reproduction: --resume <folder> loaded custom_checkpoint_0.pkl with pickle, so a run folder from
+    someone else ran their code. Now the folder is refused and the pickle is never opened."""
+    _, ckpt = checkpointed
+    crafted, ran = tmp_path / "crafted", tmp_path / "code-ran"
+    shutil.copytree(ckpt, crafted)
+    (crafted / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(_Payload(ran)))
+    with pytest.raises(UsageError, match=r"refused: it holds pickled Python objects \(custom_checkpoint_0.pkl\).*"
+                                         r"--trust-resume"):
+        training.main(_resume_args(synthetic_root, tmp_path / "run", crafted))
+    assert not ran.exists(), "the crafted pickle ran"
+
+
+def test_a_changed_checkpoint_is_refused_and_even_trusted_reads_tensors_only(checkpointed, synthetic_root, tmp_path):
+    """A file swapped for a crafted pickle no longer matches the marker's hash: refused. With --trust-resume the
+    folder is loaded as it is, but Accelerate's files are read with torch.load(weights_only=True): the pickle is
+    rejected, not run."""
+    _, ckpt = checkpointed
+    crafted, ran = tmp_path / "crafted", tmp_path / "code-ran"
+    shutil.copytree(ckpt, crafted)
+    torch.save(_Payload(ran), crafted / "optimizer.bin")
+    with pytest.raises(UsageError, match=r"refused: its files changed since it was written \(optimizer.bin\)"):
+        training.main(_resume_args(synthetic_root, tmp_path / "run", crafted))
+    with pytest.raises(pickle.UnpicklingError):
+        training.main(_resume_args(synthetic_root, tmp_path / "run2", crafted, "--trust-resume"))
+    assert not ran.exists(), "the crafted pickle ran"
+    (crafted / "extra.bin").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"files differ from those it was written with \(added: extra.bin\)"):
+        training.main(_resume_args(synthetic_root, tmp_path / "run3", crafted))
+
+
+def test_an_older_trainers_pickled_checkpoint_needs_trust_resume(checkpointed, synthetic_root, tmp_path):
+    """The layout written before (Accelerate's custom_checkpoint_*.pkl for the progress and the EMA, a marker without
+    a file list) is refused by default and loaded with --trust-resume, which says what it does."""
+    out, ckpt = checkpointed
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    folder = older / "checkpoints" / "checkpoint_1"
+    torch.save(json.loads((folder / "progress.json").read_text()), folder / "custom_checkpoint_0.pkl")
+    torch.save(load_file(folder / "ema.safetensors"), folder / "custom_checkpoint_1.pkl")
+    (folder / "progress.json").unlink()
+    (folder / "ema.safetensors").unlink()
+    (folder / "medseg_checkpoint.json").write_text(json.dumps({"step": 1, "saved_at": 0.0, "epoch": 1}))
+    with pytest.raises(UsageError, match="refused: its medseg_checkpoint.json lists no files"):
+        training.main(_resume_args(synthetic_root, older, "latest"))
+    training.main(_resume_args(synthetic_root, older, "latest", "--trust-resume"))
+    summary = json.loads((older / "train_summary.json").read_text())
+    assert (summary["steps"], summary["epochs"]) == (2, 2)
