@@ -168,7 +168,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _check_int(t, "train.max_train_samples", 1, None, optional=True)
     _check_int(t, "train.max_val_samples", 1, None, optional=True)
     _check_int(cfg["data"], "data.cache_max_side", INPUT_MULTIPLE, MAX_IMAGE_SIDE, optional=True)
-    _check_number(t, "lr", 0.0, _MAX_NUMBER, f"a learning rate above 0, at most {_MAX_NUMBER:g}", above_lo=True)
+    _check_number(t, "lr", 0.0, _MAX_NUMBER, f"a learning rate from 0 to {_MAX_NUMBER:g}")
     _check_number(t, "weight_decay", 0.0, 1.0, "a number from 0 to 1")
     _check_number(t, "momentum", 0.0, 1.0, "a number in [0, 1)", below_hi=True)
     _check_number(t, "gamma", 0.0, 1.0, "a factor in (0, 1]", above_lo=True)

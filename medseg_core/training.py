@@ -323,9 +323,12 @@ def _read_run_state(folder: Path, progress: Progress, ema: ModelEmaV3 | None) ->
 
 
 def _all_finite(accelerator: Accelerator, tensors: list[torch.Tensor]) -> bool:
-    """True when every process's ``tensors`` are finite (all processes take the same branch, so none waits forever)."""
-    ok = torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all() if tensors else torch.tensor(True)
-    return bool(accelerator.gather(ok.float().reshape(1)).all())
+    """True when every process's ``tensors`` are finite (all processes take the same branch, so none waits forever).
+    One fused reduction (the largest magnitude, which a NaN or an infinity makes non-finite) and one sync."""
+    if not tensors:
+        return True
+    peak = torch.nn.utils.get_total_norm([t.detach() for t in tensors], norm_type=float("inf"))
+    return bool(torch.isfinite(accelerator.gather(peak.float().reshape(1))).all())
 
 
 def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg, max_steps,
@@ -365,10 +368,9 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
             loss = loss + aux
         optimizer.zero_grad(set_to_none=True)
         problem = None
-        if not _all_finite(accelerator, [loss]):
-            problem = f"the training loss is {loss.item()}"
-        elif not _all_finite(accelerator, statistics):  # a finite loss, but the batch variance overflowed
-            problem = "the BatchNorm statistics hold NaN or infinite values"
+        if not _all_finite(accelerator, [loss, *statistics]):  # one sync; which of them, only when one is not
+            problem = (f"the training loss is {loss.item()}" if not _all_finite(accelerator, [loss])
+                       else "the BatchNorm statistics hold NaN or infinite values")  # the batch variance overflowed
         else:
             accelerator.backward(loss)
             if check_grads and not _all_finite(accelerator, [p.grad for p in model.parameters() if p.grad is not None]):

@@ -210,7 +210,7 @@ def test_export_refuses_a_non_finite_model(weights_pair, tmp_path):
     (["--train.epochs", "10000000"], "train.epochs must be an integer from 1 to 10000"),
     (["--train.epochs", "true"], "train.epochs must be an integer"),
     (["--train.lr", "1e-4"], "train.lr must be .*YAML reads 1e-4 as text"),
-    (["--train.lr", "-0.1"], "train.lr must be a learning rate above 0"),
+    (["--train.lr", "-0.1"], "train.lr must be a learning rate from 0 to"),
     (["--train.lr", ".nan"], "train.lr must be"),
     (["--train.precision", "no"], 'train.precision must be one of auto, no, fp16, bf16 .*write "no"'),
     (["--train.num_workers", "1000"], "train.num_workers must be an integer from 0 to 64"),
