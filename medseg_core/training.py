@@ -334,7 +334,7 @@ def _all_finite(accelerator: Accelerator, tensors: list[torch.Tensor]) -> bool:
 def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg, max_steps,
                     on_nan: str = "stop", checkpoint_every: int | None = None,
                     save: Callable[[], Any] | None = None, ema: ModelEmaV3 | None = None) -> float:
-    """One pass over the training loader; returns the mean loss.
+    """One pass over the training loader; returns the mean loss of the batches learnt from (NaN when none was).
 
     A NaN or infinite loss, BatchNorm statistics or gradients raise :class:`~medseg_core.checkpoint.NonFiniteLossError`
     naming the step (``on_nan="stop"``), or skip that batch (``"skip"``: the step is counted, nothing is learnt).
@@ -403,7 +403,7 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
             save()
         if max_steps is not None and progress.step >= max_steps:
             break
-    return total / max(1, count)
+    return total / count if count else float("nan")  # NaN: every batch of the epoch was skipped
 
 
 def _image_scores(pred: torch.Tensor, target: torch.Tensor, classes: int, multilabel: bool = False) -> torch.Tensor:
