@@ -350,7 +350,7 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
                or cfg["_no_progress"], leave=False)
     scales = cfg["train"].get("scales")
     buffers = list(model.buffers())
-    statistics = [b for b in buffers if b.is_floating_point()]  # BatchNorm's running means and variances
+    statistics = [b for b in buffers if b.is_floating_point()]  # BatchNorm's running means and variances, ...
     check_grads = accelerator.scaler is None
     for batch in bar:
         images, masks = batch["image"], batch["mask"]
