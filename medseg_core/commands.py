@@ -209,6 +209,9 @@ def parse_train_args(argv: Argv = None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="YAML recipe, e.g. train/configs/unet_lite0_polyp.yaml")
     p.add_argument("--output-dir", default=None, help="where the run writes (default runs/<recipe name>)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder written by an earlier run")
+    p.add_argument("--trust-resume", action="store_true",
+                   help="resume from a checkpoint folder this trainer cannot verify (an older version's, or one from "
+                   "elsewhere): its pickled files run as code, so only for a folder you trust as code")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke tests)")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the best model to this Hub repo")

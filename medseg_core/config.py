@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import yaml
 
 from .labels import LabelSchema, schema_from_config
 from .models import get_model_class
+from .safety import _NAME, MAX_IMAGE_SIDE, MAX_INPUT_SIZE, UnsafeWeightsError, validate_model_config
 
-__all__ = ["DATA_LAYOUTS", "DEFAULTS", "DataLayoutError", "OPTIMIZERS", "SCHEDULES", "RecipeError", "load_config",
-           "UWMGI_SPLITS", "recipe_schema", "validate_config"]
+__all__ = ["DATA_LAYOUTS", "DEFAULTS", "DataLayoutError", "MAX_BATCH_SIZE", "MAX_EPOCHS", "OPTIMIZERS", "PRECISIONS",
+           "SCHEDULES", "RecipeError", "UWMGI_SPLITS", "load_config", "recipe_schema", "validate_config"]
 
 #: Optimisers and learning-rate schedules a recipe can name (``train.optimizer`` / ``train.schedule``).
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -32,6 +34,17 @@ SCHEDULES = ("cosine", "exponential", "constant")
 DATA_LAYOUTS = ("splits", "uwmgi_competition")
 #: The split names of the ``uwmgi_competition`` layout: its cases divided by ``data.val_fraction``, or all of them.
 UWMGI_SPLITS = ("train", "val", "all")
+#: ``train.precision`` values (``auto``: bf16 where the hardware computes it, else fp32; ``no``: fp32).
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+#: Bounds on a recipe's run. The model section has the weights' bounds (medseg_core.safety.validate_model_config:
+#: ``model.input_size`` at most :data:`~medseg_core.safety.MAX_INPUT_SIZE`, since the app refuses larger weights).
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 512
+MAX_NUM_WORKERS = 64
+#: Largest magnitude of a recipe number, as for a weights config's numbers (medseg_core.safety).
+_MAX_NUMBER = 1e6
+#: Model inputs are divided by 2 five times (every encoder stage halves the side): sides are multiples of 32.
+INPUT_MULTIPLE = 32
 
 DEFAULTS: dict[str, Any] = {
     "name": "model",
@@ -167,15 +180,33 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in model:
         if key not in accepted:
             raise _unknown(key, sorted(accepted - {"self"}), f"model.{model['arch']}.")
+    _check_model(model)
+    if not isinstance(cfg["name"], str) or not _NAME.fullmatch(cfg["name"]):
+        raise RecipeError(f"name must be a plain name (letters, digits, '_', '.', '-', '+'; it names the run's "
+                          f"folder); got {str(cfg['name'])[:80]!r}")
     t = cfg["train"]
     if t["optimizer"] not in OPTIMIZERS:
         raise RecipeError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}; got {t['optimizer']!r}")
     if t["schedule"] not in SCHEDULES:
         raise RecipeError(f"train.schedule must be one of {', '.join(SCHEDULES)}; got {t['schedule']!r}")
-    for key in ("epochs", "batch_size"):
-        if not isinstance(t[key], int) or t[key] < 1:
-            raise RecipeError(f"train.{key} must be a positive integer; got {t[key]!r}")
-    for key in ("batch_dice", "dice_skip_absent", "init_reset_head"):
+    _check_int(t, "train.epochs", 1, MAX_EPOCHS)
+    _check_int(t, "train.batch_size", 1, MAX_BATCH_SIZE)
+    _check_int(t, "train.num_workers", 0, MAX_NUM_WORKERS)
+    _check_int(t, "train.max_train_samples", 1, None, optional=True)
+    _check_int(t, "train.max_val_samples", 1, None, optional=True)
+    _check_int(cfg["data"], "data.cache_max_side", INPUT_MULTIPLE, MAX_IMAGE_SIDE, optional=True)
+    _check_number(t, "lr", 0.0, _MAX_NUMBER, f"a learning rate from 0 to {_MAX_NUMBER:g}")
+    _check_number(t, "weight_decay", 0.0, 1.0, "a number from 0 to 1")
+    _check_number(t, "momentum", 0.0, 1.0, "a number in [0, 1)", below_hi=True)
+    _check_number(t, "gamma", 0.0, 1.0, "a factor in (0, 1]", above_lo=True)
+    _check_number(t, "warmup_epochs", 0.0, MAX_EPOCHS, f"a number of epochs from 0 to {MAX_EPOCHS}")
+    _check_number(t, "step_epochs", 0.0, MAX_EPOCHS, f"a number of epochs above 0, at most {MAX_EPOCHS}",
+                  above_lo=True)
+    _check_number(t, "augment", 0.0, 1.0, "a strength from 0 to 1 (it scales the augmentation probabilities)")
+    if t["precision"] not in PRECISIONS:
+        hint = " (YAML reads a bare no as false: write \"no\")" if t["precision"] is False else ""
+        raise RecipeError(f"train.precision must be one of {', '.join(PRECISIONS)}{hint}; got {t['precision']!r}")
+    for key in ("batch_dice", "dice_skip_absent", "init_reset_head", "channels_last"):
         if not isinstance(t[key], bool):
             raise RecipeError(f"train.{key} must be true or false; got {t[key]!r}")
     if t["init_reset_head"] and not t["init_from"]:
@@ -254,11 +285,44 @@ def _check_layout(data: Mapping[str, Any]) -> None:
         raise RecipeError("data.mix_splits: the uwmgi_competition layout has no extra splits to mix in")
 
 
-def _check_number(t: Mapping[str, Any], key: str, lo: float, hi: float, what: str, below_hi: bool = False) -> None:
-    """``train.<key>`` must be a number from ``lo`` to ``hi`` (``hi`` excluded with ``below_hi``)."""
+def _check_number(t: Mapping[str, Any], key: str, lo: float, hi: float, what: str, below_hi: bool = False,
+                  above_lo: bool = False) -> None:
+    """``train.<key>`` must be a number from ``lo`` to ``hi`` (``hi`` excluded with ``below_hi``, ``lo`` with
+    ``above_lo``)."""
     v = t[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi or (below_hi and v == hi):
-        raise RecipeError(f"train.{key} must be {what}; got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi or (below_hi and v == hi) \
+            or (above_lo and v == lo):
+        hint = ""
+        if isinstance(v, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", v.strip()):
+            hint = " (YAML reads 1e-4 as text: write 1.0e-4 or 0.0001)"
+        raise RecipeError(f"train.{key} must be {what}{hint}; got {v!r}")
+
+
+def _check_int(section: Mapping[str, Any], name: str, lo: int, hi: int | None, optional: bool = False) -> None:
+    """``section[key]`` (``name`` is ``section.key``) must be an integer from ``lo`` to ``hi`` (no upper bound when
+    None), or None when ``optional``."""
+    v = section[name.split(".")[-1]]
+    if optional and v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        span = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
+        raise RecipeError(f"{name} must be an integer {span}{' (or null)' if optional else ''}; got {v!r}")
+
+
+def _check_model(model: Mapping[str, Any]) -> None:
+    """The model section within the bounds of a weights config (:func:`medseg_core.safety.validate_model_config`:
+    types, ``input_size`` at most :data:`~medseg_core.safety.MAX_INPUT_SIZE`, ``num_classes``, list lengths, finite
+    numbers), and ``input_size`` a multiple of :data:`INPUT_MULTIPLE`; checked before anything is built."""
+    size = model.get("input_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size % INPUT_MULTIPLE
+                             or not INPUT_MULTIPLE <= size <= MAX_INPUT_SIZE):
+        raise RecipeError(f"model.input_size must be a multiple of {INPUT_MULTIPLE} (each encoder stage halves the "
+                          f"side) from {INPUT_MULTIPLE} to {MAX_INPUT_SIZE} (the largest the app loads); got {size!r}")
+    try:
+        validate_model_config(dict(model), "model")
+    except UnsafeWeightsError as err:
+        message = re.sub(r"^model: config\.json field '(\w+)'", r"model.\1", str(err))
+        raise RecipeError(message.replace("config.json", "the recipe's model section")) from err
 
 
 def recipe_schema(cfg: Mapping[str, Any]) -> LabelSchema:

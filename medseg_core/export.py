@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backends import ONNX_FILENAME, onnxruntime_version
+from .checkpoint import check_finite
 from .cli import setup_logging
 from .commands import export as export_command
 from .commands import parse_export_args
@@ -71,6 +72,7 @@ def export_onnx(model_or_weights_folder: SegModel | str | os.PathLike, out_dir: 
     import onnx
 
     model, folder = _load(model_or_weights_folder)
+    check_finite(model, f"the model {folder.name if folder is not None else ''}".rstrip())  # never shipped broken
     if out_dir is None and folder is None:
         raise ValueError("give out_dir when exporting a model object (there is no weights folder to write into)")
     out = Path(out_dir) if out_dir is not None else folder

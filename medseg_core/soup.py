@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .checkpoint import NonFiniteModelError, check_finite
 from .cli import UsageError, setup_logging, warn_if_test_split, write_json
 from .commands import parse_soup_args
 from .commands import soup as soup_command
@@ -54,7 +55,7 @@ def _config(folder: Path) -> dict[str, Any]:
 def average_weights(folders: Sequence[str | Path]) -> dict[str, torch.Tensor]:
     """The element-wise mean of the weights in ``folders`` (each ``model.safetensors`` + ``config.json``), in fp32;
     integer tensors (BatchNorm's batch counters) are taken from the first. The configs must describe the same
-    network, and every folder must hold the same tensors."""
+    network, and every folder must hold the same tensors, all finite (:class:`NonFiniteModelError` otherwise)."""
     if not folders:
         raise ValueError("no weights to average")
     paths = [resolve_weights(f) for f in folders]
@@ -67,6 +68,7 @@ def average_weights(folders: Sequence[str | Path]) -> dict[str, torch.Tensor]:
     total: dict[str, torch.Tensor] = {}
     for p in paths:
         state = load_file(p / "model.safetensors")
+        check_finite(state, f"{p}")  # one broken ingredient would make every tensor it touches NaN
         if total and state.keys() != total.keys():
             raise ValueError(f"{p} holds other tensors than {paths[0]}")
         for k, v in state.items():
@@ -118,7 +120,13 @@ _TUNED = ("class_bias", "thresholds", "postprocess", "refiner", "tta_scales", "p
 
 def save_soup(state: dict[str, torch.Tensor], template: str | Path, output: Path, fp16: bool = False) -> None:
     """Write the soup as a weights folder: ``template``'s config.json without the settings tuned for the template's
-    own weights (:data:`_TUNED`; tune them again for the soup), the averaged ``model.safetensors``."""
+    own weights (:data:`_TUNED`; tune them again for the soup), the averaged ``model.safetensors``. Tensors holding a
+    NaN or an infinity (after the fp16 cast too) are a :class:`~medseg_core.cli.UsageError`, and nothing is written."""
+    tensors = {k: v.half() if fp16 and v.is_floating_point() else v.contiguous() for k, v in state.items()}
+    try:  # fp16 stops at 65504: a larger finite weight becomes infinite
+        check_finite(tensors, f"the {'fp16 ' if fp16 else ''}soup")
+    except NonFiniteModelError as err:
+        raise UsageError(f"medseg-soup: {err}; not written") from err
     output.mkdir(parents=True, exist_ok=True)
     for stale in ("model.onnx", "README.md"):  # an earlier soup's export or card would describe other weights
         if (output / stale).exists():
@@ -131,7 +139,6 @@ def save_soup(state: dict[str, torch.Tensor], template: str | Path, output: Path
                  template, ", ".join(dropped))
     (output / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in _TUNED}, indent=2,
                                                    sort_keys=True) + "\n")
-    tensors = {k: v.half() if fp16 and v.is_floating_point() else v.contiguous() for k, v in state.items()}
     save_file(tensors, output / "model.safetensors", metadata={"format": "pt"})
 
 

@@ -6,6 +6,11 @@
 Hyperparameters live in the YAML recipe (:mod:`medseg_core.config`); infrastructure in flags. The best model by
 validation score is written to ``<output-dir>/model`` (``from_pretrained`` loads it); ``save_state`` checkpoints go
 to ``<output-dir>/checkpoints`` and ``--resume`` continues from one.
+
+Resuming reads only safe formats (safetensors, JSON, tensors through ``torch.load(weights_only=True)``) from a folder
+whose files match the list its marker keeps (:func:`medseg_core.checkpoint.verify_checkpoint`). Any other folder,
+such as an older trainer's checkpoint with pickled ``custom_checkpoint_*.pkl`` files, is refused unless
+``--trust-resume`` is given: a pickle runs code when loaded, so such a run folder is trusted as code is.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import math
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +36,18 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import NonFiniteLossError, find_latest_checkpoint, save_checkpoint, unreadable_samples
+from .checkpoint import (
+    EMA_FILE,
+    PROGRESS_FILE,
+    NonFiniteLossError,
+    UnverifiedCheckpointError,
+    check_finite,
+    find_latest_checkpoint,
+    nonfinite_tensors,
+    save_checkpoint,
+    unreadable_samples,
+    verify_checkpoint,
+)
 from .cli import UsageError, setup_logging
 from .commands import parse_train_args
 from .config import RecipeError, load_config, recipe_schema
@@ -43,6 +60,7 @@ from .data import (
     repeat_factors,
 )
 from .hub import push_model, resolve_weights, write_model_card
+from .labels import LabelSchema
 from .losses import build_loss
 from .metrics import split_class_dice
 from .models import SegModel, create_model
@@ -57,6 +75,7 @@ __all__ = [
     "evaluate",
     "get_dataloaders",
     "init_weights",
+    "load_checkpoint",
     "main",
     "recipe_text",
     "rescale_batch",
@@ -129,8 +148,10 @@ def rescale_batch(images: torch.Tensor, masks: torch.Tensor, factor: float) -> t
     return images, (m if masks.dim() == 4 else m[:, 0])
 
 
-def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegModel) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders; the seam tests can swap."""
+def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegModel,
+                    schema: LabelSchema | None = None) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders; the seam tests can swap. ``schema``: the recipe's label schema (built from
+    ``cfg`` when not given)."""
     data, train = cfg["data"], cfg["train"]
     train_samples = recipe_split(data, data["train_split"])[: train["max_train_samples"]]
     val_samples = recipe_split(data, data["val_split"])[: train["max_val_samples"]]
@@ -138,7 +159,7 @@ def get_dataloaders(accelerator: Accelerator, cfg: dict[str, Any], model: SegMod
     extra_samples = {name: recipe_split(data, name) for name in mix}
     size, mean, std = model.input_size, model.mean, model.std
     views = getattr(model, "views", None)  # multi-view models (DynaSiam) read stacked TDC-Enhance views
-    schema = recipe_schema(cfg)
+    schema = schema or recipe_schema(cfg)
     with accelerator.main_process_first():
         show = accelerator.is_local_main_process and not cfg["_no_progress"]
         augment = train_transform(size, mean, std, train["augment"], views, train["augment_colour"],
@@ -243,21 +264,82 @@ class Progress:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         for k, v in state.items():
-            setattr(self, k, type(getattr(self, k))(v))
+            if k in vars(self):  # only the known fields, each as its own type
+                setattr(self, k, type(getattr(self, k))(v))
 
 
-def _loss_is_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
-    """True when every process's loss is finite (all processes take the same branch, so none waits forever)."""
-    return bool(torch.isfinite(accelerator.gather(loss.detach().float().reshape(1))).all())
+def _write_run_state(folder: Path, progress: Progress, ema: ModelEmaV3 | None) -> None:
+    """The run's own part of a checkpoint, in safe formats: the progress as JSON, the EMA weights as safetensors."""
+    (folder / PROGRESS_FILE).write_text(json.dumps(progress.state_dict(), indent=2))
+    if ema is not None:
+        safetensors.torch.save_model(ema, str(folder / EMA_FILE))
+
+
+def load_checkpoint(accelerator: Accelerator, folder: Path, progress: Progress, ema: ModelEmaV3 | None,
+                    trust: bool = False) -> None:
+    """Restore a run from ``folder``: the weights, optimiser, scheduler and random states through Accelerate
+    (safetensors and ``torch.load(weights_only=True)``), the progress from JSON, the EMA from safetensors.
+
+    A folder that :func:`~medseg_core.checkpoint.verify_checkpoint` does not accept (not written by this trainer as
+    it is now, changed since, or holding pickled objects) is a :class:`UsageError`, unless ``trust``: then it is
+    loaded as it is, pickled ``custom_checkpoint_*.pkl`` files included (an older trainer's progress and EMA), which
+    runs any code they hold."""
+    try:
+        verify_checkpoint(folder)
+    except UnverifiedCheckpointError as err:
+        if not trust:
+            raise UsageError(f"medseg-train: --resume {folder}: refused: {err}. Resume only from checkpoints this "
+                             "trainer wrote; a run folder from elsewhere is code (pickles run when loaded): pass "
+                             "--trust-resume only for one you trust as you would trust its code") from err
+        log.warning("--trust-resume: loading %s as it is (%s); any pickled object in it runs as code", folder, err)
+    pickled = sorted(folder.glob("custom_checkpoint_*.pkl"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
+    if not pickled:
+        accelerator.load_state(str(folder))
+        _read_run_state(folder, progress, ema)
+        return
+    # An older trainer's checkpoint (trusted above): Progress, then the EMA, were pickled by Accelerate.
+    objects = [progress] + ([ema] if ema is not None else [])
+    if len(pickled) != len(objects):
+        raise UsageError(f"medseg-train: --resume {folder}: {len(pickled)} pickled objects, but this run keeps "
+                         f"{len(objects)} (progress{', EMA' if ema is not None else ''}): another recipe's checkpoint")
+    with tempfile.TemporaryDirectory() as view:  # Accelerate's part without the pickles, which it would count
+        for f in folder.iterdir():
+            if f not in pickled:
+                (Path(view) / f.name).symlink_to(f.resolve())
+        accelerator.load_state(view)
+    for obj, file in zip(objects, pickled):
+        obj.load_state_dict(torch.load(file, map_location="cpu", weights_only=False))
+
+
+def _read_run_state(folder: Path, progress: Progress, ema: ModelEmaV3 | None) -> None:
+    try:
+        progress.load_state_dict(json.loads((folder / PROGRESS_FILE).read_text()))
+        if ema is not None:
+            safetensors.torch.load_model(ema, str(folder / EMA_FILE))
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        raise UsageError(f"medseg-train: --resume {folder}: the run's progress or EMA cannot be read "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+
+
+def _all_finite(accelerator: Accelerator, tensors: list[torch.Tensor]) -> bool:
+    """True when every process's ``tensors`` are finite (all processes take the same branch, so none waits forever).
+    One fused reduction (the largest magnitude, which a NaN or an infinity makes non-finite) and one sync."""
+    if not tensors:
+        return True
+    peak = torch.nn.utils.get_total_norm([t.detach() for t in tensors], norm_type=float("inf"))
+    return bool(torch.isfinite(accelerator.gather(peak.float().reshape(1))).all())
 
 
 def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, progress, cfg, max_steps,
                     on_nan: str = "stop", checkpoint_every: int | None = None,
                     save: Callable[[], Any] | None = None, ema: ModelEmaV3 | None = None) -> float:
-    """One pass over the training loader; returns the mean loss.
+    """One pass over the training loader; returns the mean loss of the batches learnt from (NaN when none was).
 
-    A NaN or infinite loss raises :class:`~medseg_core.checkpoint.NonFiniteLossError` naming the step
-    (``on_nan="stop"``), or skips that batch's update (``"skip"``: the step is counted, nothing is learnt).
+    A NaN or infinite loss, BatchNorm statistics or gradients raise :class:`~medseg_core.checkpoint.NonFiniteLossError`
+    naming the step (``on_nan="stop"``), or skip that batch (``"skip"``: the step is counted, nothing is learnt).
+    A skipped batch leaves the model as it was: no optimiser step, and the buffers its forward pass updated
+    (BatchNorm's running statistics) are put back from a copy taken before it. (Under fp16 the gradient scaler
+    skips steps with overflowing gradients itself and lowers its scale, so the gradients are not checked here.)
     ``save`` is called after every ``checkpoint_every`` optimiser steps; ``ema`` (when given) is updated after each.
     ``train.scales`` resizes each batch by one of its factors, drawn at random."""
     model.train()
@@ -266,12 +348,17 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
     bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}", disable=not accelerator.is_local_main_process
                or cfg["_no_progress"], leave=False)
     scales = cfg["train"].get("scales")
+    buffers = list(model.buffers())
+    statistics = [b for b in buffers if b.is_floating_point()]  # BatchNorm's running means and variances, ...
+    check_grads = accelerator.scaler is None
     for batch in bar:
         images, masks = batch["image"], batch["mask"]
         if scales:
             images, masks = rescale_batch(images, masks, random.choice(scales))
         if cfg["train"]["channels_last"]:
             images = images.contiguous(memory_format=torch.channels_last)
+        # What the forward pass may change (BatchNorm statistics), put back if the batch is skipped.
+        saved = [b.detach().clone() for b in buffers] if on_nan == "skip" else []
         with accelerator.autocast():
             outputs = model(images)
         loss = loss_fn(outputs, masks)
@@ -279,8 +366,15 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
         if aux is not None:
             loss = loss + aux
         optimizer.zero_grad(set_to_none=True)
-        if _loss_is_finite(accelerator, loss):
+        problem = None
+        if not _all_finite(accelerator, [loss, *statistics]):  # one sync; which of them, only when one is not
+            problem = (f"the training loss is {loss.item()}" if not _all_finite(accelerator, [loss])
+                       else "the BatchNorm statistics hold NaN or infinite values")  # the batch variance overflowed
+        else:
             accelerator.backward(loss)
+            if check_grads and not _all_finite(accelerator, [p.grad for p in model.parameters() if p.grad is not None]):
+                problem = "the gradients hold NaN or infinite values"
+        if problem is None:
             optimizer.step()
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model), step=progress.step)
@@ -288,9 +382,14 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
         else:
             where = f"step {progress.step + 1} (epoch {progress.epoch + 1})"
             if on_nan != "skip":
-                raise NonFiniteLossError(f"the training loss is {loss.item()} at {where}; stopping (the last "
-                                         "checkpoint is intact; lower the learning rate, or pass --on-nan skip)")
-            log.warning("the training loss is %s at %s; this batch is skipped", loss.item(), where)
+                raise NonFiniteLossError(f"{problem} at {where}; stopping (the last checkpoint is intact; lower the "
+                                         "learning rate, or pass --on-nan skip)")
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, before in zip(buffers, saved):
+                    buffer.copy_(before)
+            log.warning("%s at %s; this batch is skipped (the weights and BatchNorm statistics are left as they "
+                        "were)", problem, where)
         scheduler.step()
         progress.step += 1
         bar.set_postfix(loss=f"{total / max(1, count):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -303,7 +402,7 @@ def train_one_epoch(accelerator, model, loader, loss_fn, optimizer, scheduler, p
             save()
         if max_steps is not None and progress.step >= max_steps:
             break
-    return total / max(1, count)
+    return total / count if count else float("nan")  # NaN: every batch of the epoch was skipped
 
 
 def _image_scores(pred: torch.Tensor, target: torch.Tensor, classes: int, multilabel: bool = False) -> torch.Tensor:
@@ -324,15 +423,17 @@ def _image_scores(pred: torch.Tensor, target: torch.Tensor, classes: int, multil
 
 
 @torch.inference_mode()
-def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
+def evaluate(accelerator, model, loader, cfg, schema: LabelSchema | None = None) -> dict[str, float]:
     """Per-image Dice and IoU at the model's input size, gathered over processes, then averaged.
 
     ``dice``/``iou`` are the lesion region's (any foreground class). Multi-class and multi-label models add the
     split-level ``class_dice`` (:func:`medseg_core.metrics.split_class_dice`), their selection ``score``; binary
-    models are selected on ``dice``.
+    models are selected on ``dice``. A model whose logits hold a NaN or an infinity on any validation image gets the
+    score NaN (never the best). ``schema``: the recipe's label schema (built from ``cfg`` when not given).
     """
     model.eval()
-    schema = recipe_schema(cfg)
+    schema = schema or recipe_schema(cfg)
+    nonfinite = torch.zeros(1)
     classes = 0 if schema.task == "binary" else len(schema.foreground)
     rows = []
     for batch in tqdm(loader, desc="validate", disable=not accelerator.is_local_main_process or cfg["_no_progress"],
@@ -342,6 +443,8 @@ def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             logits = model(images).float()
+        nonfinite += accelerator.gather(torch.tensor([int(not torch.isfinite(logits).all())],
+                                                     device=logits.device)).sum().cpu()
         if schema.multilabel:
             pred = (logits > 0).long()
         else:
@@ -355,6 +458,10 @@ def evaluate(accelerator, model, loader, cfg) -> dict[str, float]:
                for k, v in ((f"n_inter_{n}", r[2 * c].item()), (f"n_total_{n}", r[2 * c + 1].item()))} for r in table]
     out.update(split_class_dice(counts))
     out["score"] = out.get("class_dice", out["dice"])
+    if nonfinite.item():
+        log.warning("the model's outputs hold NaN or infinite values on %d validation batch(es): no score",
+                    int(nonfinite.item()))
+        out["score"] = float("nan")
     return out
 
 
@@ -376,7 +483,9 @@ def resolve_resume_path(resume: str | None, output_dir: Path) -> Path | None:
 
 def save_best(model: SegModel, model_dir: Path, config: dict[str, Any]) -> None:
     """Write the best model atomically: into a sibling folder, then swapped in, so a kill never leaves a half-written
-    ``model/`` behind (the previous best stays until the new one is complete)."""
+    ``model/`` behind (the previous best stays until the new one is complete). A model with a NaN or infinite
+    tensor (parameters or buffers) raises :class:`~medseg_core.checkpoint.NonFiniteModelError` and writes nothing."""
+    check_finite(model, f"the model for {model_dir}")
     tmp, old = model_dir.with_name(f".{model_dir.name}.tmp"), model_dir.with_name(f".{model_dir.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, config=config)
@@ -478,6 +587,7 @@ def run(args: argparse.Namespace) -> Path:
     except RecipeError as err:
         raise UsageError(f"medseg-train: {err}") from err
     cfg["_no_progress"] = args.no_progress
+    schema = recipe_schema(cfg)  # built once, passed to the data, the loss, validation and the saved models
     output_dir = Path(args.output_dir or Path("runs") / cfg["name"])
     t = cfg["train"]
     precision = auto_precision() if t["precision"] == "auto" else t["precision"]
@@ -499,26 +609,24 @@ def run(args: argparse.Namespace) -> Path:
             raise UsageError(f"medseg-train: {err}") from err
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    train_dl, val_dl = get_dataloaders(accelerator, cfg, model)
+    train_dl, val_dl = get_dataloaders(accelerator, cfg, model, schema)
     optimizer = build_optimizer(model.parameters(), t)
     steps_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes)
     total_steps = t["epochs"] * steps_per_epoch
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
     scheduler = build_scheduler(optimizer, t, steps_per_epoch, total_steps)
-    loss_fn = build_loss(t["loss"], model.num_classes, multilabel=recipe_schema(cfg).multilabel,
-                         batch_dice=t["batch_dice"], dice_skip_absent=t["dice_skip_absent"])
+    loss_fn = build_loss(t["loss"], model.num_classes, multilabel=schema.multilabel, batch_dice=t["batch_dice"],
+                         dice_skip_absent=t["dice_skip_absent"])
     model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
     progress = Progress()
-    accelerator.register_for_checkpointing(progress)
     # The average lives outside Accelerate's wrapping: validated, saved and checkpointed in place of the weights.
+    # Neither is registered with Accelerate (which would pickle them): the checkpoint writes them as JSON and
+    # safetensors (_write_run_state).
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=t["ema"]) if t["ema"] else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
     resume = resolve_resume_path(args.resume, output_dir)
     if resume is not None:
-        accelerator.load_state(str(resume))
-        accelerator.project_configuration.iteration = int(resume.name.split("_")[-1]) + 1
+        load_checkpoint(accelerator, resume, progress, ema, trust=args.trust_resume)
         log.info("resumed from %s at epoch %d (best score %.4f)", resume, progress.epoch, progress.best_dice)
     accelerator.init_trackers(cfg["name"].replace("/", "_"), config=_flat_hparams(cfg))
     model_dir = output_dir / "model"
@@ -527,7 +635,7 @@ def run(args: argparse.Namespace) -> Path:
 
     def save() -> None:
         save_checkpoint(accelerator, checkpoints, progress.step, keep=args.keep_checkpoints,
-                        info={"epoch": progress.epoch})
+                        info={"epoch": progress.epoch}, extra=lambda folder: _write_run_state(folder, progress, ema))
 
     while progress.epoch < t["epochs"] and (args.max_steps is None or progress.step < args.max_steps):
         # A checkpoint from the middle of an epoch: continue that epoch after the batches it had done.
@@ -540,47 +648,57 @@ def run(args: argparse.Namespace) -> Path:
         except NonFiniteLossError as err:
             accelerator.end_training()
             raise SystemExit(f"medseg-train: {err}") from err
-        val = evaluate(accelerator, model if ema is None else ema.module, val_dl, cfg)
+        val = evaluate(accelerator, model if ema is None else ema.module, val_dl, cfg, schema)
+        best = accelerator.unwrap_model(model) if ema is None else ema.module
         progress.epoch += 1
         accelerator.log({**{f"val/{k}": v for k, v in val.items()}, "train/epoch_loss": train_loss,
                          "train/epoch": progress.epoch}, step=progress.step)
         log.info("epoch %d/%d: train loss %.4f, val %s", progress.epoch, t["epochs"], train_loss,
                  ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
         if ema is not None:
-            _validate_without_ema(accelerator, model, val_dl, cfg, progress, output_dir / "model_no_ema")
-        if val["score"] > progress.best_dice:
+            _validate_without_ema(accelerator, model, val_dl, cfg, schema, progress, output_dir / "model_no_ema")
+        if val["score"] > progress.best_dice and _finite(best, f"epoch {progress.epoch}'s model"):
             progress.best_dice, progress.best_epoch = val["score"], progress.epoch
             if accelerator.is_main_process and t["select"] == "best":
-                best = accelerator.unwrap_model(model) if ema is None else ema.module
-                save_best(best, model_dir, recipe_schema(cfg).to_config())
+                save_best(best, model_dir, schema.to_config())
         save()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model) if ema is None else ema.module
-        if t["select"] == "last":
-            save_best(final, model_dir, recipe_schema(cfg).to_config())
-        _finish(final, cfg, args, output_dir, model_dir, progress, time.time() - started,
-                accelerator)
+        if t["select"] == "last" and _finite(final, "the last model"):
+            save_best(final, model_dir, schema.to_config())
+        _finish(final, cfg, schema, args, output_dir, model_dir, progress, time.time() - started, accelerator)
     accelerator.end_training()
     return model_dir
 
 
-def _validate_without_ema(accelerator: Accelerator, model, val_dl, cfg: dict[str, Any], progress: Progress,
-                          model_dir: Path) -> None:
+def _finite(model: torch.nn.Module, what: str) -> bool:
+    """Whether every tensor of ``model`` (parameters and buffers) is finite; a warning names the others."""
+    bad = nonfinite_tensors(model)
+    if bad:
+        log.warning("%s is not saved: NaN or infinite values in %d tensors (%s%s)", what, len(bad),
+                    ", ".join(bad[:3]), ", ..." if len(bad) > 3 else "")
+    return not bad
+
+
+def _validate_without_ema(accelerator: Accelerator, model, val_dl, cfg: dict[str, Any], schema: LabelSchema,
+                          progress: Progress, model_dir: Path) -> None:
     """Validate the trained weights (not their average), log them as ``val_no_ema/*`` and keep the best in
     ``model_dir``: what the same run gives without the EMA lever, at the cost of one more validation pass."""
-    val = evaluate(accelerator, model, val_dl, cfg)
+    val = evaluate(accelerator, model, val_dl, cfg, schema)
+    trained = accelerator.unwrap_model(model)
     accelerator.log({f"val_no_ema/{k}": v for k, v in val.items()}, step=progress.step)
     log.info("epoch %d, without EMA: val %s", progress.epoch, ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
-    if val["score"] > progress.best_dice_no_ema:
+    if val["score"] > progress.best_dice_no_ema and _finite(trained, f"epoch {progress.epoch}'s model without EMA"):
         progress.best_dice_no_ema, progress.best_epoch_no_ema = val["score"], progress.epoch
         if accelerator.is_main_process:
-            save_best(accelerator.unwrap_model(model), model_dir, recipe_schema(cfg).to_config())
+            save_best(trained, model_dir, schema.to_config())
 
 
-def _finish(saved: SegModel, cfg: dict[str, Any], args: argparse.Namespace, output_dir: Path, model_dir: Path,
-            progress: Progress, seconds: float, accelerator: Accelerator) -> None:
-    """Write the training summary and the model card; push to the Hub when asked."""
+def _finish(saved: SegModel, cfg: dict[str, Any], schema: LabelSchema, args: argparse.Namespace, output_dir: Path,
+            model_dir: Path, progress: Progress, seconds: float, accelerator: Accelerator) -> None:
+    """Write the training summary and the model card; push to the Hub when asked. ``SystemExit`` (status 1) when no
+    model was saved: every validated model had NaN or infinite weights or outputs."""
     threads = torch.get_num_threads()
     device = "GPU" if torch.cuda.is_available() else f"CPU ({threads} thread{'' if threads == 1 else 's'})"
     summary = {"best_val_dice": progress.best_dice, "best_epoch": progress.best_epoch, "epochs": progress.epoch,
@@ -589,7 +707,11 @@ def _finish(saved: SegModel, cfg: dict[str, Any], args: argparse.Namespace, outp
                   if cfg["train"]["ema"] else {}),
                "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
     (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    write_model_card(model_dir, name=cfg["name"], config={**saved.config, **recipe_schema(cfg).to_config()},
+    if not (model_dir / "model.safetensors").is_file():
+        accelerator.end_training()
+        raise SystemExit(f"medseg-train: no model saved: every validated model had NaN or infinite weights or outputs "
+                         f"(see the warnings above); lower train.lr (now {cfg['train']['lr']:g}) or check the data")
+    write_model_card(model_dir, name=cfg["name"], config={**saved.config, **schema.to_config()},
                      data=data_text(cfg),
                      recipe=f"`{args.config}`: " + recipe_text(cfg, summary))
     log.info("best model (epoch %d, val score %.4f) in %s", progress.best_epoch, progress.best_dice, model_dir)

@@ -71,7 +71,7 @@ def test_overrides_and_bad_arguments(tmp_path):
     (["--trian.epochs", "2"], "did you mean train"),
     (["--train.optimizer", "adagrad"], "adamw, adam, sgd"),
     (["--train.schedule", "poly"], "cosine, exponential, constant"),
-    (["--train.epochs", "0"], "positive integer"),
+    (["--train.epochs", "0"], "an integer from 1 to"),
     (["--train.augment_colour", "5"], "factor from 0 to 3"),
     (["--train.negative_crops", "1.5"], "probability from 0 to 1"),
     (["--train.repeat_factor_threshold", "2"], "fraction from 0 to 1"),
