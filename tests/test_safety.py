@@ -250,8 +250,8 @@ def test_a_listed_model_with_a_hostile_config_is_refused_by_field(app, tiny_weig
 def test_pinned_hub_models_come_from_the_operator_list(app, monkeypatch, hub_cache):
     monkeypatch.setenv("MEDSEG_HUB_MODELS", f"medseg/tiny-unet@{COMMIT}")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
-    monkeypatch.setattr(medseg_core.hub, "resolve_hub_weights",
-                        lambda spec, cache_dir=None: resolve_hub_weights(spec, cache_dir=hub_cache))
+    resolve_hub = medseg_core.hub.resolve_hub
+    monkeypatch.setattr(medseg_core.hub, "resolve_hub", lambda spec, cache_dir=None: resolve_hub(spec, hub_cache))
     assert app.available_models() == ["tiny_unet.test", f"medseg/tiny-unet@{COMMIT}"]
     report = app.segment(str(EXAMPLES[0]), f"medseg/tiny-unet@{COMMIT}", False, False)[4]
     assert report["model"] == f"medseg/tiny-unet@{COMMIT}"
