@@ -3,6 +3,11 @@
 Everything goes through ``huggingface_hub``: a repo id is fetched with ``snapshot_download`` into the usual cache;
 when the Hub cannot be reached, the cached copy is used; when there is none, :class:`WeightsNotFoundError`
 says so in words a user can act on.
+
+Every route returns a :class:`~medseg_core.weights.Weights` (:func:`resolve`): the folder's ``config.json`` read
+once and validated, with its label schema, recorded steps and file paths, which ``Segmenter.from_pretrained``, the
+app and the commands then share. :func:`scan_local_weights` reads ``weights/`` so that one bad folder is one
+refused model, with its reason, and the others are served.
 """
 
 from __future__ import annotations

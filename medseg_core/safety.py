@@ -3,8 +3,10 @@
 Everything a user (or a Hub repo) hands the app is checked here *before* it is decoded or built:
 
 * :func:`validate_model_config` — a weights folder's ``config.json`` against the architecture's constructor
-  (known keys, JSON types, ranges such as ``input_size`` <= 1024 and ``num_classes`` <= 32);
-  :func:`helper_folder` keeps a helper model (the refiner) inside its weights folder.
+  (known keys, JSON types, ranges such as ``input_size`` <= 1024 and ``num_classes`` <= 32, ``mean``/``std`` one
+  number per channel with ``std`` > 0) and a cost budget over the fields together (:func:`config_cost`: layer
+  widths x network side squared, TTA sizes included); :func:`helper_folder` and :func:`confined_path` keep a helper
+  model (the refiner) and every file inside its weights folder, after ``realpath``.
 * :func:`image_size_from_header` / :func:`check_image_size` — pixel count and side limits from the file header.
 * :func:`extract_zip` — streamed extraction with per-member, per-request and per-server size caps and a
   compression-ratio cap; a member that cannot be read becomes a :class:`RejectedInput` (one CSV row), not a failure.
