@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .models import SegModel
+from .safety import UnsafeWeightsError
 
 __all__ = [
     "BACKENDS",
@@ -30,6 +31,7 @@ __all__ = [
     "OnnxRuntimeBackend",
     "TorchBackend",
     "available_cores",
+    "check_onnx_graph",
     "create_backend",
     "onnxruntime_available",
     "resolve_backend",
@@ -42,6 +44,9 @@ BackendName = Literal["auto", "torch", "onnxruntime"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 #: The file an exported network has inside a weights folder (beside config.json).
 ONNX_FILENAME = "model.onnx"
+#: Most values one tensor of an exported network may hold for one image, from the shapes inferred from the file
+#: before it runs (2**28 float32 values are 1 GiB; a shipped model's largest is well under 1 % of it).
+MAX_ONNX_TENSOR = 2**28
 
 
 @runtime_checkable
@@ -149,6 +154,72 @@ class OnnxRuntimeBackend:
         return self.session.run([self._output], {self._input: self._input_buffer(np.asarray(x))})[0]
 
 
+def _dims(value: object) -> list[int | str] | None:
+    """A graph value's declared shape: ints where known, the symbol's name (or ``"?"``) where not; None: no shape."""
+    tensor = value.type.tensor_type  # type: ignore[attr-defined]
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+
+
+def check_onnx_graph(onnx_path: str | os.PathLike, in_channels: int, num_classes: int, input_size: int,
+                     source: str | None = None) -> None:
+    """Refuse (:class:`~medseg_core.safety.UnsafeWeightsError`) an exported network whose shapes do not follow from
+    its weights' config, before it is handed to a runtime: one input (N, ``in_channels``, ``input_size``,
+    ``input_size``), one output (N, ``num_classes``, ``input_size``, ``input_size``) as declared and as inferred
+    from the graph for one image (``onnx.shape_inference`` with data propagation), and no tensor inferred to hold
+    more than :data:`MAX_ONNX_TENSOR` values. Weights stored outside the file are refused too."""
+    import onnx
+
+    name = source or Path(onnx_path).parent.name or "the weights"
+    want = [1, num_classes, input_size, input_size]
+
+    def refuse(why: str) -> UnsafeWeightsError:
+        return UnsafeWeightsError(f"{name}: {ONNX_FILENAME} {why}")
+
+    try:
+        model = onnx.load(os.fspath(onnx_path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - any parse failure is a refused file
+        raise refuse(f"is not an ONNX model that can be read ({type(err).__name__})") from err
+    graph = model.graph
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+        raise refuse("keeps weights in other files; export it as one file")
+    initialised = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initialised]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise refuse(f"has {len(inputs)} inputs and {len(graph.output)} outputs; a segmentation network has one of "
+                     "each")
+    got = _dims(inputs[0])
+    if got is None or len(got) != 4 or got[1:] != [in_channels, input_size, input_size] \
+            or not (got[0] == 1 or isinstance(got[0], str)):
+        raise refuse(f"takes an input of shape {got}; the config says (N, {in_channels}, {input_size}, {input_size})")
+    declared = _dims(graph.output[0])
+    if declared is not None and (len(declared) != 4 or any(
+            isinstance(d, int) and d != w for d, w in zip(declared[1:], want[1:]))):
+        raise refuse(f"declares an output of shape {declared}; the config says (N, {num_classes}, {input_size}, "
+                     f"{input_size})")
+    # Shapes for one image, inferred from the graph itself (what the runtime would allocate), not as declared.
+    one = onnx.ModelProto()
+    one.CopyFrom(model)
+    batch = next(i for i in one.graph.input if i.name == inputs[0].name).type.tensor_type.shape.dim[0]
+    batch.ClearField("dim_param")
+    batch.dim_value = 1
+    one.graph.output[0].type.tensor_type.ClearField("shape")
+    del one.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(one, data_prop=True).graph
+    except Exception as err:  # noqa: BLE001 - a graph the checker itself refuses
+        raise refuse(f"fails shape inference ({type(err).__name__}: {' '.join(str(err).split())[:160]})") from err
+    out = _dims(inferred.output[0])
+    if out is not None and (len(out) != 4 or any(isinstance(d, int) and d != w for d, w in zip(out, want))):
+        raise refuse(f"computes an output of shape {out} for one image; the config says {want}")
+    for value in [*inferred.value_info, *inferred.output]:
+        dims = _dims(value)
+        if dims and all(isinstance(d, int) for d in dims) and int(np.prod(dims, dtype=np.float64)) > MAX_ONNX_TENSOR:
+            raise refuse(f"computes a tensor of shape {dims} for one image (more than {MAX_ONNX_TENSOR / 1e6:.0f} M "
+                         "values)")
+
+
 def resolve_backend(backend: str, onnx_path: str | os.PathLike | None) -> str:
     """The backend to build for a request: ``"auto"`` is onnxruntime when a model file exists and the package
     imports, else torch. Unknown names raise ``ValueError``."""
@@ -177,6 +248,7 @@ def create_backend(backend: str, model: SegModel, device: str | torch.device = "
         raise ValueError(f"precision {precision!r} applies to the torch backend only; onnxruntime runs the file as is")
     if not onnxruntime_available():
         raise ImportError("the onnxruntime backend needs the onnxruntime package: pip install onnxruntime")
+    check_onnx_graph(onnx_path, model.in_channels, model.num_classes, model.input_size)
     return OnnxRuntimeBackend(onnx_path, threads=threads, device=device)
 
 

@@ -25,8 +25,8 @@ from typing import Any, NoReturn
 
 from .postprocess import POSTPROCESSING_STEPS, PostprocessSpec, resolve_postprocess
 
-__all__ = ["ArgumentParser", "UsageError", "add_postprocess_argument", "add_threshold_argument", "close_matches",
-           "postprocess_from_args", "run_command", "setup_logging", "warn_if_test_split", "write_json"]
+__all__ = ["ArgumentParser", "InputRefused", "UsageError", "add_postprocess_argument", "add_threshold_argument",
+           "close_matches", "postprocess_from_args", "run_command", "setup_logging", "warn_if_test_split", "write_json"]
 
 
 class UsageError(SystemExit):
@@ -40,6 +40,12 @@ class UsageError(SystemExit):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class InputRefused(ValueError):
+    """Input that was read and refused (weights whose config is out of range or unreadable, a file that is not what
+    it claims): :func:`run_command` prints its message as one line, without the traceback, and exits with status 2,
+    as for a usage error. ``medseg_core.safety.UnsafeWeightsError`` is one."""
 
 
 def close_matches(word: str, choices: Sequence[str], n: int = 3) -> str:
@@ -84,8 +90,9 @@ def run_command(prog: str, parse: Callable[[Sequence[str] | None], argparse.Name
     (``"module:function"``, the heavy part) and call it with the parsed arguments; return the exit status.
 
     ``--help`` and argparse's usage errors leave as ``SystemExit`` (0 and 2) before anything heavy is imported. What
-    ``target`` returns is the status when it is an int, else 0. :class:`UsageError` and ``FileNotFoundError`` are
-    usage errors (2), anything else a failure (1); both as one line on stderr, the traceback only with ``--debug``.
+    ``target`` returns is the status when it is an int, else 0. :class:`UsageError`, ``FileNotFoundError`` and
+    :class:`InputRefused` (refused weights) are usage errors (2), anything else a failure (1); both as one line on
+    stderr, the traceback only with ``--debug``.
     """
     args = parse(argv)
     debug = getattr(args, "debug", False)
@@ -96,7 +103,7 @@ def run_command(prog: str, parse: Callable[[Sequence[str] | None], argparse.Name
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, FileNotFoundError) as err:
+    except (UsageError, FileNotFoundError, InputRefused) as err:
         return _report(prog, err, 2, debug)
     except SystemExit as err:
         if err.code is None or isinstance(err.code, int):

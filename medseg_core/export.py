@@ -32,7 +32,7 @@ from .cli import setup_logging
 from .commands import export as export_command
 from .commands import parse_export_args
 from .data import read_split
-from .hub import load_model, resolve_weights
+from .hub import load_model, resolve
 from .inference import Segmenter
 from .io import read_image, read_mask
 from .metrics import dice_score
@@ -50,8 +50,8 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 def _load(model_or_weights: SegModel | str | os.PathLike) -> tuple[SegModel, Path | None]:
     if isinstance(model_or_weights, SegModel):
         return model_or_weights, None
-    folder = resolve_weights(model_or_weights)
-    return load_model(folder), folder
+    weights = resolve(model_or_weights)  # config.json read once
+    return weights.load_model(), weights.folder
 
 
 def export_onnx(model_or_weights_folder: SegModel | str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -156,9 +156,10 @@ def check_onnx(weights_folder: str | os.PathLike, data_root: str | os.PathLike, 
         masks), and both backends' mean Dice against the ground truth with their difference ``dice_loss``
         (eager minus onnx).
     """
-    folder = resolve_weights(weights_folder)
+    weights = resolve(weights_folder)
+    folder = weights.folder
     onnx_path = Path(onnx_path) if onnx_path is not None else folder / ONNX_FILENAME
-    model = load_model(folder)
+    model = weights.load_model()
     eager = Segmenter(model, device="cpu", backend="torch", postprocess="none")
     ort = Segmenter(model, device="cpu", backend="onnxruntime", onnx_path=onnx_path, postprocess="none")
     samples = read_split(data_root, split)[:limit]

@@ -3,6 +3,11 @@
 Everything goes through ``huggingface_hub``: a repo id is fetched with ``snapshot_download`` into the usual cache;
 when the Hub cannot be reached, the cached copy is used; when there is none, :class:`WeightsNotFoundError`
 says so in words a user can act on.
+
+Every route returns a :class:`~medseg_core.weights.Weights` (:func:`resolve`): the folder's ``config.json`` read
+once and validated, with its label schema, recorded steps and file paths, which ``Segmenter.from_pretrained``, the
+app and the commands then share. :func:`scan_local_weights` reads ``weights/`` so that one bad folder is one
+refused model, with its reason, and the others are served.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +27,15 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from .cli import close_matches
 from .models import SegModel, get_model_class
-from .postprocess import POSTPROCESSING_STEPS
 from .safety import UnsafeWeightsError, helper_folder, validate_model_config
+from .weights import Weights, read_config
 
 __all__ = [
     "MAX_DOWNLOAD_BYTES",
     "WEIGHTS_DIR",
+    "LocalWeights",
     "UnsafeWeightsError",
+    "Weights",
     "WeightsNotFoundError",
     "list_local_weights",
     "load_model",
@@ -37,8 +46,11 @@ __all__ = [
     "record_presence",
     "record_thresholds",
     "recorded_postprocess",
+    "resolve",
+    "resolve_hub",
     "resolve_hub_weights",
     "resolve_weights",
+    "scan_local_weights",
     "write_model_card",
 ]
 
@@ -74,22 +86,79 @@ def _is_weights_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 
 
-def _segments_images(folder: Path) -> bool:
-    """False for weights of helper models (e.g. the ``refine`` step's refiner), which segment nothing alone."""
+@dataclass(frozen=True)
+class LocalWeights:
+    """The weights folders under ``weights/``: ``models`` (name -> :class:`Weights`) the segmentation models that
+    read cleanly, ``helpers`` those of helper models (refiners), ``refused`` (name -> reason) the folders that did
+    not: each refused folder is one refused model, the others are unaffected."""
+
+    models: dict[str, Weights] = field(default_factory=dict)
+    helpers: dict[str, Weights] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+#: Folders read by :func:`scan_local_weights`, by path: (what their files looked like, the Weights or the refusal).
+_SCANNED: dict[str, tuple[tuple[Any, ...], Weights | str]] = {}
+_SCAN_LOCK = threading.Lock()
+
+
+def _signature(folder: Path) -> tuple[Any, ...]:
+    """What changes when a weights folder's files change: the folder's and its files' (not followed) status."""
+    out: list[Any] = []
+    for p in (folder, folder / "config.json", folder / "model.safetensors", folder / "model.onnx"):
+        try:
+            st = p.lstat()
+            out.append((st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def _scan_one(folder: Path) -> Weights | str:
+    """A ``weights/`` folder read (:class:`Weights`), or the reason it is refused; read again only when it changed."""
+    key, signature = os.fspath(folder), _signature(folder)
+    with _SCAN_LOCK:
+        seen = _SCANNED.get(key)
+    if seen is not None and seen[0] == signature:
+        return seen[1]
     try:
-        arch = json.loads((folder / "config.json").read_text()).get("arch")
-        return get_model_class(arch).info.segments_images
-    except (ValueError, KeyError, TypeError, OSError):
-        return True  # listed; loading it will say what is wrong
+        result: Weights | str = Weights.read(folder, folder.name)
+    except Exception as err:  # noqa: BLE001 - any failure of one folder refuses that model only
+        result = " ".join(str(err).split())[:300] or type(err).__name__
+        log.warning("weights %s refused: %s", folder.name, result)
+    with _SCAN_LOCK:
+        _SCANNED[key] = (signature, result)
+    return result
+
+
+def scan_local_weights(weights_dir: str | os.PathLike | None = None) -> LocalWeights:
+    """Read every weights folder under ``weights/`` (folders with config.json and model.safetensors), each once
+    until its files change. A folder that cannot be read (too large, not UTF-8, nested too deeply, out of range,
+    files that link outside it) is listed under ``refused`` with its reason, logged once; the others are served."""
+    root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    out = LocalWeights()
+    if not root.is_dir():
+        return out
+    for p in sorted(root.iterdir()):
+        try:
+            if not (p.is_dir() and _is_weights_dir(p)):
+                continue
+        except OSError:
+            continue
+        result = _scan_one(p)
+        if isinstance(result, str):
+            out.refused[p.name] = result
+        elif result.segments_images:
+            out.models[p.name] = result
+        else:
+            out.helpers[p.name] = result
+    return out
 
 
 def list_local_weights(weights_dir: str | os.PathLike | None = None) -> list[str]:
     """Names of the segmentation models under ``weights/`` (folders with config.json and model.safetensors),
-    without helper models such as refiners."""
-    root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _is_weights_dir(p) and _segments_images(p))
+    without helper models such as refiners and without refused folders (:func:`scan_local_weights`)."""
+    return list(scan_local_weights(weights_dir).models)
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str | None]:
@@ -101,15 +170,8 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None]:
 
 
 def _read_config(folder: Path, source: str) -> dict[str, Any]:
-    """``config.json`` of a weights folder, parsed and validated (:func:`medseg_core.safety.validate_model_config`)."""
-    path = folder / "config.json"
-    if path.stat().st_size > 1_000_000:
-        raise UnsafeWeightsError(f"{source}: config.json is larger than 1 MB")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UnsafeWeightsError(f"{source}: config.json is not valid JSON ({err})") from err
-    return validate_model_config(config, source)
+    """``config.json`` of a weights folder, parsed and validated (:func:`medseg_core.weights.read_config`)."""
+    return read_config(folder, source)
 
 
 def _download_patterns(helper: str | None) -> list[str]:
@@ -135,12 +197,12 @@ def _check_local_size(folder: Path, patterns: list[str], source: str) -> None:
                                  f"{MAX_DOWNLOAD_BYTES / 1e6:.0f} MB")
 
 
-def _fetch(repo_id: str, revision: str | None, cache_dir: Any, local_only: bool) -> Path:
+def _fetch(repo_id: str, revision: str | None, cache_dir: Any, local_only: bool) -> Weights:
     """config.json first (validated), then only the files a weights folder needs, within the size cap."""
     config_path = hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache_dir,
                                   local_files_only=local_only)
     source = repo_id if revision is None else f"{repo_id}@{revision}"
-    config = _read_config(Path(config_path).parent, source)
+    config = read_config(Path(config_path).parent, source)
     patterns = _download_patterns(helper_folder(config, source))
     if not local_only:
         _check_remote_size(repo_id, revision, patterns, cache_dir)
@@ -149,11 +211,16 @@ def _fetch(repo_id: str, revision: str | None, cache_dir: Any, local_only: bool)
     _check_local_size(folder, patterns, source)
     if not _is_weights_dir(folder):
         raise WeightsNotFoundError(f"{source} holds no model.safetensors")
-    return folder
+    return Weights.read(folder, source, config=config)  # the config read above: the same file, not opened again
 
 
 def resolve_hub_weights(spec: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cached folder of a Hub model ``owner/name[@revision]``: downloaded (config.json validated first, only
+    """The cached folder of a Hub model ``owner/name[@revision]`` (:func:`resolve_hub`)."""
+    return resolve_hub(spec, cache_dir=cache_dir).folder
+
+
+def resolve_hub(spec: str, cache_dir: str | os.PathLike | None = None) -> Weights:
+    """The :class:`Weights` of a Hub model ``owner/name[@revision]``: downloaded (config.json validated first, only
     :data:`_DOWNLOAD_FILES` and the helper sub-folder, at most :data:`MAX_DOWNLOAD_BYTES`), or the cached copy
     when the Hub is unreachable or ``HF_HUB_OFFLINE=1``. Never a local path."""
     try:
@@ -182,15 +249,22 @@ def resolve_hub_weights(spec: str, cache_dir: str | os.PathLike | None = None) -
 
 def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """A local folder holding ``config.json`` + ``model.safetensors`` for a folder, a ``weights/`` name or a repo id
-    (``owner/name[@revision]``, see :func:`resolve_hub_weights`). Its ``config.json`` is validated before it is
-    returned (:class:`UnsafeWeightsError` names the bad field)."""
+    (``owner/name[@revision]``), its ``config.json`` validated (:func:`resolve`; :class:`UnsafeWeightsError` names
+    the bad field)."""
+    return resolve(name_or_path, cache_dir=cache_dir).folder
+
+
+def resolve(name_or_path: str | os.PathLike | Weights, cache_dir: str | os.PathLike | None = None) -> Weights:
+    """The :class:`Weights` of a folder, a ``weights/`` name or a Hub repo id (``owner/name[@revision]``, see
+    :func:`resolve_hub`): its ``config.json`` read once and validated (:class:`UnsafeWeightsError` names the bad
+    field or file). A :class:`Weights` is returned as it is."""
+    if isinstance(name_or_path, Weights):
+        return name_or_path
     path = Path(name_or_path)
     if _is_weights_dir(path):
-        _read_config(path, str(name_or_path))
-        return path
+        return Weights.read(path, str(name_or_path))
     if _is_weights_dir(WEIGHTS_DIR / str(name_or_path)) and ".." not in Path(str(name_or_path)).parts:
-        _read_config(WEIGHTS_DIR / str(name_or_path), str(name_or_path))
-        return WEIGHTS_DIR / str(name_or_path)
+        return Weights.read(WEIGHTS_DIR / str(name_or_path), str(name_or_path))
     repo_id = str(name_or_path)
     if path.exists() or not _HUB_SPEC.match(repo_id):
         local = list_local_weights()
@@ -199,35 +273,26 @@ def resolve_weights(name_or_path: str | os.PathLike, cache_dir: str | os.PathLik
             f"{WEIGHTS_DIR} (available: {', '.join(local) or 'none'}), nor a Hub repo id of the form owner/name"
             + close_matches(repo_id, local, n=1)
         )
-    return resolve_hub_weights(repo_id, cache_dir=cache_dir)
+    return resolve_hub(repo_id, cache_dir=cache_dir)
 
 
-def load_model(name_or_path: str | os.PathLike, map_location: str = "cpu", cache_dir: str | None = None) -> SegModel:
-    """Rebuild any saved model from its folder, ``weights/`` name or Hub repo id, in eval mode."""
-    folder = resolve_weights(name_or_path, cache_dir=cache_dir)
-    config = _read_config(folder, str(name_or_path))
-    return get_model_class(config["arch"]).from_pretrained(folder, map_location=map_location)
+def load_model(name_or_path: str | os.PathLike | Weights, map_location: str = "cpu",
+               cache_dir: str | None = None) -> SegModel:
+    """Rebuild any saved model from its folder, ``weights/`` name, Hub repo id or :class:`Weights`, in eval mode
+    (``config.json`` read once)."""
+    return resolve(name_or_path, cache_dir=cache_dir).load_model(map_location=map_location)
 
 
-def recorded_postprocess(folder: str | os.PathLike) -> dict[str, Any]:
+def recorded_postprocess(folder: str | os.PathLike | Weights) -> dict[str, Any]:
     """The post-processing recorded in a weights folder's ``config.json``: ``{"steps": [...], "refiner": ...}``.
 
     ``steps`` are names from ``medseg_core.postprocess`` (empty when none is recorded); ``refiner`` is where the
     ``refine`` step's model lives, resolved here: a sub-folder of the weights folder, else a ``weights/`` name as
-    written (None when not recorded). Absolute paths, ``..`` and repo ids are refused (:class:`UnsafeWeightsError`):
-    a helper model never comes from outside its weights folder.
+    written (None when not recorded). Absolute paths, ``..``, repo ids and a sub-folder that is a link to somewhere
+    else are refused (:class:`UnsafeWeightsError`): a helper model never comes from outside its weights folder.
     """
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    steps = list(config.get("postprocess") or [])
-    unknown = [s for s in steps if s not in POSTPROCESSING_STEPS]
-    if unknown:
-        raise ValueError(f"{folder / 'config.json'} records unknown post-processing steps {unknown}; known: "
-                         f"{', '.join(sorted(POSTPROCESSING_STEPS))}")
-    refiner = helper_folder(config, folder.name)
-    if refiner and _is_weights_dir(folder / refiner):
-        refiner = str(folder / refiner)
-    return {"steps": steps, "refiner": refiner}
+    weights = folder if isinstance(folder, Weights) else Weights.read(folder, Path(folder).name)
+    return {"steps": list(weights.postprocess), "refiner": weights.refiner}
 
 
 def _record_numbers(folder: str | os.PathLike, key: str, values: Sequence[float]) -> Path:

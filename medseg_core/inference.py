@@ -5,8 +5,6 @@ call it.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import os
 import time
@@ -21,9 +19,9 @@ import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 
-from .backends import ONNX_FILENAME, BackendName, create_backend
+from .backends import BackendName, create_backend
 from .enhance import stack_views
-from .hub import load_model, recorded_postprocess, resolve_weights
+from .hub import Weights, resolve
 from .io import IMAGE_FORMAT_NAMES, to_rgb_uint8
 from .labels import LabelSchema, schema_from_config
 from .models import SegModel
@@ -87,7 +85,10 @@ def load_image_file(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS)
         raise ImageInputError(f"{name} is not an image file we can read ({IMAGE_FORMAT_NAMES})") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageInputError(f"{name} could not be decoded; the file looks damaged or truncated ({err})") from err
-    return to_rgb_uint8(array)
+    try:
+        return to_rgb_uint8(array)
+    except ValueError as err:
+        raise ImageInputError(f"{name}: {err}") from err
 
 
 def _pil_to_array(im: PIL.Image.Image) -> np.ndarray:
@@ -266,8 +267,10 @@ class Segmenter:
         self._std = np.tile(np.asarray(model.std, np.float32) * np.float32(255), repeats)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | None = None, **kwargs: Any) -> Segmenter:
-        """A Segmenter on weights from a folder, a ``weights/`` name or a Hub repo id.
+    def from_pretrained(cls, name_or_path: str | os.PathLike | Weights, device: str | None = None,
+                        **kwargs: Any) -> Segmenter:
+        """A Segmenter on weights from a folder, a ``weights/`` name, a Hub repo id or a :class:`~medseg_core.hub.
+        Weights` already read; ``config.json`` is read once (:func:`medseg_core.hub.resolve`).
 
         The post-processing chain recorded in the weights' ``config.json`` (``"postprocess"``: step names, chosen
         on a validation split by ``bench/postprocess_table.py --record``) is what ``"recorded"``, the default,
@@ -277,25 +280,23 @@ class Segmenter:
         ``backend="auto"`` (the default here) runs the folder's ``model.onnx`` with onnxruntime when both exist,
         else eager PyTorch; ``onnx_path`` picks another exported file (e.g. ``model.int8.onnx``).
         """
-        kwargs.setdefault("name", os.fspath(name_or_path))
-        folder = resolve_weights(name_or_path)
-        recorded = recorded_postprocess(folder)
-        kwargs["recorded_postprocess"] = recorded["steps"]
-        if kwargs.get("refiner") is None and recorded["refiner"]:
-            kwargs["refiner"] = functools.partial(load_model, recorded["refiner"])
-        config = json.loads((folder / "config.json").read_text())
-        kwargs.setdefault("schema", schema_from_config(config))
+        weights = resolve(name_or_path)
+        kwargs.setdefault("name", weights.source if isinstance(name_or_path, Weights) else os.fspath(name_or_path))
+        kwargs["recorded_postprocess"] = list(weights.postprocess)
+        if kwargs.get("refiner") is None and weights.refiner:
+            kwargs["refiner"] = weights.load_refiner  # loaded on first use
+        kwargs.setdefault("schema", weights.schema)
         if kwargs.get("threshold") is None:
-            kwargs["threshold"] = config.get("thresholds") or 0.5
+            kwargs["threshold"] = weights.thresholds or 0.5
         if kwargs.get("class_bias") is None:
-            kwargs["class_bias"] = config.get("class_bias")
+            kwargs["class_bias"] = weights.class_bias
         if kwargs.get("tta_scales") is None:
-            kwargs["tta_scales"] = config.get("tta_scales") or (1.0,)
-        if kwargs.get("presence") is None and config.get("presence") is not None:
-            kwargs["presence"] = PresenceRule.from_config(config["presence"])
+            kwargs["tta_scales"] = weights.tta_scales or (1.0,)
+        if kwargs.get("presence") is None and weights.presence is not None:
+            kwargs["presence"] = weights.presence
         kwargs.setdefault("backend", "auto")
-        kwargs.setdefault("onnx_path", folder / ONNX_FILENAME if (folder / ONNX_FILENAME).is_file() else None)
-        return cls(load_model(folder), device=device, **kwargs)
+        kwargs.setdefault("onnx_path", weights.onnx_path)
+        return cls(weights.load_model(), device=device, **kwargs)
 
     @property
     def refiner(self) -> SegModel | None:

@@ -67,6 +67,7 @@ IMAGE_EXTENSIONS = tuple(ext for exts in IMAGE_FORMATS.values() for ext in exts)
 #: ``"PNG, JPEG, TIFF, BMP, GIF or WebP"``, for messages.
 IMAGE_FORMAT_NAMES = ", ".join(list(IMAGE_FORMATS)[:-1]) + " or " + list(IMAGE_FORMATS)[-1]
 WINDOW_PERCENTILES = (0.5, 99.5)
+_NO_FINITE_PIXEL = "the image holds no finite value (every pixel is NaN or infinite); it cannot be shown or segmented"
 
 
 # ---- images --------------------------------------------------------------------------------------------------------
@@ -76,12 +77,14 @@ def window_to_uint8(image: np.ndarray, percentiles: tuple[float, float] = WINDOW
     """A 16-bit, 32-bit or float image -> ``uint8``: the ``percentiles`` of its finite values map to 0 and 255.
 
     Per image, so a grey MRI slice whose values reach 3000 fills the 8-bit range instead of keeping 11/255 of it.
+    Non-finite pixels take the lowest level; an image with no finite pixel at all is refused (``ValueError``), not
+    read as black.
     """
     top = float(np.iinfo(image.dtype).max) if np.issubdtype(np.asarray(image).dtype, np.integer) else None
     a = np.asarray(image, dtype=np.float64)
     finite = a[np.isfinite(a)]
     if finite.size == 0:
-        return np.zeros(a.shape, np.uint8)
+        raise ValueError(_NO_FINITE_PIXEL)
     lo, hi = np.percentile(finite, percentiles)
     if hi <= lo:  # a flat image: its level on the dtype's scale (integers), else clipped to 0..255
         level = lo / top * 255 if top else lo
@@ -108,6 +111,8 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == bool:
         image = image.astype(np.uint8) * 255
     elif image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image[..., :3]).any():
+            raise ValueError(_NO_FINITE_PIXEL)
         if np.issubdtype(image.dtype, np.floating) and np.nanmin(image) >= 0 and np.nanmax(image) <= 1.0:
             image = np.clip(np.nan_to_num(image) * 255, 0, 255).round().astype(np.uint8)
         elif np.issubdtype(image.dtype, np.number):

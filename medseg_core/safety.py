@@ -3,8 +3,10 @@
 Everything a user (or a Hub repo) hands the app is checked here *before* it is decoded or built:
 
 * :func:`validate_model_config` — a weights folder's ``config.json`` against the architecture's constructor
-  (known keys, JSON types, ranges such as ``input_size`` <= 1024 and ``num_classes`` <= 32);
-  :func:`helper_folder` keeps a helper model (the refiner) inside its weights folder.
+  (known keys, JSON types, ranges such as ``input_size`` <= 1024 and ``num_classes`` <= 32, ``mean``/``std`` one
+  number per channel with ``std`` > 0) and a cost budget over the fields together (:func:`config_cost`: layer
+  widths x network side squared, TTA sizes included); :func:`helper_folder` and :func:`confined_path` keep a helper
+  model (the refiner) and every file inside its weights folder, after ``realpath``.
 * :func:`image_size_from_header` / :func:`check_image_size` — pixel count and side limits from the file header.
 * :func:`extract_zip` — streamed extraction with per-member, per-request and per-server size caps and a
   compression-ratio cap; a member that cannot be read becomes a :class:`RejectedInput` (one CSV row), not a failure.
@@ -33,14 +35,17 @@ import cv2
 import numpy as np
 import PIL.Image
 
+from .cli import InputRefused
 from .io import IMAGE_EXTENSIONS
 
 __all__ = [
     "EXTRA_CONFIG_KEYS",
+    "MAX_ACTIVATIONS",
     "MAX_CLASSES",
     "MAX_DISPLAY_SIDE",
     "MAX_IMAGE_SIDE",
     "MAX_INPUT_SIZE",
+    "MAX_PARAMETERS",
     "TTA_SCALE_RANGE",
     "ExtractionBudget",
     "ImageTooLargeError",
@@ -48,6 +53,8 @@ __all__ = [
     "UnsafeWeightsError",
     "ZipLimits",
     "check_image_size",
+    "config_cost",
+    "confined_path",
     "downscale_for_display",
     "extract_zip",
     "helper_folder",
@@ -72,7 +79,7 @@ MAX_DISPLAY_SIDE = 4096
 # ---- weights configs -------------------------------------------------------------------------------------------
 
 
-class UnsafeWeightsError(ValueError):
+class UnsafeWeightsError(InputRefused):
     """A weights folder (or Hub repo) that is refused: a config field out of range, a helper path that leaves the
     folder, files above the size cap. The message names the field or file, never a server path."""
 
@@ -147,8 +154,8 @@ def _check_value(key: str, value: Any, source: str) -> None:
         elif isinstance(item, float):
             if not math.isfinite(item) or abs(item) > 1e6:
                 raise bad("is not a finite number")
-            if key == "std" and item <= 0:
-                raise bad("must be positive")
+        if key == "std" and isinstance(item, (int, float)) and item <= 0:
+            raise bad("must be positive")
         elif isinstance(item, str) and not _NAME.match(item):
             raise bad("is not a plain name (letters, digits, '_', '.', '-', '+')")
 
@@ -229,7 +236,81 @@ def validate_model_config(config: Any, source: str = "the weights") -> dict[str,
             raise UnsafeWeightsError(f"{source}: config.json field 'class_bias' = {str(value)[:80]} must list one "
                                      f"number per class, each from -{MAX_CLASS_BIAS:g} to {MAX_CLASS_BIAS:g}")
         _check_value(key, value, source)
+    _check_normalisation(config, params, source)
+    _check_cost(config, source)
     return config
+
+
+def _check_normalisation(config: Mapping[str, Any], params: Mapping[str, Any], source: str) -> None:
+    """``mean`` and ``std``: one number per RGB channel (3) or per input channel (``in_channels``), the same length
+    (integers are numbers too: ``std`` [0, 0, 0] is as refused as [0.0, 0.0, 0.0])."""
+    in_channels = config.get("in_channels", getattr(params.get("in_channels"), "default", 3))
+    lengths = {3} | ({in_channels} if isinstance(in_channels, int) and not isinstance(in_channels, bool) else set())
+    for key in ("mean", "std"):
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or len(value) not in lengths or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise UnsafeWeightsError(f"{source}: config.json field {key!r} = {str(value)[:80]} must list one number "
+                                     f"per channel ({' or '.join(map(str, sorted(lengths)))} numbers)")
+    if isinstance(config.get("mean"), list) and isinstance(config.get("std"), list) \
+            and len(config["mean"]) != len(config["std"]):
+        raise UnsafeWeightsError(f"{source}: config.json fields 'mean' and 'std' must have the same length "
+                                 f"({len(config['mean'])} and {len(config['std'])})")
+
+
+#: Most activations one network pass may be asked to hold: the widest layer's channels times the largest input side
+#: squared (the input side times the largest TTA factor). 2**28 float32 values are 1 GiB; the shipped models need
+#: about 3 % of it (256 channels at 352 px).
+MAX_ACTIVATIONS = 2**28
+#: Most weights a config may ask the network's widest layers for, estimated as 9 x channels**2 (a 3x3 convolution
+#: from and to each listed width): 2**26 float32 weights are 256 MiB, about 80 times the shipped decoders'.
+MAX_PARAMETERS = 2**26
+
+
+def _widths(config: Mapping[str, Any]) -> list[int]:
+    """The layer widths a config lists (``decoder_channels``, ``widths``, ``aspp_channels``, ...; not
+    ``in_channels``, the input's)."""
+    out = []
+    for key, value in config.items():
+        if key == "in_channels" or not (key.endswith("channels") or key in ("widths", "channels")):
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and not isinstance(v, bool):
+                out.append(v)
+    return out
+
+
+def config_cost(config: Mapping[str, Any]) -> dict[str, int]:
+    """The estimated cost of running a config: ``activations`` (widest layer x largest network side squared, over
+    the input size and the recorded TTA factors) and ``parameters`` (9 x the sum of each listed width squared)."""
+    widths = _widths(config) or [1]
+    size = config.get("input_size", 0)
+    scales = config.get("tta_scales") or [1.0]
+    side = max(round(size * f / 32) * 32 if f != 1.0 else size for f in scales) if isinstance(size, int) else 0
+    return {"activations": max(widths) * side * side, "parameters": 9 * sum(w * w for w in widths), "side": side}
+
+
+def _check_cost(config: Mapping[str, Any], source: str) -> None:
+    """Refuse a config whose allowed fields add up to a network too costly to run: a TTA size above
+    :data:`MAX_INPUT_SIZE`, more than :data:`MAX_ACTIVATIONS` or :data:`MAX_PARAMETERS`; each field in range is not
+    enough."""
+    cost = config_cost(config)
+    if cost["side"] > MAX_INPUT_SIZE:
+        raise UnsafeWeightsError(
+            f"{source}: config.json field 'tta_scales' = {str(config.get('tta_scales'))[:80]} takes the network to "
+            f"{cost['side']} px (input_size {config.get('input_size')}); the largest network input is "
+            f"{MAX_INPUT_SIZE} px")
+    if cost["activations"] > MAX_ACTIVATIONS:
+        raise UnsafeWeightsError(
+            f"{source}: config.json asks for too costly a network: {max(_widths(config) or [1])} channels at "
+            f"{cost['side']} px (input_size {config.get('input_size')}, tta_scales {config.get('tta_scales')}) is "
+            f"{cost['activations'] / 1e6:.0f} M activations per pass; the limit is {MAX_ACTIVATIONS / 1e6:.0f} M")
+    if cost["parameters"] > MAX_PARAMETERS:
+        raise UnsafeWeightsError(
+            f"{source}: config.json asks for too large a network: layer widths {_widths(config)[:8]} need about "
+            f"{cost['parameters'] / 1e6:.0f} M weights; the limit is {MAX_PARAMETERS / 1e6:.0f} M")
 
 
 def helper_folder(config: Mapping[str, Any], source: str = "the weights") -> str | None:
@@ -246,6 +327,16 @@ def helper_folder(config: Mapping[str, Any], source: str = "the weights") -> str
         raise UnsafeWeightsError(f"{source}: config.json field 'refiner' = {str(name)[:80]!r} must name a "
                                  "sub-folder of the weights folder (no absolute path, no '..')")
     return name
+
+
+def confined_path(path: str | os.PathLike, root: str | os.PathLike, source: str, what: str) -> Path:
+    """``path`` resolved (``realpath``: every symbolic link followed) and refused with :class:`UnsafeWeightsError`
+    unless it stays inside ``root`` (resolved too): a file or helper folder of a weights folder that is a link to
+    somewhere else is never read. ``what`` names it in the message (never a server path)."""
+    real, base = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if not real.is_relative_to(base):
+        raise UnsafeWeightsError(f"{source}: {what} leaves the weights folder (it is a link to somewhere else)")
+    return real
 
 
 # ---- image headers -------------------------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ from .hub import UnsafeWeightsError, WeightsNotFoundError, list_local_weights
 from .inference import MAX_IMAGE_PIXELS, ImageInputError, Segmenter, SegResult, load_image_file
 from .io import IMAGE_EXTENSIONS, IMAGE_FORMAT_NAMES, to_rgb_uint8, write_mask
 from .labels import LabelSchema
-from .models import get_model_class
 from .postprocess import PostprocessSpec
 from .safety import (
     ExtractionBudget,
@@ -131,9 +130,25 @@ EXAMPLES = sorted(_examples_dir().glob("*.jpg"))
 
 def available_models() -> list[str]:
     """Weights shipped in ``weights/`` plus Hub repo ids listed in ``MEDSEG_HUB_MODELS`` (comma-separated,
-    ``owner/name`` or ``owner/name@revision`` to pin a revision)."""
+    ``owner/name`` or ``owner/name@revision`` to pin a revision). Refused weights folders are not offered
+    (:func:`refused_models`)."""
     hub_ids = [m.strip() for m in os.environ.get("MEDSEG_HUB_MODELS", "").split(",") if m.strip()]
-    return list_local_weights() + [m for m in hub_ids if m not in list_local_weights()]
+    local = list_local_weights()
+    return local + [m for m in hub_ids if m not in local]
+
+
+def refused_models() -> dict[str, str]:
+    """The ``weights/`` folders that were refused when read, each with its reason (without server paths); the
+    other models are served as usual."""
+    return {name: _without_paths(reason) for name, reason in hub.scan_local_weights().refused.items()}
+
+
+def refused_note(refused: dict[str, str]) -> str:
+    """The page's line about refused weights (empty when there are none)."""
+    if not refused:
+        return ""
+    return "**Not offered** (refused when read): " + "; ".join(
+        f"`{name}`: {reason.removeprefix(name + ': ')}" for name, reason in refused.items())
 
 
 def any_hub_model_allowed() -> bool:
@@ -150,11 +165,13 @@ def default_model(models: list[str], video: bool = False) -> str | None:
     return wanted if wanted in models else (models[0] if models else None)
 
 
-def _weights_folder(name: str) -> Path:
-    """The folder of a model the box may name: a shipped ``weights/`` name, else a Hub repo (never a local path)."""
-    if name in list_local_weights():
-        return hub.resolve_weights(hub.WEIGHTS_DIR / name)  # validates config.json
-    return hub.resolve_hub_weights(name)
+def _weights(name: str) -> hub.Weights:
+    """The weights of a model the box may name: a shipped ``weights/`` name (read once, when listed), else a Hub
+    repo (never a local path)."""
+    local = hub.scan_local_weights()
+    if name in local.models:
+        return local.models[name]
+    return hub.resolve_hub(name)
 
 
 def model_purpose(name: str | None, fetch: bool = False) -> dict[str, str]:
@@ -164,10 +181,9 @@ def model_purpose(name: str | None, fetch: bool = False) -> dict[str, str]:
     if not name or (name not in list_local_weights() and not fetch):
         return {}
     try:
-        config = json.loads((_weights_folder(name) / "config.json").read_text())
+        return _weights(name).purpose
     except Exception:  # noqa: BLE001 - a label or a note, never a reason to fail
         return {}
-    return {k: config[k] for k in ("modality", "intended_use", "task") if isinstance(config.get(k), str)}
 
 
 def model_choices(models: list[str]) -> list[tuple[str, str]]:
@@ -202,11 +218,10 @@ def compare_defaults(models: list[str]) -> list[str]:
 @functools.lru_cache(maxsize=4)
 def get_segmenter(name: str) -> Segmenter:
     """One Segmenter per model name, built on first use (weights resolved locally or from the Hub cache)."""
-    folder = _weights_folder(name)
-    arch = json.loads((folder / "config.json").read_text()).get("arch")
-    if not get_model_class(arch).info.segments_images:
+    weights = _weights(name)
+    if not weights.segments_images:
         raise WeightsNotFoundError(f"{name} is a helper model; it segments nothing on its own")
-    return Segmenter.from_pretrained(folder, name=name)
+    return Segmenter.from_pretrained(weights, name=name)
 
 
 def _postprocess(on: bool) -> PostprocessSpec:
@@ -230,6 +245,9 @@ def _segmenter_or_error(name: str | None) -> Segmenter:
     if not name:
         raise UserError("No model is available: put a weights folder in weights/ or set MEDSEG_HUB_MODELS.")
     listed = name in available_models()
+    refused = refused_models().get(name) if not listed else None
+    if refused:
+        raise UserError(f"Model {name!r} was refused: {refused}")
     if not listed:
         if not any_hub_model_allowed():
             raise _unknown_model(name)
@@ -779,6 +797,9 @@ def build_demo() -> gr.Blocks:
             "says **No lesion found**, with the frame's score and the threshold. Its false alarms and missed lesions "
             "are measured in the model card."
         )
+        refused = refused_note(refused_models())
+        if refused:
+            gr.Markdown(refused, elem_id="refused-models")
         with gr.Tab("Segment"):
             segment_tab(models)
         with gr.Tab("Compare"):

@@ -57,6 +57,22 @@ def test_a_16_bit_grey_slice_is_windowed_to_the_full_8_bit_range(tmp_path):
     assert window_to_uint8(np.array([[0.0, np.nan], [1e6, 5.0]])).dtype == np.uint8
 
 
+def test_an_image_without_a_finite_pixel_is_refused_not_read_as_black(tmp_path):
+    import PIL.Image
+
+    from medseg_core.inference import ImageInputError, load_image_file
+
+    PIL.Image.fromarray(np.full((32, 32), np.nan, np.float32), mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(ImageInputError, match="nan.tif: the image holds no finite value"):
+        load_image_file(tmp_path / "nan.tif")
+    for array in (np.full((8, 8, 3), np.nan, np.float32), np.full((8, 8), np.inf)):
+        with pytest.raises(ValueError, match="no finite value"):
+            to_rgb_uint8(array)
+    partly = np.full((8, 8), np.nan, np.float32)
+    partly[2:4, 2:4] = 0.7  # some finite pixels: windowed as before, the NaN ones at the lowest level
+    assert to_rgb_uint8(partly).max() == 178
+
+
 def test_palette_masks_take_the_nearest_colour():
     rgb = np.array([[[0, 0, 0], [250, 10, 5], [5, 240, 20], [60, 50, 40]]], np.uint8)
     assert decode_mask(rgb, "palette", BKAI_NEOPOLYP).tolist() == [[0, 1, 2, 0]]

@@ -81,6 +81,17 @@ def _config(tiny_weights):
                                                          "one short sentence of plain text"),
     ({"intended_use": "x" * 161}, "'intended_use'"),
     ({"intended_use": "two\nlines"}, "'intended_use'"),
+    ({"std": [0, 0, 0]}, "'std' = [0, 0, 0] must be positive"),
+    ({"mean": [0.5]}, "'mean' = [0.5] must list one number per channel (3 numbers)"),
+    ({"mean": [0.5, 0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5, 0.5]}, "'mean' = [0.5, 0.5, 0.5, 0.5] must list one "
+                                                                  "number per channel"),
+    ({"decoder_channels": [4096] * 5}, "asks for too large a network: layer widths [4096, 4096, 4096, 4096, 4096] "
+                                       "need about 755 M weights; the limit is 67 M"),
+    ({"decoder_channels": [4096] * 5, "input_size": 352}, "4096 channels at 352 px"),
+    ({"decoder_channels": [512] * 5, "input_size": 1024}, "512 channels at 1024 px (input_size 1024, tta_scales "
+                                                          "None) is 537 M activations per pass; the limit is 268 M"),
+    ({"input_size": 1024, "tta_scales": [1.0, 2.0]}, "'tta_scales' = [1.0, 2.0] takes the network to 2048 px "
+                                                     "(input_size 1024); the largest network input is 1024 px"),
 ])
 def test_hostile_config_values_are_refused_naming_the_field(tiny_weights, tmp_path, change, reason, monkeypatch):
     folder = tmp_path / "hostile"
@@ -111,6 +122,11 @@ def test_shipped_and_saved_configs_pass(tiny_weights):
         config = json.loads(config_file.read_text())
         assert validate_model_config(config, config_file.parent.name) is config
         helper_folder(config)
+    # Within the cost budget: the widest shipped decoder at the largest input size, and TTA up to that size.
+    tiny = json.loads((tiny_weights / "config.json").read_text())
+    for change in ({"decoder_channels": [256, 128, 64, 32, 16], "input_size": 1024},
+                   {"input_size": 512, "tta_scales": [0.82, 1.0, 1.18, 2.0]}, {"std": [1, 1, 1], "mean": [0, 0, 0]}):
+        validate_model_config({**tiny, **change}, "in budget")
 
 
 def test_shipped_models_say_what_they_are_for_in_config_and_card(tmp_path, tiny_weights):
@@ -250,8 +266,8 @@ def test_a_listed_model_with_a_hostile_config_is_refused_by_field(app, tiny_weig
 def test_pinned_hub_models_come_from_the_operator_list(app, monkeypatch, hub_cache):
     monkeypatch.setenv("MEDSEG_HUB_MODELS", f"medseg/tiny-unet@{COMMIT}")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
-    monkeypatch.setattr(medseg_core.hub, "resolve_hub_weights",
-                        lambda spec, cache_dir=None: resolve_hub_weights(spec, cache_dir=hub_cache))
+    resolve_hub = medseg_core.hub.resolve_hub
+    monkeypatch.setattr(medseg_core.hub, "resolve_hub", lambda spec, cache_dir=None: resolve_hub(spec, hub_cache))
     assert app.available_models() == ["tiny_unet.test", f"medseg/tiny-unet@{COMMIT}"]
     report = app.segment(str(EXAMPLES[0]), f"medseg/tiny-unet@{COMMIT}", False, False)[4]
     assert report["model"] == f"medseg/tiny-unet@{COMMIT}"
