@@ -307,14 +307,15 @@ def _record_numbers(folder: str | os.PathLike, key: str, values: Sequence[float]
 
 
 def record_thresholds(folder: str | os.PathLike, thresholds: Sequence[float]) -> Path:
-    """Write per-class probability thresholds (chosen on a validation split by ``bench/threshold_table.py``) into a
-    multi-label weights folder's ``config.json``; ``Segmenter.from_pretrained`` then uses them."""
+    """Write per-class probability thresholds (chosen on a validation split by ``medseg-calibrate --what
+    thresholds``) into a multi-label weights folder's ``config.json``; ``Segmenter.from_pretrained`` then uses
+    them."""
     return _record_numbers(folder, "thresholds", thresholds)
 
 
 def record_class_bias(folder: str | os.PathLike, bias: Sequence[float]) -> Path:
     """Write a multi-class model's per-class log-odds offsets (chosen on a validation split by
-    ``bench/class_bias.py``) into its ``config.json``; ``Segmenter.from_pretrained`` then uses them."""
+    ``medseg-calibrate --what class-bias``) into its ``config.json``; ``Segmenter.from_pretrained`` then uses them."""
     return _record_numbers(folder, "class_bias", bias)
 
 

@@ -185,7 +185,8 @@ class Segmenter:
         device: torch device; CUDA when available by default.
         threshold: probability above which a pixel is lesion (binary models) or belongs to a class (multi-label
             models): one number, or one per class of a multi-label schema (``from_pretrained`` takes the
-            per-class thresholds recorded in ``config.json`` by ``bench/threshold_table.py --record``, if any).
+            per-class thresholds recorded in ``config.json`` by ``medseg-calibrate --what thresholds --record``, if
+            any).
             Multi-class models take the most probable class and have no threshold.
         postprocess: the default post-processing of every call: ``"recorded"`` (``recorded_postprocess``, the
             default), ``"none"`` or step names (see ``medseg_core.postprocess``).
@@ -207,8 +208,9 @@ class Segmenter:
         class_bias: multi-class models only: one log-odds offset per class, added when choosing *which* lesion
             class a lesion pixel (and, with ``region_class_consistency``, a lesion region) takes; where the lesion
             is (any class against background) and the reported probabilities are unchanged. It corrects a rare
-            class's under-prediction (logit adjustment); ``bench/class_bias.py`` chooses it on a validation split
-            and records it in ``config.json``, which ``from_pretrained`` reads. None or zeros: plain argmax.
+            class's under-prediction (logit adjustment); ``medseg-calibrate --what class-bias`` chooses it on a
+            validation split and records it in ``config.json``, which ``from_pretrained`` reads. None or zeros:
+            plain argmax.
         presence: the image-level "lesion present" rule (:class:`~medseg_core.presence.PresenceRule`) recorded with
             the weights (``from_pretrained`` reads ``"presence"`` from config.json); None: every region counts.
         apply_presence: ``"recorded"`` (the default) applies ``presence`` to every call, ``"none"`` does not; a
@@ -273,7 +275,7 @@ class Segmenter:
         Weights` already read; ``config.json`` is read once (:func:`medseg_core.hub.resolve`).
 
         The post-processing chain recorded in the weights' ``config.json`` (``"postprocess"``: step names, chosen
-        on a validation split by ``bench/postprocess_table.py --record``) is what ``"recorded"``, the default,
+        on a validation split by ``medseg-calibrate --what postprocess --record``) is what ``"recorded"``, the default,
         means; the refiner its ``refine`` step needs (``"refiner"``: a folder inside the weights folder, a
         ``weights/`` name or a Hub repo id) is loaded on first use. Pass ``postprocess="none"`` for raw masks.
 
