@@ -4,7 +4,6 @@ import pytest
 import torch
 from test_models import tiny
 
-from medseg_core.models.deeplabv3plus import _dilated_encoder
 from medseg_core.models.encoders import create_encoder
 
 
@@ -43,6 +42,6 @@ def test_deeplab_rejects_other_strides():
 
 def test_dilated_encoder_keeps_the_offline_imagenet_weights():
     reference = create_encoder("tf_efficientnet_lite0", pretrained=True).state_dict()
-    dilated = _dilated_encoder("tf_efficientnet_lite0", True, 3, 8).state_dict()
+    dilated = create_encoder("tf_efficientnet_lite0", pretrained=True, output_stride=8).state_dict()
     assert reference.keys() == dilated.keys()
     assert all(torch.equal(reference[k], dilated[k]) for k in reference)

@@ -20,9 +20,6 @@ from .registry import register_model
 
 __all__ = ["ASPPNet"]
 
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
 def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(ConvBNAct(in_ch, out_ch), ConvBNAct(out_ch, out_ch))
 
@@ -32,14 +29,14 @@ class ASPPNet(SegModel):
     """Plain conv encoder, ASPP bottleneck, upsampling decoder with skips.
 
     Args:
-        in_channels: input image channels.
         num_classes: output classes; the reference recipe uses 2 with cross-entropy.
         widths: encoder stage widths, shallow to deep; the decoder mirrors them.
         aspp_channels: width of the ASPP branches and output.
         atrous_rates: ASPP dilations. The bottleneck grid is 1/(2 ** len(widths)) of the input, 16x16 for a
             256-pixel image with four stages, so the rates are about half DeepLab's (6, 12, 18) on its 33x33 grid.
         dropout: dropout after the ASPP projection.
-        input_size, mean, std: preprocessing (ImageNet statistics by default; the model has no pretrained weights).
+        in_channels, input_size, mean, std: as for every model (:class:`~medseg_core.models.SegModel`); the
+            model has no pretrained weights, so mean/std default to ImageNet's statistics.
     """
 
     info = ModelInfo(
@@ -60,7 +57,7 @@ class ASPPNet(SegModel):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(num_classes, input_size, mean or _IMAGENET_MEAN, std or _IMAGENET_STD, in_channels)
+        super().__init__(num_classes, input_size, mean, std, in_channels)
         if not widths:
             raise ValueError("widths needs at least one encoder stage")
         widths = [int(w) for w in widths]
@@ -73,15 +70,18 @@ class ASPPNet(SegModel):
         self.decoder = nn.ModuleList(decoder)
         self.head = nn.Conv2d(in_ch, num_classes, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W)."""
-        skips, y = [], x
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x -> each stage's output (the skips), then the last one max-pooled (the bottleneck's input)."""
+        features, y = [], x
         for stage in self.encoder:
             y = stage(y)
-            skips.append(y)
+            features.append(y)
             y = F.max_pool2d(y, 2)
-        y = self.aspp(y)
-        for block, skip in zip(self.decoder, skips[::-1]):
+        return [*features, y]
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        y = self.aspp(features[-1])
+        for block, skip in zip(self.decoder, features[-2::-1]):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = block(torch.cat([y, skip], dim=1))
-        return self._resize_to(self.head(y), x)
+        return self.head(y)

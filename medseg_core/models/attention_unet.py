@@ -12,10 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import ModelInfo, SegModel
-from .encoders import create_encoder, encoder_normalization, wants_imagenet
+from .base import ModelInfo
 from .registry import register_model
-from .unet import UNetDecoderBlock
+from .unet import UNet, UNetDecoder, UNetDecoderBlock, unet_decoder_widths
 
 __all__ = ["AttentionGate", "AttentionUNet"]
 
@@ -53,68 +52,29 @@ class AttentionGate(nn.Module):
 
 
 @register_model("attention_unet")
-class AttentionUNet(SegModel):
-    """Attention U-Net on a timm encoder; the decoder is sized from ``feature_info``.
-
-    Args:
-        encoder: timm model name; ``tf_efficientnet_lite0/1/2`` have ImageNet weights offline.
-        encoder_weights: ``"imagenet"`` or ``"random"`` initialisation of the encoder.
-        in_channels: input image channels.
-        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
-        decoder_channels: one width per decoder block, deep to shallow; at least as many blocks as skips.
-        input_size, mean, std: preprocessing; mean/std default to the encoder's.
-    """
+class AttentionUNet(UNet):
+    """Attention U-Net on a timm encoder: a :class:`~medseg_core.models.unet.UNet` (the same arguments) whose skips
+    pass through attention gates before the decoder blocks fuse them."""
 
     info = ModelInfo(
         paper="Oktay et al., Attention U-Net: Learning Where to Look for the Pancreas, MIDL 2018",
         default_encoder="tf_efficientnet_lite0",
     )
 
-    def __init__(
-        self,
-        encoder: str = "tf_efficientnet_lite0",
-        encoder_weights: str = "imagenet",
-        in_channels: int = 3,
-        num_classes: int = 1,
-        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
-        input_size: int = 352,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-    ) -> None:
-        enc_mean, enc_std = encoder_normalization(encoder)
-        super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std, in_channels)
-        self.encoder = create_encoder(encoder, pretrained=wants_imagenet(encoder_weights), in_chans=in_channels)
-        channels = self.encoder.feature_info.channels()
-        skips = channels[:-1][::-1]
-        if len(decoder_channels) < len(skips):
-            raise ValueError(f"decoder_channels needs at least {len(skips)} widths for {encoder}")
-        blocks, gates, in_ch = [], [], channels[-1]
-        for i, out_ch in enumerate(decoder_channels):
-            skip_ch = skips[i] if i < len(skips) else 0
-            if skip_ch:
+    def _build_decoder(self, channels: Sequence[int], decoder_channels: Sequence[int], encoder: str) -> UNetDecoder:
+        blocks, gates = [], []
+        for in_ch, skip_ch, out_ch in unet_decoder_widths(channels, decoder_channels, encoder):
+            if skip_ch:  # each gate is driven by the decoder state one level deeper
                 gates.append(AttentionGate(skip_ch, gate_ch=in_ch, inter_ch=max(1, min(skip_ch, in_ch) // 2)))
             blocks.append(UNetDecoderBlock(in_ch, skip_ch, out_ch))
-            in_ch = out_ch
         self.gates = nn.ModuleList(gates)
-        self.decoder = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(in_ch, num_classes, kernel_size=3, padding=1)
+        return UNetDecoder(blocks)
 
-    def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        feats = self.encoder(x)
-        skips = feats[:-1][::-1]
-        y, alphas = feats[-1], []
-        for i, block in enumerate(self.decoder):
-            skip = None
-            if i < len(skips):
-                skip, alpha = self.gates[i](skips[i], y)
-                alphas.append(alpha)
-            y = block(y, skip)
-        return self._resize_to(self.head(y), x), alphas
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W)."""
-        return self._decode(x)[0]
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.decoder(features, self.gates))
 
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The gates' coefficients for ``x``, deep to shallow: one (N, 1, h_i, w_i) map in [0, 1] per skip."""
-        return self._decode(x)[1]
+        maps: list[torch.Tensor] = []
+        self.decoder(self.encode(x), self.gates, maps)
+        return maps

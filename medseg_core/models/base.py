@@ -1,4 +1,10 @@
-"""``SegModel``: every architecture's base, with save / load / push through ``huggingface_hub``.
+"""``SegModel``: every architecture's base: preprocessing, the encoder, ``forward``, and save / load / push through
+``huggingface_hub``.
+
+An architecture assembles an encoder, a decoder and a head in its constructor (in the spirit of
+segmentation_models_pytorch's ``SegmentationModel``); the base resolves the normalisation, builds a timm encoder by
+name, and runs ``forward``: encoder -> decoder -> head, the main output resized to the input, an optional presence
+gate, and the deep-supervision outputs in training.
 
 ``config.json`` holds the constructor arguments (so it rebuilds the model exactly), the registry name under
 ``arch``, and the preprocessing (``input_size``, ``mean``, ``std``). Weights are read and written as
@@ -9,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,7 +25,13 @@ import torch
 import torch.nn as nn
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 
-__all__ = ["ModelInfo", "SegModel"]
+from .encoders import create_encoder, encoder_normalization, wants_imagenet
+from .layers import gate_logits
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelInfo", "SegModel"]
+
+#: The normalisation of a model without a pretrained encoder (ImageNet's statistics: a sensible scale).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -44,13 +57,31 @@ class SegModel(
 ):
     """Base of all segmentation models: ``forward(x)`` returns logits ``(N, C, H, W)`` at input resolution.
 
-    In training mode a model with deep supervision returns a list, main output first.
+    ``forward`` is encoder -> decoder -> head: :meth:`encode` gives the encoder's feature maps, shallow to deep
+    (``self.encoder(x)`` unless an architecture has an encoder of its own), and :meth:`decode` turns them into
+    logits (``self.head(self.decoder(features))`` unless an architecture decodes otherwise): the main output, or a
+    list whose first entry is the main output and whose others are deep-supervision side outputs. The main output is
+    resized to the input; with a ``classifier`` (a presence head on the deepest feature map, UNet 3+'s CGM) every
+    output is gated by P(lesion present); in training mode, with ``deep_supervision``, ``forward`` returns the list,
+    main output first (train it with ``DeepSupervisionLoss``), otherwise the main output alone.
+
+    An architecture with an encoder of its own overrides :meth:`encode`; one whose computation does not fit this
+    pattern at all overrides ``forward`` and keeps this class for the preprocessing and the hub.
+
+    The arguments below are shared by every architecture and named the same in each constructor:
 
     Args:
         num_classes: output channels; 1 means binary with a sigmoid, more means softmax over classes.
         input_size: the square side images are resized to before the model.
-        mean, std: per-channel normalisation of RGB values scaled to [0, 1].
+        mean, std: per-channel normalisation of RGB values scaled to [0, 1]; None for the encoder's (ImageNet's for a
+            model without a timm encoder).
         in_channels: channels of the tensor ``forward`` takes (3 for RGB; more for models reading several views).
+        encoder: a timm model name, built as ``self.encoder`` (a ``features_only`` extractor whose ``feature_info``
+            gives each output's channels and stride); ``tf_efficientnet_lite0/1/2`` have ImageNet weights offline,
+            others come from the Hub. None for an architecture with an encoder of its own.
+        encoder_weights: ``"imagenet"`` or ``"random"`` initialisation of the encoder.
+        encoder_kwargs: further arguments of :func:`~medseg_core.models.encoders.create_encoder` (``output_stride``;
+            ``in_chans`` where it differs from ``in_channels``).
     """
 
     arch: ClassVar[str] = ""
@@ -60,9 +91,13 @@ class SegModel(
         self,
         num_classes: int,
         input_size: int,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         in_channels: int = 3,
+        *,
+        encoder: str | None = None,
+        encoder_weights: str = "imagenet",
+        **encoder_kwargs: Any,
     ) -> None:
         super().__init__()
         self.in_channels = int(in_channels)
@@ -70,8 +105,43 @@ class SegModel(
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.input_size = int(input_size)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        default_mean, default_std = encoder_normalization(encoder) if encoder else (IMAGENET_MEAN, IMAGENET_STD)
+        self.mean = tuple(float(m) for m in mean or default_mean)
+        self.std = tuple(float(s) for s in std or default_std)
+        #: In training mode, return the side outputs too (where the architecture has them).
+        self.deep_supervision = True
+        #: An optional presence head: features[-1] -> (N, 1, 1, 1) logit that a lesion is present.
+        self.classifier: nn.Module | None = None
+        if encoder is not None:
+            self.encoder = create_encoder(
+                encoder, pretrained=wants_imagenet(encoder_weights), **{"in_chans": self.in_channels, **encoder_kwargs}
+            )
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x (N, in_channels, H, W) -> the encoder's feature maps, shallow to deep."""
+        return self.encoder(x)
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """The encoder's feature maps -> logits: the main output, or a list, main output first, then the side
+        outputs (which an architecture may skip computing unless :attr:`wants_side_outputs`)."""
+        return self.head(self.decoder(features))
+
+    @property
+    def wants_side_outputs(self) -> bool:
+        """True when ``forward`` returns the deep-supervision outputs: in training mode, with deep supervision."""
+        return self.training and self.deep_supervision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W); in training mode with deep supervision a
+        list: the main logits, then the side outputs at their own scales."""
+        features = self.encode(x)
+        outputs = self.decode(features)
+        outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+        outputs[0] = self._resize_to(outputs[0], x)
+        if self.classifier is not None:
+            presence = self.classifier(features[-1])
+            outputs = [gate_logits(out, presence) for out in outputs]
+        return outputs if self.wants_side_outputs and len(outputs) > 1 else outputs[0]
 
     @property
     def preprocessing(self) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from .registry import register_model
 
 __all__ = ["DDANet", "ResidualBlock", "SEBlock"]
 
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # ITU-R BT.601 luma weights: the usual definition of "grey" for an RGB image.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -104,13 +103,12 @@ class DDANet(SegModel):
     """Dual Decoder Attention Network.
 
     Args:
-        in_channels: input image channels.
-        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
         widths: channels of the encoder blocks, shallow to deep, then of the bridge; every block but the first
             follows a 2x2 max-pool, so the bridge sits at stride ``2 ** (len(widths) - 1)``.
         se_reduction: squeeze-and-excitation ratio of every residual block.
         reconstruction_weight: weight of the grey-reconstruction MSE added to the segmentation loss in training.
-        input_size, mean, std: preprocessing (ImageNet statistics by default; the model has no pretrained weights).
+        in_channels, num_classes, input_size, mean, std: as for every model (:class:`~medseg_core.models.SegModel`);
+            the model has no pretrained weights, so mean/std default to ImageNet's statistics.
     """
 
     info = ModelInfo(
@@ -130,7 +128,7 @@ class DDANet(SegModel):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(num_classes, input_size, mean or _IMAGENET_MEAN, std or _IMAGENET_STD, in_channels)
+        super().__init__(num_classes, input_size, mean, std, in_channels)
         if len(widths) < 2:
             raise ValueError("DDANet needs at least one encoder block and a bridge in widths")
         if reconstruction_weight < 0:
@@ -152,6 +150,7 @@ class DDANet(SegModel):
         self.register_buffer("_mean_t", self._per_input_channel(self.mean), persistent=False)
         self.register_buffer("_std_t", self._per_input_channel(self.std), persistent=False)
         self._aux: torch.Tensor | None = None
+        self._grey: torch.Tensor | None = None
 
     def _per_input_channel(self, values: tuple[float, ...]) -> torch.Tensor:
         # A grey-input model keeps the RGB statistics in its config; its single channel uses the first.
@@ -166,34 +165,44 @@ class DDANet(SegModel):
             return (rgb * rgb.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
         return rgb.mean(1, keepdim=True)
 
-    def _forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, y = [], x
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features, y = [], x
         for i, block in enumerate(self.encoder):
             y = block(F.max_pool2d(y, 2) if i > 0 else y)
-            feats.append(y)
-        skips = feats[:-1][::-1]
-        m = g = feats[-1]
+            features.append(y)
+        return features
+
+    def _decode_both(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> the mask logits and the grey reconstruction (N, 1, h, w), both at the first block's resolution."""
+        skips = features[:-1][::-1]
+        m = g = features[-1]
         for skip, mask_block, grey_block, att in zip(skips, self.mask_decoder, self.grey_decoder, self.attention):
             g = grey_block(g, skip)
             m = mask_block(m, skip) * att(g)
-        return self._resize_to(self.head(m), x), self.grey_head(g)
+        return self.head(m), self.grey_head(g)
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        logits, grey = self._decode_both(features)
+        self._grey = grey if self.training else None  # for this forward's reconstruction loss
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, in_channels, H, W) -> logits (N, num_classes, H, W).
 
         In training mode the reconstruction loss of this batch is kept for :meth:`auxiliary_loss`.
         """
-        logits, grey = self._forward_both(x)
+        logits = super().forward(x)
         if self.training:
             target = self.grey_target(x).detach()
-            self._aux = self.reconstruction_weight * F.mse_loss(grey.float(), target)
+            self._aux = self.reconstruction_weight * F.mse_loss(self._grey.float(), target)
         else:
             self._aux = None
+        self._grey = None
         return logits
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The second decoder's grey reconstruction of x: (N, in_channels, H, W) -> (N, 1, H, W) in [0, 1]."""
-        return self._forward_both(x)[1]
+        return self._decode_both(self.encode(x))[1]
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """Weighted MSE between the reconstruction and the grey input of the last training forward; None after an

@@ -32,9 +32,8 @@ from timm.models.efficientnet import EfficientNetFeatures
 
 from ..enhance import VIEWS
 from .base import ModelInfo, SegModel
-from .encoders import create_encoder, encoder_normalization, wants_imagenet
 from .registry import register_model
-from .unet import UNetDecoderBlock
+from .unet import UNetDecoder
 
 __all__ = ["DynaSiam", "DynamicFeatureInteraction", "split_encoder_stages"]
 
@@ -120,18 +119,15 @@ class DynaSiam(SegModel):
     """DynaSiam: per-view shallow encoders, a shared deep encoder, DFI fusion at every scale, a U-Net decoder.
 
     Args:
-        encoder: timm model name; ``tf_efficientnet_lite0/1/2`` have ImageNet weights offline.
-        encoder_weights: ``"imagenet"`` or ``"random"`` initialisation of the encoder.
         views: the TDC-Enhance views read, in their channel order (see ``medseg_core.enhance.VIEWS``).
-        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
         decoder_channels: one width per decoder block; at least as many blocks as skips.
         dependent_stages: how many of the encoder's first stages each view has its own copy of (1 up to the
             number of stages minus one).
         dfi: fuse views with Dynamic Feature Interaction; False averages them (the ablation).
         dfi_reduction: hidden-width divisor of DFI's channel gate.
-        input_size, mean, std: preprocessing; mean/std (one RGB normalisation, applied to every view) default to
-            the encoder's.
         in_channels: must be ``3 * len(views)`` when given; derived from ``views`` otherwise.
+        encoder, encoder_weights, num_classes, input_size, mean, std: as for every model
+            (:class:`~medseg_core.models.SegModel`); mean/std are one RGB normalisation, applied to every view.
     """
 
     info = ModelInfo(
@@ -162,11 +158,13 @@ class DynaSiam(SegModel):
             raise ValueError(f"views must be distinct names from {list(VIEWS)}, got {list(views)}")
         if in_channels is not None and in_channels != 3 * len(views):
             raise ValueError(f"in_channels must be 3 * len(views) = {3 * len(views)}, got {in_channels}")
-        enc_mean, enc_std = encoder_normalization(encoder)
-        super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std, 3 * len(views))
+        # One RGB encoder, cut into stages below: each view runs through it on its own.
+        super().__init__(num_classes, input_size, mean, std, 3 * len(views), encoder=encoder,
+                         encoder_weights=encoder_weights, in_chans=3)
+        base = self.encoder
+        del self.encoder  # its stages live on as ``dependent`` (copied per view) and ``shared``
         self.views = views
         self.dfi = bool(dfi)
-        base = create_encoder(encoder, pretrained=wants_imagenet(encoder_weights), in_chans=3)
         stages = split_encoder_stages(base)
         if not 1 <= dependent_stages < len(stages):
             raise ValueError(f"dependent_stages must be in 1..{len(stages) - 1} for {encoder}, got {dependent_stages}")
@@ -178,15 +176,8 @@ class DynaSiam(SegModel):
         self.fusion = nn.ModuleList(
             DynamicFeatureInteraction(ch, len(views), dfi_reduction) if dfi else nn.Identity() for ch in channels
         )
-        skips = channels[:-1][::-1]
-        if len(decoder_channels) < len(skips):
-            raise ValueError(f"decoder_channels needs at least {len(skips)} widths for {encoder}")
-        blocks, in_ch = [], channels[-1]
-        for i, out_ch in enumerate(decoder_channels):
-            blocks.append(UNetDecoderBlock(in_ch, skips[i] if i < len(skips) else 0, out_ch))
-            in_ch = out_ch
-        self.decoder = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(in_ch, num_classes, kernel_size=3, padding=1)
+        self.decoder = UNetDecoder.build(channels, decoder_channels, encoder)
+        self.head = nn.Conv2d(decoder_channels[-1], num_classes, kernel_size=3, padding=1)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -215,12 +206,3 @@ class DynaSiam(SegModel):
             y = stage(y)
             fused.append(self._fuse(len(fused), y.unflatten(0, (num_views, n)).transpose(0, 1)))
         return fused
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, 3*V, H, W), the normalised views stacked in ``views`` order -> logits (N, num_classes, H, W)."""
-        feats = self.encode(x)
-        skips = feats[:-1][::-1]
-        y = feats[-1]
-        for i, block in enumerate(self.decoder):
-            y = block(y, skips[i] if i < len(skips) else None)
-        return self._resize_to(self.head(y), x)

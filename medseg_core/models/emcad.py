@@ -10,7 +10,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ModelInfo, SegModel
-from .encoders import create_encoder, encoder_normalization, wants_imagenet
 from .layers import ConvBNAct, pick_stages
 from .registry import register_model
 
@@ -170,13 +169,11 @@ class EMCAD(SegModel):
     Args:
         encoder: ``pvt_v2_b0`` (EMCAD-B0) or ``pvt_v2_b2`` (EMCAD-B2), ImageNet weights from the Hub only; any timm
             encoder with outputs at strides 4..32 works, e.g. ``tf_efficientnet_lite0`` (ImageNet weights offline).
-        encoder_weights: ``"imagenet"`` or ``"random"`` initialisation of the encoder.
-        in_channels: input image channels.
-        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
         kernel_sizes: depthwise kernels of the multi-scale conv blocks.
         expansion: MSCB expansion factor (2 in the paper's networks).
         lgag_kernel_size: kernel of the attention gates' grouped convs.
-        input_size, mean, std: preprocessing; mean/std default to the encoder's.
+        encoder_weights, in_channels, num_classes, input_size, mean, std: as for every model
+            (:class:`~medseg_core.models.SegModel`).
     """
 
     info = ModelInfo(
@@ -198,9 +195,8 @@ class EMCAD(SegModel):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        enc_mean, enc_std = encoder_normalization(encoder)
-        super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std, in_channels)
-        self.encoder = create_encoder(encoder, pretrained=wants_imagenet(encoder_weights), in_chans=in_channels)
+        super().__init__(num_classes, input_size, mean, std, in_channels, encoder=encoder,
+                         encoder_weights=encoder_weights)
         # Deep to shallow: strides 32, 16, 8, 4.
         self.stages = pick_stages(self.encoder.feature_info.reduction(), (32, 16, 8, 4))
         channels = [self.encoder.feature_info.channels()[i] for i in self.stages]
@@ -210,17 +206,12 @@ class EMCAD(SegModel):
         self.gates = nn.ModuleList(LGAG(c, c, c // 2, lgag_kernel_size) for c in channels[1:])
         self.heads = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W); in training a list, main output first."""
-        feats = self.encoder(x)
-        skips = [feats[i] for i in self.stages]
+    def decode(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        skips = [features[i] for i in self.stages]
         d = self.mscam[0](skips[0])
         outputs = [self.heads[0](d)]
         for up, gate, mscam, head, skip in zip(self.up, self.gates, self.mscam[1:], self.heads[1:], skips[1:]):
             d = up(d, size=skip.shape[-2:])
             d = mscam(d + gate(g=d, x=skip))
             outputs.append(head(d))
-        main = self._resize_to(outputs[-1], x)
-        if self.training:
-            return [main, *outputs[-2::-1]]
-        return main
+        return outputs[::-1]  # stride 4 (the main output) first

@@ -104,6 +104,7 @@ def create_encoder(
     pretrained: bool = True,
     in_chans: int = 3,
     out_indices: tuple[int, ...] | None = None,
+    output_stride: int = 32,
 ) -> nn.Module:
     """A timm feature extractor whose ``feature_info`` gives the channels and reductions of each output.
 
@@ -112,7 +113,10 @@ def create_encoder(
         pretrained: load ImageNet weights (offline for the EfficientNet-Lite family, from the Hub otherwise).
         in_chans: input channels; pretrained stems are adapted as timm does.
         out_indices: which stages to return; timm's default (all) when None.
+        output_stride: 32, or 16 / 8 to dilate the last stages instead of striding (DeepLab).
     """
+    if output_stride != 32:
+        return _dilated_encoder(name, pretrained, in_chans, out_indices, output_stride)
     kwargs: dict = {"features_only": True, "in_chans": in_chans}
     if out_indices is not None:
         kwargs["out_indices"] = out_indices
@@ -130,6 +134,27 @@ def create_encoder(
         except Exception as err:  # noqa: BLE001 - any download failure means "no weights here"
             log.warning("ImageNet weights for %s are not reachable (%s); starting from random weights", name, err)
     return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _dilated_encoder(
+    name: str, pretrained: bool, in_chans: int, out_indices: tuple[int, ...] | None, output_stride: int
+) -> nn.Module:
+    """A ``create_encoder`` feature extractor whose last stages are dilated to reach ``output_stride``.
+
+    timm builds the dilated network (``output_stride`` kwarg); dilation changes no weight shape, so the ImageNet
+    weights ``create_encoder`` finds (offline for EfficientNet-Lite) load into it unchanged.
+    """
+    kwargs: dict = {"features_only": True, "in_chans": in_chans, "output_stride": output_stride}
+    if out_indices is not None:
+        kwargs["out_indices"] = out_indices
+    try:
+        dilated = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as err:  # timm passes unknown kwargs to the model class, which rejects them
+        raise ValueError(f"encoder {name!r} does not support output_stride={output_stride}") from err
+    if pretrained:
+        undilated = create_encoder(name, pretrained=True, in_chans=in_chans, out_indices=out_indices)
+        dilated.load_state_dict(undilated.state_dict(), strict=True)
+    return dilated
 
 
 #: The values of a model's ``encoder_weights`` argument.

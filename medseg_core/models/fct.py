@@ -171,15 +171,13 @@ class FCT(SegModel):
     deep-supervision outputs of the last three decoder blocks, main (full resolution) first, then 1/2, 1/4.
 
     Args:
-        in_channels: input image channels.
-        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
         channels: widths of the four encoder blocks and the bottleneck; the decoder mirrors them. The paper's
             are (8, 16, 32, 64, 128).
         num_heads: attention heads per layer (the reference PyTorch code uses 1).
         kv_stride: stride of the key/value projections; 1 is FCT's full attention, 2 the cheaper CvT squeeze.
         dropout: after each block's convolutions.
-        input_size, mean, std: preprocessing; the encoder is trained from scratch, so ImageNet statistics are
-            just a sensible scale.
+        in_channels, num_classes, input_size, mean, std: as for every model (:class:`~medseg_core.models.SegModel`);
+            the encoder is trained from scratch, so the default ImageNet statistics are just a sensible scale.
     """
 
     info = ModelInfo(
@@ -200,9 +198,7 @@ class FCT(SegModel):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(
-            num_classes, input_size, mean or (0.485, 0.456, 0.406), std or (0.229, 0.224, 0.225), in_channels
-        )
+        super().__init__(num_classes, input_size, mean, std, in_channels)
         channels = [int(c) for c in channels]
         if len(channels) != 5:
             raise ValueError(f"channels needs 5 widths (4 encoder blocks + bottleneck), got {channels}")
@@ -216,21 +212,23 @@ class FCT(SegModel):
         # Deep supervision from the last three decoder blocks (strides 8, 4, 2 before the heads' 2x upsampling).
         self.heads = nn.ModuleList(_DeepSupervisionHead(channels[i], num_classes) for i in (2, 1, 0))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W); in training a list, main output first."""
-        skips, y, image = [], x, x
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x -> the four encoder blocks' outputs (blocks 2-4 also read the image pooled to their scale), then the
+        bottleneck's."""
+        features, y, image = [], x, x
         for i, block in enumerate(self.encoder):
             if i > 0:
                 image = F.avg_pool2d(image, 2)
             y = block(y, image if i > 0 else None)
-            skips.append(y)
-        y = self.bottleneck(y)
-        decoded = []
-        for block, skip in zip(self.decoder, reversed(skips)):
+            features.append(y)
+        return [*features, self.bottleneck(y)]
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        y, decoded = features[-1], []
+        for block, skip in zip(self.decoder, reversed(features[:-1])):
             y = block(y, skip)
             decoded.append(y)
-        outputs = [head(d) for head, d in zip(self.heads, decoded[1:])]
-        main = self._resize_to(outputs[-1], x)
-        if self.training:
-            return [main, outputs[1], outputs[0]]
-        return main
+        if not self.wants_side_outputs:
+            return self.heads[-1](decoded[-1])
+        # Heads on the last three decoder blocks, deep to shallow; returned main (shallowest) first.
+        return [head(d) for head, d in zip(self.heads, decoded[1:])][::-1]

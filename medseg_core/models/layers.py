@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ASPP", "ConvBNAct", "get_act", "get_norm", "pick_stages"]
+__all__ = ["ASPP", "ConvBNAct", "gate_logits", "get_act", "get_norm", "pick_stages"]
 
 _ACTS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "identity": nn.Identity}
 _NORMS: dict[str, type[nn.Module]] = {"batchnorm": nn.BatchNorm2d, "instancenorm": nn.InstanceNorm2d}
@@ -101,3 +101,28 @@ def pick_stages(reductions: Sequence[int], strides: Sequence[int]) -> list[int]:
     if missing:
         raise ValueError(f"the encoder has no output at stride(s) {missing}; its strides are {reductions}")
     return [reductions.index(s) for s in strides]
+
+
+def gate_logits(logits: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+    """Scale the foreground probabilities of ``logits`` by P(lesion present) and return logits of the result.
+
+    The paper multiplies its sigmoid maps by the CGM's argmax (0 or 1). Our losses see only the segmentation
+    outputs, so the gate is the product of probabilities instead: the segmentation loss trains the classifier
+    through it, and an image the classifier calls empty gets (almost) no foreground.
+
+    Args:
+        logits: (N, C, H, W) segmentation logits; C = 1 means sigmoid, C > 1 softmax with class 0 background.
+        presence: (N, 1, 1, 1) logit of "the image contains a lesion".
+
+    Returns:
+        (N, C, H, W) logits whose sigmoid / softmax equals the gated probabilities.
+    """
+    log_present = F.logsigmoid(presence.float())
+    if logits.shape[1] == 1:
+        log_fg = F.logsigmoid(logits.float()) + log_present
+        return log_fg - torch.log(-torch.expm1(log_fg.clamp(max=-1e-7)))
+    log_probs = F.log_softmax(logits.float(), dim=1)
+    log_fg = log_probs[:, 1:] + log_present
+    log_any = torch.logsumexp(log_fg, dim=1, keepdim=True).clamp(max=-1e-7)
+    # Log-probabilities that sum to one are valid softmax logits: softmax(log p) = p.
+    return torch.cat([torch.log(-torch.expm1(log_any)), log_fg], dim=1)

@@ -9,7 +9,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ModelInfo, SegModel
-from .encoders import create_encoder, encoder_normalization, wants_imagenet
 from .layers import ConvBNAct, pick_stages
 from .registry import register_model
 
@@ -134,13 +133,11 @@ class PraNet(SegModel):
     Args:
         encoder: timm model name; the paper uses Res2Net-50 (``res2net50_26w_4s``, ImageNet weights from the Hub
             only). ``tf_efficientnet_lite0/1/2`` have ImageNet weights offline.
-        encoder_weights: ``"imagenet"`` or ``"random"`` initialisation of the encoder.
-        in_channels: input image channels.
-        num_classes: 1 for binary (sigmoid), C for softmax over C classes (reverse attention then uses the
-            background probability).
         rfb_channels: width of the RFB outputs and of the partial decoder (32 in the paper).
         ra_channels: widths of the reverse-attention branches at stride 32, 16, 8 (256, 64, 64 in the paper).
-        input_size, mean, std: preprocessing; mean/std default to the encoder's.
+            With more than one class, reverse attention uses the background probability.
+        encoder_weights, in_channels, num_classes, input_size, mean, std: as for every model
+            (:class:`~medseg_core.models.SegModel`).
     """
 
     info = ModelInfo(
@@ -160,11 +157,10 @@ class PraNet(SegModel):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        enc_mean, enc_std = encoder_normalization(encoder)
-        super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std, in_channels)
+        super().__init__(num_classes, input_size, mean, std, in_channels, encoder=encoder,
+                         encoder_weights=encoder_weights)
         if len(ra_channels) != 3:
             raise ValueError(f"ra_channels needs 3 widths (strides 32, 16, 8), got {list(ra_channels)}")
-        self.encoder = create_encoder(encoder, pretrained=wants_imagenet(encoder_weights), in_chans=in_channels)
         self.stages = pick_stages(self.encoder.feature_info.reduction(), (8, 16, 32))
         c3, c4, c5 = (self.encoder.feature_info.channels()[i] for i in self.stages)
         self.rfb3, self.rfb4, self.rfb5 = RFB(c3, rfb_channels), RFB(c4, rfb_channels), RFB(c5, rfb_channels)
@@ -174,15 +170,10 @@ class PraNet(SegModel):
         self.ra4 = ReverseAttention(c4, ra_channels[1], num_classes, depth=2, kernel_size=3)
         self.ra3 = ReverseAttention(c3, ra_channels[2], num_classes, depth=2, kernel_size=3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W); in training a list, main output first."""
-        feats = self.encoder(x)
-        f3, f4, f5 = (feats[i] for i in self.stages)
+    def decode(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        f3, f4, f5 = (features[i] for i in self.stages)
         global_map = self.decoder(self.rfb5(f5), self.rfb4(f4), self.rfb3(f3))
         s5 = self.ra5(f5, global_map)
         s4 = self.ra4(f4, s5)
         s3 = self.ra3(f3, s4)
-        main = self._resize_to(s3, x)
-        if self.training:
-            return [main, s4, s5, global_map]
-        return main
+        return [s3, s4, s5, global_map]

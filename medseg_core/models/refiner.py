@@ -24,10 +24,6 @@ from .registry import register_model
 
 __all__ = ["Refiner"]
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 class _Up(nn.Module):
     """Upsample to the skip's size, concatenate it, two 3x3 ConvBNAct."""
 
@@ -73,7 +69,7 @@ class Refiner(SegModel):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(num_classes, input_size, mean or _IMAGENET_MEAN, std or _IMAGENET_STD, in_channels)
+        super().__init__(num_classes, input_size, mean, std, in_channels)
         if in_channels < 2:
             raise ValueError("the refiner reads the image and a probability map: in_channels must be at least 2")
         if len(widths) < 2:
@@ -89,17 +85,23 @@ class Refiner(SegModel):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, in_channels, H, W), last channel the coarse lesion probability -> logits (N, num_classes, H, W)."""
-        feats = []
-        y = x
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features, y = [], x
         for level in self.down:
             y = level(y)
-            feats.append(y)
-        y = feats[-1]
-        for block, skip in zip(self.up, feats[-2::-1]):
+            features.append(y)
+        return features
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        y = features[-1]
+        for block, skip in zip(self.up, features[-2::-1]):
             y = block(y, skip)
-        delta = self._resize_to(self.head(y), x)
+        return self.head(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, in_channels, H, W), last channel the coarse lesion probability -> logits (N, num_classes, H, W):
+        the encoder-decoder's correction plus the coarse map's logit."""
+        delta = super().forward(x)
         prior = torch.logit(x[:, -1:].clamp(1e-4, 1 - 1e-4))
         if self.num_classes == 1:
             return delta + prior

@@ -10,7 +10,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ModelInfo, SegModel
-from .encoders import create_encoder, encoder_normalization, wants_imagenet
 from .layers import ConvBNAct, pick_stages
 from .registry import register_model
 
@@ -47,12 +46,10 @@ class SSFormer(SegModel):
         encoder: ``pvt_v2_b2`` gives SSFormer-S, ``pvt_v2_b4`` SSFormer-L (both ImageNet weights from the Hub only);
             any timm encoder with outputs at strides 4..32 works, e.g. ``tf_efficientnet_lite0`` (ImageNet weights
             offline; its stride-2 output is not used).
-        encoder_weights: ``"imagenet"`` or ``"random"`` initialisation of the encoder.
-        in_channels: input image channels.
-        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
         decoder_channels: width of every LE output and fusion.
         dropout: before the prediction conv.
-        input_size, mean, std: preprocessing; mean/std default to the encoder's.
+        encoder_weights, in_channels, num_classes, input_size, mean, std: as for every model
+            (:class:`~medseg_core.models.SegModel`).
     """
 
     info = ModelInfo(
@@ -72,9 +69,8 @@ class SSFormer(SegModel):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        enc_mean, enc_std = encoder_normalization(encoder)
-        super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std, in_channels)
-        self.encoder = create_encoder(encoder, pretrained=wants_imagenet(encoder_weights), in_chans=in_channels)
+        super().__init__(num_classes, input_size, mean, std, in_channels, encoder=encoder,
+                         encoder_weights=encoder_weights)
         self.stages = pick_stages(self.encoder.feature_info.reduction(), (4, 8, 16, 32))
         channels = [self.encoder.feature_info.channels()[i] for i in self.stages]
         self.local_emphasis = nn.ModuleList(LocalEmphasis(c, decoder_channels) for c in channels)
@@ -83,13 +79,11 @@ class SSFormer(SegModel):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Conv2d(decoder_channels, num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W)."""
-        feats = self.encoder(x)
-        feats = [feats[i] for i in self.stages]
-        size = feats[0].shape[-2:]
-        local = [le(f, size) for le, f in zip(self.local_emphasis, feats)]
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        features = [features[i] for i in self.stages]
+        size = features[0].shape[-2:]
+        local = [le(f, size) for le, f in zip(self.local_emphasis, features)]
         y = local[-1]
         for fuse, shallower in zip(self.fuse, reversed(local[:-1])):
             y = fuse(torch.cat([y, shallower], dim=1))
-        return self._resize_to(self.head(self.dropout(y)), x)
+        return self.head(self.dropout(y))

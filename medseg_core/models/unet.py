@@ -9,11 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ModelInfo, SegModel
-from .encoders import create_encoder, encoder_normalization, wants_imagenet
 from .layers import ConvBNAct
 from .registry import register_model
 
-__all__ = ["UNet", "UNetDecoderBlock"]
+__all__ = ["UNet", "UNetDecoder", "UNetDecoderBlock", "unet_decoder_widths"]
 
 
 class UNetDecoderBlock(nn.Module):
@@ -32,17 +31,57 @@ class UNetDecoderBlock(nn.Module):
         return self.conv(x)
 
 
+def unet_decoder_widths(
+    channels: Sequence[int], decoder_channels: Sequence[int], encoder: str
+) -> list[tuple[int, int, int]]:
+    """(input, skip, output) channels of each U-Net decoder block, deep to shallow, over encoder features of
+    ``channels`` (shallow to deep); blocks beyond the skips have none (skip 0) and upsample by 2."""
+    skips = list(channels[:-1][::-1])
+    if len(decoder_channels) < len(skips):
+        raise ValueError(f"decoder_channels needs at least {len(skips)} widths for {encoder}")
+    widths, in_ch = [], channels[-1]
+    for i, out_ch in enumerate(decoder_channels):
+        widths.append((in_ch, skips[i] if i < len(skips) else 0, out_ch))
+        in_ch = out_ch
+    return widths
+
+
+class UNetDecoder(nn.ModuleList):
+    """U-Net decoder: its blocks run deep to shallow, each fusing the next skip (optionally through an attention
+    gate). Shapes: features shallow to deep -> (N, last block's width, H', W')."""
+
+    @classmethod
+    def build(cls, channels: Sequence[int], decoder_channels: Sequence[int], encoder: str) -> UNetDecoder:
+        return cls(UNetDecoderBlock(*widths) for widths in unet_decoder_widths(channels, decoder_channels, encoder))
+
+    def forward(
+        self,
+        features: list[torch.Tensor],
+        gates: nn.ModuleList | None = None,
+        attention: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``gates[i](skip, y) -> (gated skip, coefficients)`` gates the i-th skip; the coefficients are appended
+        to ``attention`` when given."""
+        skips = features[:-1][::-1]
+        y = features[-1]
+        for i, block in enumerate(self):
+            skip = skips[i] if i < len(skips) else None
+            if skip is not None and gates is not None:
+                skip, alpha = gates[i](skip, y)
+                if attention is not None:
+                    attention.append(alpha)
+            y = block(y, skip)
+        return y
+
+
 @register_model("unet")
 class UNet(SegModel):
     """U-Net: encoder features from deep to shallow, each upsampled and fused with its skip.
 
     Args:
-        encoder: timm model name; ``tf_efficientnet_lite0/1/2`` have ImageNet weights offline.
-        encoder_weights: ``"imagenet"`` or ``"random"`` initialisation of the encoder.
-        in_channels: input image channels.
-        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
         decoder_channels: one width per decoder block; there must be at least as many blocks as skips.
-        input_size, mean, std: preprocessing; mean/std default to the encoder's.
+        encoder, encoder_weights, in_channels, num_classes, input_size, mean, std: as for every model
+            (:class:`~medseg_core.models.SegModel`).
     """
 
     info = ModelInfo(
@@ -61,26 +100,10 @@ class UNet(SegModel):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        enc_mean, enc_std = encoder_normalization(encoder)
-        super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std, in_channels)
-        self.encoder = create_encoder(encoder, pretrained=wants_imagenet(encoder_weights), in_chans=in_channels)
-        channels = self.encoder.feature_info.channels()
-        skips = channels[:-1][::-1]
-        if len(decoder_channels) < len(skips):
-            raise ValueError(f"decoder_channels needs at least {len(skips)} widths for {encoder}")
-        blocks, in_ch = [], channels[-1]
-        for i, out_ch in enumerate(decoder_channels):
-            skip_ch = skips[i] if i < len(skips) else 0
-            blocks.append(UNetDecoderBlock(in_ch, skip_ch, out_ch))
-            in_ch = out_ch
-        self.decoder = nn.ModuleList(blocks)
-        self.head = nn.Conv2d(in_ch, num_classes, kernel_size=3, padding=1)
+        super().__init__(num_classes, input_size, mean, std, in_channels, encoder=encoder,
+                         encoder_weights=encoder_weights)
+        self.decoder = self._build_decoder(self.encoder.feature_info.channels(), decoder_channels, encoder)
+        self.head = nn.Conv2d(decoder_channels[-1], num_classes, kernel_size=3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W)."""
-        feats = self.encoder(x)
-        skips = feats[:-1][::-1]
-        y = feats[-1]
-        for i, block in enumerate(self.decoder):
-            y = block(y, skips[i] if i < len(skips) else None)
-        return self._resize_to(self.head(y), x)
+    def _build_decoder(self, channels: Sequence[int], decoder_channels: Sequence[int], encoder: str) -> UNetDecoder:
+        return UNetDecoder.build(channels, decoder_channels, encoder)

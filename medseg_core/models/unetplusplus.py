@@ -13,7 +13,6 @@ import torch
 import torch.nn as nn
 
 from .base import ModelInfo, SegModel
-from .encoders import create_encoder, encoder_normalization, wants_imagenet
 from .registry import register_model
 from .unet import UNetDecoderBlock
 
@@ -25,15 +24,12 @@ class UNetPlusPlus(SegModel):
     """UNet++ on a timm encoder.
 
     Args:
-        encoder: timm model name; ``tf_efficientnet_lite0/1/2`` have ImageNet weights offline.
-        encoder_weights: ``"imagenet"`` or ``"random"`` initialisation of the encoder.
-        in_channels: input image channels.
-        num_classes: 1 for binary (sigmoid), C for softmax over C classes.
         decoder_channels: node widths deep to shallow, one per skip depth (the width of row ``i`` is
             ``decoder_channels[-2 - i]`` for five encoder stages), plus optionally one more for a last block that
             upsamples the top row to the input's resolution.
         deep_supervision: in training mode, return every top-row prediction (main output first).
-        input_size, mean, std: preprocessing; mean/std default to the encoder's.
+        encoder, encoder_weights, in_channels, num_classes, input_size, mean, std: as for every model
+            (:class:`~medseg_core.models.SegModel`).
 
     ``forward`` returns logits (N, num_classes, H, W); in training mode with ``deep_supervision`` a list: the main
     logits, then ``X[0][L-2]`` ... ``X[0][1]`` at the top row's resolution.
@@ -56,10 +52,9 @@ class UNetPlusPlus(SegModel):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        enc_mean, enc_std = encoder_normalization(encoder)
-        super().__init__(num_classes, input_size, mean or enc_mean, std or enc_std, in_channels)
+        super().__init__(num_classes, input_size, mean, std, in_channels, encoder=encoder,
+                         encoder_weights=encoder_weights)
         self.deep_supervision = bool(deep_supervision)
-        self.encoder = create_encoder(encoder, pretrained=wants_imagenet(encoder_weights), in_chans=in_channels)
         channels = self.encoder.feature_info.channels()
         depth = len(channels)
         if len(decoder_channels) < depth - 1:
@@ -83,15 +78,14 @@ class UNetPlusPlus(SegModel):
         self.head = nn.Conv2d(head_ch, num_classes, kernel_size=3, padding=1)
         self.aux_heads = nn.ModuleList(nn.Conv2d(top, num_classes, kernel_size=1) for _ in range(depth - 2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """x (N, in_channels, H, W) -> logits (N, num_classes, H, W), or a list in training (see the class)."""
-        grid: list[list[torch.Tensor]] = [[f] for f in self.encoder(x)]
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        grid: list[list[torch.Tensor]] = [[f] for f in features]
         for j in range(1, self.depth):
             for i in range(self.depth - j):
                 grid[i].append(self.nodes[f"{i}_{j}"](grid[i + 1][j - 1], torch.cat(grid[i][:j], dim=1)))
         top = grid[0][-1]
-        main = self._resize_to(self.head(self.final(top) if self.final is not None else top), x)
-        if not (self.training and self.deep_supervision):
+        main = self.head(self.final(top) if self.final is not None else top)
+        if not self.wants_side_outputs:
             return main
         # Columns 1 .. depth-2 of the top row, most refined first, so DeepSupervisionLoss weights them highest.
         aux = [head(grid[0][j]) for j, head in zip(range(self.depth - 2, 0, -1), self.aux_heads)]
