@@ -786,6 +786,12 @@ def _model_options(models: list[str], prefix: str, tta: bool = False) -> tuple[g
     return model, tta, post
 
 
+def _stops(button: gr.Button, job: Any) -> None:
+    """``button`` cancels the tab's running job (this client's only): Gradio cancels the event, the job stops
+    within a frame, image or step (:func:`run_job`); ``gradio_client``'s ``Job.cancel()`` uses the same event."""
+    button.click(None, cancels=[job], api_visibility="private")
+
+
 def segment_tab(models: list[str]) -> None:
     with gr.Row():
         with gr.Column(scale=1):
@@ -841,6 +847,7 @@ def batch_tab(models: list[str]) -> None:
             files.data_model = OneOrMoreFiles  # the API takes one file as well as a list (no custom component)
             model, tta, post = _model_options(models, "batch")
             run = gr.Button("Segment all", variant="primary", elem_id="batch-button")
+            stop = gr.Button("Stop", variant="stop", elem_id="batch-stop")
         with gr.Column(scale=2):
             status = gr.Markdown(label="Status", show_label=False, elem_id="batch-status")
             with gr.Row():
@@ -849,8 +856,9 @@ def batch_tab(models: list[str]) -> None:
             table = gr.Dataframe(headers=["file", "status", "lesion found", "presence score", "lesion %", "lesions",
                                           "mean confidence", "ms", "error"],
                                  label="Per-image statistics", wrap=True)
-    run.click(batch_event, inputs=[files, model, tta, post], outputs=[archive, csv_file, table, status],
-              api_name="batch", **_HEAVY)
+    job = run.click(batch_event, inputs=[files, model, tta, post], outputs=[archive, csv_file, table, status],
+                    api_name="batch", **_HEAVY)
+    _stops(stop, job)
 
 
 def single_image_tab() -> None:
@@ -868,6 +876,7 @@ def single_image_tab() -> None:
             steps = gr.Slider(lowest, highest, value=default, step=50, label="Training steps (time grows with it)",
                               elem_id="single-steps")
             run = gr.Button("Train and segment", variant="primary", elem_id="single-button")
+            stop = gr.Button("Stop", variant="stop", elem_id="single-stop")
         with gr.Column(scale=2):
             overlay = gr.Image(label="Result", type="numpy", elem_id="single-result")
             summary = gr.Markdown(label="Summary", show_label=False, elem_id="single-summary")
@@ -875,9 +884,9 @@ def single_image_tab() -> None:
                 mask = gr.File(label="mask.png")
                 overlay_file = gr.File(label="overlay.png")
                 record = gr.File(label="sampling.json")
-    run.click(single_image_event, inputs=[editor, roi, steps], outputs=[overlay, summary, mask, overlay_file, record],
-              **_HEAVY,
-              api_name="single_image")
+    job = run.click(single_image_event, inputs=[editor, roi, steps],
+                    outputs=[overlay, summary, mask, overlay_file, record], api_name="single_image", **_HEAVY)
+    _stops(stop, job)
 
 
 def enhance_tab() -> None:
@@ -948,14 +957,15 @@ def video_tab(models: list[str]) -> None:
             lesion_free = gr.Checkbox(False, label="This clip holds no lesion (count its events as false alarms)",
                                       elem_id="video-lesion-free")
             run = gr.Button("Segment video", variant="primary", elem_id="video-button")
+            stop = gr.Button("Stop", variant="stop", elem_id="video-stop")
         with gr.Column(scale=2):
             out = gr.Video(label="Annotated clip", elem_id="video-output")
             summary = gr.Markdown(label="Summary", show_label=False, elem_id="video-summary")
             plot = gr.Image(label="Lesion area over time (% of the frame)", type="numpy")
             csv_file = gr.File(label="Per-frame statistics (CSV)")
-    run.click(video_event, inputs=[upload, model, smoothing, lesion_free], outputs=[out, plot, csv_file, summary],
-              api_name="video",
-              **_HEAVY)
+    job = run.click(video_event, inputs=[upload, model, smoothing, lesion_free],
+                    outputs=[out, plot, csv_file, summary], api_name="video", **_HEAVY)
+    _stops(stop, job)
 
 
 def build_demo() -> gr.Blocks:
