@@ -385,16 +385,14 @@ async def run_job(work: Callable[[Job], Any], request: Any = None, what: str = "
             done.set_exception(error) if error is not None else done.set_result(result)
 
     def target(context: contextvars.Context) -> None:
-        failed = True
+        result, error = None, None
         try:
             result = context.run(work, job)  # Gradio's progress reads context variables
-            failed = False
         except BaseException as err:  # noqa: BLE001 - handed to the event's coroutine
-            loop.call_soon_threadsafe(settle, None, err)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-        finally:
-            job.release(failed)
+            error = err
+        job.release(failed=error is not None)  # before the event hears of it: its files are settled first
+        with contextlib.suppress(RuntimeError):  # the event loop has closed (the server stopped)
+            loop.call_soon_threadsafe(settle, result, error)
 
     thread = threading.Thread(target=target, args=(contextvars.copy_context(),), name=f"medseg-{what}", daemon=True)
     thread.start()
