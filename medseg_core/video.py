@@ -291,7 +291,7 @@ def _decode(path: str, out: queue.Queue, stop: threading.Event, caps: _FrameCaps
                         break
         out.put(None)
     except Exception as err:  # handed to the consumer, which raises it in its own thread
-        out.put(err)
+        out.put(err.with_traceback(None))  # no frame of this thread (its decoder and threads) kept alive by it
 
 
 def _frames(path: str, caps: _FrameCaps, depth: int) -> Iterator[tuple[int, float, np.ndarray]]:
@@ -358,6 +358,19 @@ class _Encoder:
             raise self._error
         self._queue.put(rgb)
 
+    def abort(self) -> None:
+        """Stop without encoding the frames still queued or flushing the encoder (the output is thrown away)."""
+        self._error = self._error or VideoCancelled("encoding stopped")
+        self._queue.put(None)
+        self._thread.join()
+        self._container.close()
+        self._release()
+
+    def _release(self) -> None:
+        # The codec context holds FFmpeg's and x264's threads until it is freed; a traceback that keeps this
+        # object alive (a cancelled run's) must not keep them.
+        self._stream = self._container = None
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
@@ -366,6 +379,7 @@ class _Encoder:
                 self._container.mux(self._stream.encode(None))  # flush the encoder's delayed frames
         finally:
             self._container.close()
+            self._release()
         if self._error is not None:
             raise self._error
 
@@ -462,7 +476,7 @@ def segment_video(
                                   "truncated")
     except BaseException as err:
         with contextlib.suppress(Exception):
-            encoder.close()
+            encoder.abort()
         if isinstance(err, (VideoInputError, VideoCancelled)):
             Path(out_path).unlink(missing_ok=True)  # a damaged or cancelled clip leaves no half-written output
         raise

@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import tempfile
@@ -335,10 +336,45 @@ class JobStopped(Exception):
 _STOPPED = (TrainingCancelled, BatchCancelled, VideoCancelled, JobStopped)
 
 
+class _JobThreads:
+    """The threads jobs run on: at most ``size`` (the heavy events' workers: a job holds its worker until its work
+    stops, so no more run at once), started when needed and reused from job to job, with the thread pools PyTorch
+    and OpenMP keep per calling thread, so submit-and-cancel cycles leave the thread count where it was. Daemon
+    threads: stopping the server does not wait for a job."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            if self._idle <= self._work.qsize() and len(self._threads) < self.size:  # no idle thread for it
+                thread = threading.Thread(target=self._run, name=f"medseg-job-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            self._work.put((fn, args))
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            fn, args = self._work.get()
+            with self._lock:
+                self._idle -= 1
+            fn(*args)  # never raises: run_job's target hands every exception to its event
+
+
+_JOB_THREADS = _JobThreads(WORKERS)
+
+
 class Job:
     """One long task of the app (a batch, a video, a single-image training, and any later one).
 
-    Its work runs in a thread of its own, started by :func:`run_job` from the event's coroutine, so the event keeps
+    Its work runs on a job thread, handed over by :func:`run_job` from the event's coroutine, so the event keeps
     its worker slot in the shared pool (and counts against its client's limit) until the work has stopped. The work
     asks :meth:`should_stop` between images, frames or training steps: True once Stop is pressed (Gradio cancels
     the coroutine) or the client has gone away. Folders taken with :func:`_request_dir` belong to the job: kept from
@@ -370,7 +406,7 @@ class Job:
 
 
 async def run_job(work: Callable[[Job], Any], request: Any = None, what: str = "job") -> Any:
-    """Run ``work(job)`` in its own thread and return its result (raise its exception).
+    """Run ``work(job)`` on a job thread (:data:`_JOB_THREADS`) and return its result (raise its exception).
 
     When Gradio cancels the event (Stop, or the server closing), the job is told to stop and this coroutine waits
     for the thread to end before it lets the cancellation through: the event's worker slot and its client's count
@@ -394,8 +430,7 @@ async def run_job(work: Callable[[Job], Any], request: Any = None, what: str = "
         with contextlib.suppress(RuntimeError):  # the event loop has closed (the server stopped)
             loop.call_soon_threadsafe(settle, result, error)
 
-    thread = threading.Thread(target=target, args=(contextvars.copy_context(),), name=f"medseg-{what}", daemon=True)
-    thread.start()
+    _JOB_THREADS.submit(target, contextvars.copy_context())
     try:
         return await asyncio.shield(done)
     except asyncio.CancelledError:
