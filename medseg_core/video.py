@@ -616,6 +616,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoothing", type=float, default=0.0, help="EMA weight of previous frames' probabilities, [0, 1)")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="refuse longer clips")
     p.add_argument("--max-side", type=int, default=MAX_SIDE, help="refuse clips with a larger frame side (pixels)")
+    p.add_argument("--max-fps", type=float, default=MAX_FPS, help="refuse clips with a higher frame rate")
+    p.add_argument("--max-frames", type=int, default=MAX_FRAMES, help="refuse clips with more frames")
     p.add_argument("--presence", choices=["recorded", "none"], default="recorded",
                    help="'recorded' (default): the lesion-present rule recorded with the weights decides each frame; "
                         "'none': any region counts")
@@ -645,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = segment_video(segmenter, args.input, args.out, args.csv, batch_size=args.batch_size,
                                 smoothing=args.smoothing, max_seconds=args.max_seconds, max_side=args.max_side,
-                                progress=progress)
+                                max_fps=args.max_fps, max_frames=args.max_frames, progress=progress)
     except VideoInputError as err:
         log.error("%s", err)
         return 2
