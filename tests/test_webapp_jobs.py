@@ -305,3 +305,32 @@ def test_load_bench_refuses_zero_requests_in_one_line():
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["load.py: error: --requests must be at least 1, got 0"]
+
+
+def test_a_running_jobs_folder_outlives_the_age_cleanup_and_goes_when_the_job_fails(app):
+    """The cleanup of old request folders never removes one a running job writes to; a failed job's folder is
+    removed by the job itself, once its work has ended."""
+    started, release = threading.Event(), threading.Event()
+    seen: dict[str, Path] = {}
+
+    def work(job):
+        seen["folder"] = app._request_dir(job)
+        old = time.time() - app.KEEP_OUTPUTS_S - 60
+        os.utime(seen["folder"], (old, old))  # as if the job had run for longer than the outputs are kept
+        started.set()
+        release.wait(30)
+        (seen["folder"] / "late.txt").write_text("still writing")
+        raise RuntimeError("the job failed")
+
+    async def run() -> None:
+        task = asyncio.ensure_future(app.run_job(work, what="test"))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        app._request_dir()  # another request's cleanup runs while the job writes
+        assert seen["folder"].is_dir()
+        release.set()
+        with pytest.raises(RuntimeError, match="the job failed"):
+            await task
+
+    asyncio.run(run())
+    assert not seen["folder"].exists() and not app._BUSY_FOLDERS
