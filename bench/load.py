@@ -7,7 +7,9 @@ The in-process server gets the app's own queue settings (``medseg_core.webapp.co
 the cores shared by the heavy events, the app's queue size, the per-client limit). Client ``i`` calls ``/segment``
 (i % 4 in 0, 1), ``/batch`` with two images (i % 4 == 2) or ``/single_image`` with a few training steps (i % 4 == 3).
 Traffic goes to localhost only; every loop is bounded (clients x requests) and the run stops by itself. Prints
-successes, failures, p50/p95 latency per endpoint and the server's memory; exits 1 when any request failed.
+successes, failures, p50/p95 latency per endpoint and the server's memory; exits 1 when any request failed, 2 for
+bad arguments. All clients come from one address (localhost), so the in-process server lifts the per-address limit
+(``MEDSEG_MAX_PENDING_PER_ADDRESS=0``, unless set); an app given with ``--url`` needs the same.
 """
 
 from __future__ import annotations
@@ -113,7 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", nargs="*", type=Path, default=sorted((ROOT / "examples").glob("*.jpg")))
     p.add_argument("--json", default=None, help="write the summary to this JSON file")
     args = p.parse_args(argv)
+    for name in ("clients", "requests", "steps"):
+        if getattr(args, name) < 1:
+            print(f"load.py: error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
+            raise SystemExit(2)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("MEDSEG_MAX_PENDING_PER_ADDRESS", "0")  # every client here shares 127.0.0.1
     from medseg_core import webapp
 
     model = args.model or webapp.default_model(webapp.available_models())
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     if url is None:
         demo = webapp.configure_queue(webapp.build_demo())
         demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                    max_file_size=webapp.MAX_UPLOAD)
+                    **webapp.launch_options())
         url = demo.local_url
     if not url.startswith(("http://127.", "http://localhost")):
         raise SystemExit("bench/load.py only sends traffic to localhost")

@@ -34,7 +34,7 @@ from .labels import LabelSchema
 from .postprocess import PostprocessSpec
 from .safety import ExtractionBudget, RejectedInput, ZipLimits, extract_zip
 
-__all__ = ["BATCH_COLUMNS", "MAX_ZIP_FILES", "expand_inputs", "main", "segment_files", "unique_stems",
+__all__ = ["BATCH_COLUMNS", "MAX_ZIP_FILES", "BatchCancelled", "expand_inputs", "main", "segment_files", "unique_stems",
            "write_results_zip", "write_statistics"]
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ BATCH_COLUMNS = ("file", "status", "width", "height", "lesion_present", "presenc
                  "lesion_percent", "lesion_count", "mean_confidence", "mask", "overlay", "error")
 DEFAULT_MODEL = "unet_lite2.polyp"  # the most accurate polyp model
 VIDEO_MODEL = "unet_lite0.polyp_fast"  # the one that keeps up with video on a CPU
+
+
+class BatchCancelled(RuntimeError):
+    """Raised inside :func:`segment_files` when its ``should_stop`` callable says the run is no longer wanted."""
 
 
 def default_model_name(video: bool = False) -> str:
@@ -117,6 +121,7 @@ def segment_files(
     progress: Callable[[Iterable], Iterable] | None = None,
     stems: Sequence[str] | None = None,
     write_csv: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Segment each file into ``out_dir`` (masks, overlays, ``statistics.csv``); return one row per file.
 
@@ -125,6 +130,7 @@ def segment_files(
     ``progress`` wraps the list of paths (e.g. ``tqdm`` or ``gr.Progress().tqdm``). ``stems`` names the outputs
     (default :func:`unique_stems`; a process given a share of a larger list passes that list's stems), and
     ``write_csv=False`` leaves ``statistics.csv`` to whoever gathers the rows (:func:`write_statistics`).
+    ``should_stop`` is asked before every image; when it returns True the run stops with :class:`BatchCancelled`.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +139,8 @@ def segment_files(
     stems = list(stems) if stems is not None else unique_stems(paths)
     class_columns = segmenter.schema.task != "binary"  # per-class areas, named by the schema
     for raw, stem in (progress or (lambda x: x))(list(zip(paths, stems))):
+        if should_stop is not None and should_stop():
+            raise BatchCancelled(f"batch cancelled after {len(rows)} of {len(paths)} images")
         path = Path(raw)
         row: dict[str, Any] = dict.fromkeys(BATCH_COLUMNS, "")
         row["file"] = path.name

@@ -495,7 +495,7 @@ def segment_single_image(image: np.ndarray, roi: np.ndarray, config: SingleImage
         config: settings (defaults: about a minute of one CPU core for a 480 x 480 image).
         progress: called as ``progress(fraction, desc=...)`` while running (``gradio.Progress`` fits).
         show_progress: a tqdm bar on the training steps.
-        cancel: asked before every training step; when it returns True the run stops with
+        cancel: asked before every training step and before segmenting; when it returns True the run stops with
             :class:`TrainingCancelled` (nothing is returned or written).
     """
     config = config or SingleImageConfig()
@@ -521,6 +521,8 @@ def segment_single_image(image: np.ndarray, roi: np.ndarray, config: SingleImage
     train_start = time.perf_counter()
     losses = _train(model, work, labels, patches, config, progress, show_progress, cancel)
     train_seconds = time.perf_counter() - train_start
+    if cancel is not None and cancel():
+        raise TrainingCancelled(f"single-image run cancelled after its {config.steps} training steps")
     if progress is not None:
         progress(0.92, desc="segmenting the image")
     zooms = sorted({config.patch_size / p["size"] for p in patches})

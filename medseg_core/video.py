@@ -35,9 +35,13 @@ from .cli import setup_logging, write_json
 from .inference import Segmenter
 
 __all__ = [
+    "MAX_FPS",
+    "MAX_FRAMES",
+    "MAX_FRAME_PIXELS",
     "MAX_SECONDS",
     "MAX_SIDE",
     "FrameRow",
+    "VideoCancelled",
     "VideoInputError",
     "VideoSummary",
     "encode_video",
@@ -55,6 +59,11 @@ log = logging.getLogger(__name__)
 MAX_SECONDS = 600.0
 #: Longest frame side accepted, in pixels: 4K UHD passes, 8K is refused.
 MAX_SIDE = 3840
+#: Most pixels in one frame (4K UHD), checked on every decoded frame, not only on the clip's header.
+MAX_FRAME_PIXELS = 3840 * 2160
+#: Highest frame rate and most frames accepted (ten minutes at 30 fps): each frame is one network pass.
+MAX_FPS = 60.0
+MAX_FRAMES = 18_000
 #: Per-frame CSV columns, in order.
 CSV_FIELDS = ("frame", "time_s", "lesion_present", "presence_score", "lesion_percent", "lesion_count",
               "mean_confidence")
@@ -68,6 +77,19 @@ ProgressFn = Callable[[int, int | None], None]
 
 class VideoInputError(ValueError):
     """A clip we cannot segment (not a video, damaged, empty, too large or too long); the message says why."""
+
+
+class VideoCancelled(RuntimeError):
+    """Raised inside :func:`segment_video` when its ``should_stop`` callable says the run is no longer wanted."""
+
+
+class _FrameRefused(VideoInputError):
+    """A decoded frame over the caps (raised in the decoder thread, re-raised as it is by the consumer)."""
+
+
+def _ffmpeg_reason(err: BaseException) -> str:
+    """An FFmpeg error's reason without the file name (the page never shows server paths)."""
+    return getattr(err, "strerror", None) or type(err).__name__
 
 
 @dataclass
@@ -127,16 +149,34 @@ class _ClipInfo:
     duration_s: float | None
 
 
-def probe_video(path: str | os.PathLike, max_seconds: float = MAX_SECONDS, max_side: int = MAX_SIDE) -> _ClipInfo:
+def _open_capped(path: str | os.PathLike, max_pixels: int) -> Any:
+    """``av.open`` with FFmpeg's ``max_pixels`` set on the first stream, so that probing refuses a larger frame
+    before allocating it; formats that expose no stream before probing (MPEG-TS, a file without streams) open
+    without it, and the decoder's own cap and :func:`_check_frame` still apply."""
+    import av
+
+    try:
+        return av.open(os.fspath(path), stream_options=[{"max_pixels": str(max_pixels)}])
+    except ValueError as err:
+        if "stream_options" not in str(err):
+            raise
+        return av.open(os.fspath(path))
+
+
+def probe_video(path: str | os.PathLike, max_seconds: float = MAX_SECONDS, max_side: int = MAX_SIDE,
+                max_fps: float = MAX_FPS, max_frames: int = MAX_FRAMES,
+                max_pixels: int = MAX_FRAME_PIXELS) -> _ClipInfo:
     """Open a clip's header and check it: a readable video stream, at most ``max_side`` pixels a side and
-    ``max_seconds`` long. Raises :class:`VideoInputError` with a one-line reason."""
+    ``max_pixels`` a frame, ``max_seconds`` long, ``max_fps`` frames a second and ``max_frames`` frames. Raises
+    :class:`VideoInputError` with a one-line reason. The header can lie: :func:`segment_video` checks every decoded
+    frame again."""
     import av
 
     name = os.path.basename(os.fspath(path))
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         raise VideoInputError(f"{name} is empty: upload an MP4, MOV, AVI, MKV or WebM clip")
     try:
-        with av.open(os.fspath(path)) as container:
+        with _open_capped(path, max_pixels) as container:
             if not container.streams.video:
                 raise VideoInputError(f"{name} contains no video frames (no video stream; is it an audio file?)")
             stream = container.streams.video[0]
@@ -151,50 +191,124 @@ def probe_video(path: str | os.PathLike, max_seconds: float = MAX_SECONDS, max_s
     except VideoInputError:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        raise VideoInputError(f"{name} is not a video we can read, or it is damaged or truncated ({err})") from err
+        raise VideoInputError(f"{name} is not a video we can read, or it is damaged or truncated "
+                              f"({_ffmpeg_reason(err)})") from err
     if not width or not height:
-        raise VideoInputError(f"{name} has a video stream without a frame size; the file looks damaged")
+        raise VideoInputError(f"{name} has a video stream without a readable frame size: its frames are over "
+                              f"{max_pixels / 1e6:.1f} MP, or the file is damaged")
     if max(width, height) > max_side:
         raise VideoInputError(f"{name} is {width}x{height}; the largest frame side accepted is {max_side} pixels. "
                               "Downscale the clip (e.g. to 1080p) and try again.")
+    if width * height > max_pixels:
+        raise VideoInputError(f"{name} is {width}x{height} ({width * height / 1e6:.1f} MP); the largest frame "
+                              f"accepted is {max_pixels / 1e6:.1f} MP. Downscale the clip and try again.")
     if duration is not None and duration > max_seconds:
         raise VideoInputError(f"{name} lasts {duration / 60:.1f} min; the limit is {max_seconds / 60:.0f} min. "
                               "Cut the part to examine and try again.")
+    if float(rate) > max_fps:
+        raise VideoInputError(f"{name} runs at {float(rate):.0f} frames per second; the limit is {max_fps:.0f}. "
+                              "Re-encode it at a lower frame rate and try again.")
+    expected = frames or (round(duration * float(rate)) if duration is not None else None)
+    if expected is not None and expected > max_frames:
+        raise VideoInputError(f"{name} has {expected} frames; the limit is {max_frames}. Cut the part to examine "
+                              "and try again.")
     return _ClipInfo(width, height, Fraction(rate), frames, duration)
 
 
-def _decode(path: str, out: queue.Queue, stop: threading.Event, max_frames: int | None) -> None:
-    """Decoder thread: puts ``(index, time_s, rgb)`` items, then ``None``; an exception is put as the item."""
+@dataclass
+class _FrameCaps:
+    """What every decoded frame must satisfy: the header's size, at most ``max_pixels``, at most ``max_frames``
+    frames and ``max_seconds`` of timestamps."""
+
+    name: str
+    width: int
+    height: int
+    max_pixels: int
+    max_side: int
+    max_frames: int
+    max_seconds: float
+
+
+def _packet_size(packet: Any) -> tuple[int, int] | None:
+    """(width, height) an MJPEG packet declares in its JPEG header (read without decoding), else None."""
+    import io
+
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(io.BytesIO(bytes(packet))) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - not a JPEG, or not readable: the size stays unknown
+        return None
+
+
+def _check_frame(caps: _FrameCaps, index: int, width: int, height: int, time_s: float) -> None:
+    """Refuse a decoded frame over the caps or of another size than the header's, before it is converted."""
+    what = f"{caps.name}: frame {index}"
+    if width * height > caps.max_pixels or max(width, height) > caps.max_side:
+        raise _FrameRefused(f"{what} is {width}x{height}; the largest frame accepted is {caps.max_pixels / 1e6:.1f} "
+                            f"MP and {caps.max_side} pixels a side")
+    if (width, height) != (caps.width, caps.height):
+        raise _FrameRefused(f"{what} is {width}x{height} but the clip's header says {caps.width}x{caps.height}; "
+                            "frames of changing size are not accepted")
+    if index >= caps.max_frames:
+        raise _FrameRefused(f"{caps.name} has more than {caps.max_frames} frames; the limit is {caps.max_frames}. "
+                            "Cut the part to examine and try again.")
+    if time_s == time_s and time_s > caps.max_seconds + 1.0:
+        raise _FrameRefused(f"{what} is at {time_s / 60:.1f} min; the limit is {caps.max_seconds / 60:.0f} min. "
+                            "Cut the part to examine and try again.")
+
+
+def _decode(path: str, out: queue.Queue, stop: threading.Event, caps: _FrameCaps) -> None:
+    """Decoder thread: puts ``(index, time_s, rgb)`` items, then ``None``; an exception is put as the item.
+
+    FFmpeg is told the pixel cap (``max_pixels``), so a frame larger than its header claims fails in the decoder
+    before it is allocated; every decoded frame is checked again (:func:`_check_frame`) before it is converted."""
     import av
 
+    index = 0
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # FFmpeg's own frame/slice threads
-            for i, frame in enumerate(container.decode(stream)):
-                if stop.is_set() or (max_frames is not None and i >= max_frames):
+            stream.codec_context.options = {"max_pixels": str(caps.max_pixels)}
+            for packet in container.demux(stream):
+                if stop.is_set():
                     break
-                t = float(frame.time) if frame.time is not None else float("nan")
-                out.put((i, t, frame.to_ndarray(format="rgb24")))
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError:
+                    size = _packet_size(packet) if stream.codec_context.name == "mjpeg" else None
+                    if size is not None:
+                        _check_frame(caps, index, *size, float("nan"))
+                    raise
+                for frame in decoded:
+                    t = float(frame.time) if frame.time is not None else float("nan")
+                    _check_frame(caps, index, frame.width, frame.height, t)
+                    out.put((index, t, frame.to_ndarray(format="rgb24")))
+                    index += 1
+                    if stop.is_set():
+                        break
         out.put(None)
     except Exception as err:  # handed to the consumer, which raises it in its own thread
-        out.put(err)
+        out.put(err.with_traceback(None))  # no frame of this thread (its decoder and threads) kept alive by it
 
 
-def _frames(path: str, max_seconds: float, rate: Fraction, depth: int) -> Iterator[tuple[int, float, np.ndarray]]:
+def _frames(path: str, caps: _FrameCaps, depth: int) -> Iterator[tuple[int, float, np.ndarray]]:
     """Frames decoded ahead in a thread, in order; a decoding error is raised here."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
-    max_frames = int(max_seconds * rate) + 1
-    thread = threading.Thread(target=_decode, args=(path, q, stop, max_frames), name="video-decode", daemon=True)
+    thread = threading.Thread(target=_decode, args=(path, q, stop, caps), name="video-decode", daemon=True)
     thread.start()
     done = 0
     try:
         while (item := q.get()) is not None:
+            if isinstance(item, _FrameRefused):
+                raise VideoInputError(str(item)) from None
             if isinstance(item, Exception):
                 name = os.path.basename(path)
                 raise VideoInputError(f"{name} could not be decoded after {done} frames; the file looks damaged or "
-                                      f"truncated ({item})") from item
+                                      f"truncated ({_ffmpeg_reason(item)})") from item
             done += 1
             yield item
     finally:
@@ -244,6 +358,19 @@ class _Encoder:
             raise self._error
         self._queue.put(rgb)
 
+    def abort(self) -> None:
+        """Stop without encoding the frames still queued or flushing the encoder (the output is thrown away)."""
+        self._error = self._error or VideoCancelled("encoding stopped")
+        self._queue.put(None)
+        self._thread.join()
+        self._container.close()
+        self._release()
+
+    def _release(self) -> None:
+        # The codec context holds FFmpeg's and x264's threads until it is freed; a traceback that keeps this
+        # object alive (a cancelled run's) must not keep them.
+        self._stream = self._container = None
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
@@ -252,6 +379,7 @@ class _Encoder:
                 self._container.mux(self._stream.encode(None))  # flush the encoder's delayed frames
         finally:
             self._container.close()
+            self._release()
         if self._error is not None:
             raise self._error
 
@@ -281,7 +409,11 @@ def segment_video(
     smoothing: float = 0.0,
     max_seconds: float = MAX_SECONDS,
     max_side: int = MAX_SIDE,
+    max_fps: float = MAX_FPS,
+    max_frames: int = MAX_FRAMES,
+    max_pixels: int = MAX_FRAME_PIXELS,
     progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> VideoSummary:
     """Segment every frame of a clip and write the overlay video (and the per-frame CSV).
 
@@ -294,8 +426,11 @@ def segment_video(
             larger batches differ by float rounding only).
         smoothing: weight of the previous frames in an exponential moving average of the probabilities,
             in [0, 1): ``p_t = smoothing * p_{t-1} + (1 - smoothing) * network_t``; 0 turns it off.
-        max_seconds: longer clips are refused; max_side: clips with a larger frame side are refused.
+        max_seconds, max_side, max_fps, max_frames, max_pixels: caps; a clip over any is refused (:func:`probe_video`
+            reads its header, and every decoded frame is checked again: its size, its index and its time).
         progress: called as ``progress(frames_done, total_frames_or_None)`` after each batch.
+        should_stop: asked before every batch of frames; when it returns True the run stops with
+            :class:`VideoCancelled`, its threads ended and the half-written output removed.
 
     Returns:
         A :class:`VideoSummary`. Raises :class:`VideoInputError` for clips that cannot be segmented, before
@@ -306,9 +441,12 @@ def segment_video(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     in_path, name = os.fspath(in_path), os.path.basename(os.fspath(in_path))
-    info = probe_video(in_path, max_seconds=max_seconds, max_side=max_side)
+    info = probe_video(in_path, max_seconds=max_seconds, max_side=max_side, max_fps=max_fps, max_frames=max_frames,
+                       max_pixels=max_pixels)
     started = time.perf_counter()
-    frames = _frames(in_path, max_seconds, info.rate, depth=2 * batch_size + 2)
+    caps = _FrameCaps(name, info.width, info.height, max_pixels, max_side,
+                      min(max_frames, int(max_seconds * info.rate) + 1), max_seconds)
+    frames = _frames(in_path, caps, depth=2 * batch_size + 2)
     first = next(frames, None)
     if first is None:
         raise VideoInputError(f"{name} contains no video frames")
@@ -317,6 +455,8 @@ def segment_video(
     ema: np.ndarray | None = None
     try:
         for item in _batches(frames, first, batch_size):
+            if should_stop is not None and should_stop():
+                raise VideoCancelled(f"{name}: cancelled after {len(rows)} frames")
             probs_small = segmenter.network_probs([rgb for _, _, rgb in item])
             for (index, t, rgb), p in zip(item, probs_small):
                 if smoothing > 0:
@@ -336,9 +476,9 @@ def segment_video(
                                   "truncated")
     except BaseException as err:
         with contextlib.suppress(Exception):
-            encoder.close()
-        if isinstance(err, VideoInputError):
-            Path(out_path).unlink(missing_ok=True)  # a damaged clip leaves no half-written output behind
+            encoder.abort()
+        if isinstance(err, (VideoInputError, VideoCancelled)):
+            Path(out_path).unlink(missing_ok=True)  # a damaged or cancelled clip leaves no half-written output
         raise
     finally:
         frames.close()
@@ -476,6 +616,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoothing", type=float, default=0.0, help="EMA weight of previous frames' probabilities, [0, 1)")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS, help="refuse longer clips")
     p.add_argument("--max-side", type=int, default=MAX_SIDE, help="refuse clips with a larger frame side (pixels)")
+    p.add_argument("--max-fps", type=float, default=MAX_FPS, help="refuse clips with a higher frame rate")
+    p.add_argument("--max-frames", type=int, default=MAX_FRAMES, help="refuse clips with more frames")
     p.add_argument("--presence", choices=["recorded", "none"], default="recorded",
                    help="'recorded' (default): the lesion-present rule recorded with the weights decides each frame; "
                         "'none': any region counts")
@@ -505,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = segment_video(segmenter, args.input, args.out, args.csv, batch_size=args.batch_size,
                                 smoothing=args.smoothing, max_seconds=args.max_seconds, max_side=args.max_side,
-                                progress=progress)
+                                max_fps=args.max_fps, max_frames=args.max_frames, progress=progress)
     except VideoInputError as err:
         log.error("%s", err)
         return 2

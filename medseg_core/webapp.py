@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import contextvars
 import functools
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import tempfile
 import threading
+import time
 import types
 import uuid
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +43,14 @@ import pydantic
 from gradio.data_classes import FileData, ListFiles
 
 from . import hub
-from .batch import default_model_name, expand_inputs, segment_files, write_results_zip
+from .batch import (
+    MAX_ZIP_FILES,
+    BatchCancelled,
+    default_model_name,
+    expand_inputs,
+    segment_files,
+    write_results_zip,
+)
 from .evaluation import scores_against_mask_image
 from .hub import UnsafeWeightsError, WeightsNotFoundError, list_local_weights
 from .inference import MAX_IMAGE_PIXELS, ImageInputError, Segmenter, SegResult, load_image_file
@@ -52,10 +64,20 @@ from .safety import (
     image_size_from_header,
     make_private,
     private_dir,
-    remove_older_than,
 )
 from .single_image import SingleImageConfig, TrainingCancelled, read_roi, segment_single_image, write_result
-from .video import MAX_SECONDS, MAX_SIDE, VideoInputError, events_markdown, plot_lesion_area, segment_video
+from .video import (
+    MAX_FPS,
+    MAX_FRAME_PIXELS,
+    MAX_FRAMES,
+    MAX_SECONDS,
+    MAX_SIDE,
+    VideoCancelled,
+    VideoInputError,
+    events_markdown,
+    plot_lesion_area,
+    segment_video,
+)
 from .visualize import confidence_heatmap, draw_legend, enhance_gallery, summary_markdown
 
 __all__ = ["build_demo", "configure_queue", "launch", "limit_per_client", "main"]
@@ -95,10 +117,15 @@ WORKERS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity"
 HEAVY = "heavy"
 QUEUE_SIZE = int(os.environ.get("MEDSEG_QUEUE_SIZE", "64"))
 MAX_PENDING_PER_CLIENT = int(os.environ.get("MEDSEG_MAX_PENDING_PER_CLIENT", "4"))
-#: Same, per client address (0: off; behind a proxy every client shares one address).
-MAX_PENDING_PER_ADDRESS = int(os.environ.get("MEDSEG_MAX_PENDING_PER_ADDRESS", "0"))
+#: Same, per client address (0: off). Fresh session ids from one address cannot fill the queue; behind a proxy that
+#: hides the clients' addresses every client shares one, so raise it (or set 0) there.
+MAX_PENDING_PER_ADDRESS = int(os.environ.get("MEDSEG_MAX_PENDING_PER_ADDRESS", "8"))
 #: Largest image the Single image tab trains on (its outputs are full-resolution float maps).
 SINGLE_IMAGE_MAX_PIXELS = 16_000_000
+#: Most painted layers the Single image editor takes (the page sends one; each is decoded to a full-size array).
+MAX_EDITOR_LAYERS = 4
+#: Most files one batch request may hold, as a list of images or unpacked from its zips.
+MAX_BATCH_FILES = MAX_ZIP_FILES
 #: The Single image tab's training-steps slider: lowest, highest, default (the handler takes 1-600). The browser
 #: tests lower the lowest, to train a few steps through the page in seconds.
 SINGLE_IMAGE_STEPS = (50, 600, 450)
@@ -108,7 +135,9 @@ _PATH_IN_TEXT = re.compile(r"(?<![\w.-])(?:/[^\s'\",:;)]+)+")
 _DEMOS: weakref.WeakSet = weakref.WeakSet()
 #: Every heavy event shares one pool of WORKERS workers.
 _HEAVY: dict[str, Any] = {"concurrency_id": HEAVY, "concurrency_limit": WORKERS}
+#: Largest file in an upload (Gradio's ``max_file_size``), and most bytes one upload request may carry in all.
 MAX_UPLOAD = "50mb"
+MAX_UPLOAD_REQUEST_BYTES = int(float(os.environ.get("MEDSEG_MAX_UPLOAD_MB", "200")) * 1_000_000)
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 #: What the image uploads accept: the one list in medseg_core.io (also behind messages and folder/zip expansion).
 IMAGE_TYPES = list(IMAGE_EXTENSIONS)
@@ -284,11 +313,153 @@ def _load(upload: Any) -> np.ndarray:
         raise UserError(str(err)) from err
 
 
-def _request_dir() -> Path:
-    """A fresh private folder (0700) for one request's downloads; folders older than ``KEEP_OUTPUTS_S`` go."""
+#: Request folders of jobs still running: the age-based cleanup leaves them alone, and each job removes its own
+#: folder when it fails or is cancelled, after its work has stopped.
+_BUSY_FOLDERS: set[Path] = set()
+_BUSY_LOCK = threading.Lock()
+
+
+def _remove_old_outputs() -> None:
+    """Remove request folders older than ``KEEP_OUTPUTS_S``, except those of running jobs."""
+    now = time.time()
+    with _BUSY_LOCK:
+        busy = set(_BUSY_FOLDERS)
+    for entry in OUTPUT_DIR.iterdir():
+        if entry in busy:
+            continue
+        with contextlib.suppress(OSError):
+            if now - entry.lstat().st_mtime > KEEP_OUTPUTS_S:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+
+
+def _request_dir(job: Job | None = None) -> Path:
+    """A fresh private folder (0700) for one request's downloads; folders older than ``KEEP_OUTPUTS_S`` go (never
+    one of a running job). With ``job``, the folder is the job's: kept while it runs, removed if it fails."""
     private_dir(OUTPUT_DIR)
-    remove_older_than(OUTPUT_DIR, KEEP_OUTPUTS_S)
-    return private_dir(OUTPUT_DIR / uuid.uuid4().hex)
+    _remove_old_outputs()
+    folder = private_dir(OUTPUT_DIR / uuid.uuid4().hex)
+    if job is not None:
+        job.own(folder)
+    return folder
+
+
+class JobStopped(Exception):
+    """A job's work noticed that it is no longer wanted (Stop pressed, or the client went away)."""
+
+
+#: What the work raises when its ``should_stop`` turns True: each long task has its own.
+_STOPPED = (TrainingCancelled, BatchCancelled, VideoCancelled, JobStopped)
+
+
+class _JobThreads:
+    """The threads jobs run on: at most ``size`` (the heavy events' workers: a job holds its worker until its work
+    stops, so no more run at once), started when needed and reused from job to job, with the thread pools PyTorch
+    and OpenMP keep per calling thread, so submit-and-cancel cycles leave the thread count where it was. Daemon
+    threads: stopping the server does not wait for a job."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            if self._idle <= self._work.qsize() and len(self._threads) < self.size:  # no idle thread for it
+                thread = threading.Thread(target=self._run, name=f"medseg-job-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            self._work.put((fn, args))
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            fn, args = self._work.get()
+            with self._lock:
+                self._idle -= 1
+            fn(*args)  # never raises: run_job's target hands every exception to its event
+
+
+_JOB_THREADS = _JobThreads(WORKERS)
+
+
+class Job:
+    """One long task of the app (a batch, a video, a single-image training, and any later one).
+
+    Its work runs on a job thread, handed over by :func:`run_job` from the event's coroutine, so the event keeps
+    its worker slot in the shared pool (and counts against its client's limit) until the work has stopped. The work
+    asks :meth:`should_stop` between images, frames or training steps: True once Stop is pressed (Gradio cancels
+    the coroutine) or the client has gone away. Folders taken with :func:`_request_dir` belong to the job: kept from
+    the age-based cleanup while it runs, removed by the job's own thread if it fails or stops."""
+
+    def __init__(self, session: str | None = None) -> None:
+        self.session = session
+        self.folders: list[Path] = []
+        self._stop = threading.Event()
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set() or _client_gone(self.session)
+
+    def own(self, folder: Path) -> None:
+        with _BUSY_LOCK:
+            _BUSY_FOLDERS.add(folder)
+        self.folders.append(folder)
+
+    def release(self, failed: bool) -> None:
+        """The work has ended: its folders go back to the age-based cleanup, or (failed, stopped) are removed."""
+        with _BUSY_LOCK:
+            _BUSY_FOLDERS.difference_update(self.folders)
+        if failed:
+            for folder in self.folders:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+async def run_job(work: Callable[[Job], Any], request: Any = None, what: str = "job") -> Any:
+    """Run ``work(job)`` on a job thread (:data:`_JOB_THREADS`) and return its result (raise its exception).
+
+    When Gradio cancels the event (Stop, or the server closing), the job is told to stop and this coroutine waits
+    for the thread to end before it lets the cancellation through: the event's worker slot and its client's count
+    are held until the work has stopped, and the job's folders are removed by its thread after that. A job that
+    stops by itself because its client went away ends with a one-line message."""
+    job = Job(getattr(request, "session_hash", None))
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not done.done():
+            done.set_exception(error) if error is not None else done.set_result(result)
+
+    def target(context: contextvars.Context) -> None:
+        result, error = None, None
+        try:
+            result = context.run(work, job)  # Gradio's progress reads context variables
+        except BaseException as err:  # noqa: BLE001 - handed to the event's coroutine
+            error = err
+        job.release(failed=error is not None)  # before the event hears of it: its files are settled first
+        with contextlib.suppress(RuntimeError):  # the event loop has closed (the server stopped)
+            loop.call_soon_threadsafe(settle, result, error)
+
+    _JOB_THREADS.submit(target, contextvars.copy_context())
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        job.cancel()
+        log.info("%s cancelled by the client; waiting for its work to stop", what)
+        await asyncio.wait([done])
+        if done.done() and not done.cancelled():
+            done.exception()  # retrieved: the cancellation is what the caller sees
+        raise
+    except _STOPPED as err:
+        raise UserError(f"The {what} was stopped.") from err
 
 
 def _ground_truth_scores(upload: Any, result: SegResult, schema: LabelSchema) -> dict[str, float] | None:
@@ -381,16 +552,24 @@ def compare(upload: Any, model_names: list[str] | None, tta: bool, postprocess: 
     return gallery, "\n".join(rows)
 
 
+def _too_many_files(count: int) -> UserError:
+    return UserError(f"The batch holds {count} files; the limit is {MAX_BATCH_FILES} images per batch. Split it and "
+                     "try again.")
+
+
 def batch(uploads: list[Any] | Any | None, model_name: str | None, tta: bool, postprocess: bool,
-          progress: gr.Progress = gr.Progress()):
+          progress: gr.Progress = gr.Progress(), job: Job | None = None):
     """The Batch tab: images and/or zip archives -> a zip of masks, overlays and statistics.csv, and the table.
-    ``uploads``: a list of files, or one file (the API takes either)."""
+    ``uploads``: a list of files, or one file (the API takes either); at most :data:`MAX_BATCH_FILES` images,
+    listed or unpacked. ``job`` (:func:`batch_event`): stops between images when it is cancelled."""
     if uploads is not None and not isinstance(uploads, (list, tuple)):
         uploads = [uploads]
     if not uploads:
         raise UserError("Upload one or more images, or a zip of images.")
+    if len(uploads) > MAX_BATCH_FILES:
+        raise _too_many_files(len(uploads))
     segmenter = _segmenter_or_error(model_name)
-    folder = _request_dir()
+    folder = _request_dir(job)
     # Zips are unpacked under caps per file, per upload and per server, and removed when the request ends.
     with SERVER_EXTRACT_BUDGET.request() as budget:
         try:
@@ -400,8 +579,11 @@ def batch(uploads: list[Any] | Any | None, model_name: str | None, tta: bool, po
                 raise UserError(_without_paths(str(err))) from err
             if not paths:
                 raise UserError(f"The upload holds no images ({IMAGE_FORMAT_NAMES}).")
+            if len(paths) > MAX_BATCH_FILES:
+                raise _too_many_files(len(paths))
             rows = segment_files(segmenter, paths, folder / "masks", tta=tta, postprocess=_postprocess(postprocess),
-                                 progress=lambda items: progress.tqdm(items, desc="Segmenting"))
+                                 progress=lambda items: progress.tqdm(items, desc="Segmenting"),
+                                 should_stop=job.should_stop if job is not None else None)
         finally:
             shutil.rmtree(folder / "inputs", ignore_errors=True)
     archive = write_results_zip(folder / "masks", folder / "medseg_masks.zip")
@@ -411,6 +593,12 @@ def batch(uploads: list[Any] | Any | None, model_name: str | None, tta: bool, po
              for r in rows]
     ok = sum(r["status"] == "ok" for r in rows)
     return str(archive), str(folder / "masks" / "statistics.csv"), table, f"{ok} of {len(rows)} images segmented."
+
+
+async def batch_event(uploads: list[Any] | Any | None, model_name: str | None, tta: bool, postprocess: bool,
+                      progress: gr.Progress = gr.Progress(), request: gr.Request = None):
+    """:func:`batch` as a :class:`Job` (the ``/batch`` event): Stop or a disconnect stops it between images."""
+    return await run_job(lambda job: batch(uploads, model_name, tta, postprocess, progress, job), request, "batch")
 
 
 def enhance(upload: Any) -> list[tuple[np.ndarray, str]]:
@@ -440,26 +628,63 @@ def _editor_upload_size(file: Any) -> tuple[int, int] | None:
 
 
 def _checked_convert_and_format_image(editor: gr.ImageEditor, file: Any, flatten_on_white: bool = False) -> Any:
-    """``gr.ImageEditor.convert_and_format_image`` after checking the image's size from its header."""
+    """``gr.ImageEditor.convert_and_format_image`` after checking the image's size from its header; a file that
+    fails to decode (truncated, damaged) is one line, not Gradio's generic preprocessing error."""
     try:
         size = _editor_upload_size(file)
         if size is not None:
             check_image_size(*size, SINGLE_IMAGE_MAX_PIXELS, "The image")
     except ValueError as err:
         raise UserError(_without_paths(str(err))) from err
-    return gr.ImageEditor.convert_and_format_image(editor, file, flatten_on_white)
+    try:
+        return gr.ImageEditor.convert_and_format_image(editor, file, flatten_on_white)
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: truncated or damaged data
+        raise UserError("The image could not be read: the file is damaged or truncated. Save it again (PNG or "
+                        "JPEG) and upload it.") from err
+
+
+def _editor_layers(editor: gr.ImageEditor, payload: Any) -> list[Any]:
+    """The layers an editor payload will decode: its own, or those of the canvas blobs it points to."""
+    if payload is None:
+        return []
+    if getattr(payload, "id", None) is not None:
+        cached = editor.blob_storage.get(payload.id)
+        return list(getattr(cached, "layers", None) or [])
+    return list(getattr(payload, "layers", None) or [])
+
+
+def _checked_preprocess(editor: gr.ImageEditor, payload: Any) -> Any:
+    """``gr.ImageEditor.preprocess`` after counting the layers: at most :data:`MAX_EDITOR_LAYERS`, refused before
+    any is decoded (each would be a full-size array); each is then checked from its header as it is decoded."""
+    layers = _editor_layers(editor, payload)
+    if len(layers) > MAX_EDITOR_LAYERS:
+        raise UserError(f"The editor sent {len(layers)} layers; the limit is {MAX_EDITOR_LAYERS}. Paint the region "
+                        "of interest on one layer.")
+    background = getattr(payload, "background", None) if getattr(payload, "id", None) is None else \
+        getattr(editor.blob_storage.get(payload.id), "background", None)
+    try:
+        base = _editor_upload_size(background)
+        sizes = [_editor_upload_size(layer) for layer in layers]
+    except ValueError as err:
+        raise UserError(_without_paths(str(err))) from err
+    for size in sizes:
+        if base is not None and size is not None and size != base:
+            raise UserError(f"A painted layer is {size[0]}x{size[1]} pixels but the image is {base[0]}x{base[1]}; "
+                            "each layer must be the image's size.")
+    return gr.ImageEditor.preprocess(editor, payload)
 
 
 def checked_image_editor(**kwargs: Any) -> gr.ImageEditor:
-    """A ``gr.ImageEditor`` that reads each uploaded image's size from its header and refuses one above
-    :data:`SINGLE_IMAGE_MAX_PIXELS` before Gradio decodes it (Gradio decodes the editor's images itself, in
-    ``preprocess``, whatever ``type`` says).
+    """A ``gr.ImageEditor`` that refuses more than :data:`MAX_EDITOR_LAYERS` layers, reads each uploaded image's
+    (and layer's) size from its header and refuses one above :data:`SINGLE_IMAGE_MAX_PIXELS` before Gradio decodes
+    it (Gradio decodes the editor's images itself, in ``preprocess``, whatever ``type`` says).
 
     The check wraps this one instance's ``convert_and_format_image``, which ``preprocess`` calls for the background
     and every layer. A subclass would do the same, but Gradio takes any subclass defined outside its package for a
     custom component and the page asks for JavaScript that does not exist: no editor in the browser."""
     editor = gr.ImageEditor(**kwargs)
     editor.convert_and_format_image = types.MethodType(_checked_convert_and_format_image, editor)
+    editor.preprocess = types.MethodType(_checked_preprocess, editor)
     return editor
 
 
@@ -497,6 +722,9 @@ def _roi_from_editor(editor: dict[str, Any] | None) -> tuple[np.ndarray, np.ndar
         raise UserError(f"The image cannot be used: {err}") from err
     h, w = image.shape[:2]
     roi = np.zeros((h, w), bool)
+    if len(editor.get("layers") or []) > MAX_EDITOR_LAYERS:
+        raise UserError(f"The editor sent {len(editor['layers'])} layers; the limit is {MAX_EDITOR_LAYERS}. Paint "
+                        "the region of interest on one layer.")
     for layer in editor.get("layers") or []:
         layer = _editor_image(layer, "A painted layer")
         if layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == (h, w):
@@ -505,11 +733,11 @@ def _roi_from_editor(editor: dict[str, Any] | None) -> tuple[np.ndarray, np.ndar
 
 
 def single_image(editor: dict[str, Any] | None, roi_file: Any, steps: int,
-                 progress: gr.Progress = gr.Progress(), cancel: Any = None):
+                 progress: gr.Progress = gr.Progress(), cancel: Any = None, job: Job | None = None):
     """The Single image tab: train a small network on one image from a painted (or uploaded) ROI and segment it.
 
-    ``cancel`` (a callable) is asked before every training step; the app's event passes one that turns True
-    when the user presses Stop or disconnects (:func:`single_image_event`)."""
+    ``cancel`` (a callable) is asked before every training step; the app's event passes its job's
+    :meth:`Job.should_stop`, which turns True when the user presses Stop or disconnects (:func:`single_image_event`)."""
     try:
         steps = int(steps)
     except (TypeError, ValueError):
@@ -531,7 +759,7 @@ def single_image(editor: dict[str, Any] | None, roi_file: Any, steps: int,
         result = segment_single_image(image, roi, config, progress=progress, show_progress=False, cancel=cancel)
     except ValueError as err:
         raise UserError(str(err)) from err
-    folder = _request_dir()
+    folder = _request_dir(job)
     files = write_result(result, folder)
     make_private(folder)
     area = 100.0 * float(result.mask.mean())
@@ -557,25 +785,10 @@ def _client_gone(session_hash: str | None) -> bool:
 
 async def single_image_event(editor: dict[str, Any] | None, roi_file: Any, steps: int,
                              progress: gr.Progress = gr.Progress(), request: gr.Request = None):
-    """:func:`single_image` in a worker thread that stops within a training step of Stop or a disconnect.
-
-    Gradio cancels this coroutine on Stop; the thread cannot be cancelled from outside, so the flag it checks
-    before every step is set here, and the thread ends by itself (nothing is written)."""
-    stop = threading.Event()
-    session = getattr(request, "session_hash", None)
-
-    def cancelled() -> bool:
-        return stop.is_set() or _client_gone(session)
-
-    work = asyncio.ensure_future(asyncio.to_thread(single_image, editor, roi_file, steps, progress, cancelled))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        stop.set()
-        log.info("single-image training cancelled by the client")
-        raise
-    except TrainingCancelled as err:
-        raise UserError("Training was stopped.") from err
+    """:func:`single_image` as a :class:`Job` (the ``/single_image`` event): Stop or a disconnect stops it within a
+    training step, and nothing is written."""
+    return await run_job(lambda job: single_image(editor, roi_file, steps, progress, job.should_stop, job), request,
+                         "training")
 
 
 def preview(upload: Any) -> np.ndarray | None:
@@ -622,6 +835,12 @@ def _model_options(models: list[str], prefix: str, tta: bool = False) -> tuple[g
         tta = gr.Checkbox(tta, label="Test-time augmentation (flips; about 4x the time)", elem_id=f"{prefix}-tta")
         post = gr.Checkbox(True, label="Post-processing (the chain recorded with the model's weights)")
     return model, tta, post
+
+
+def _stops(button: gr.Button, job: Any) -> None:
+    """``button`` cancels the tab's running job (this client's only): Gradio cancels the event, the job stops
+    within a frame, image or step (:func:`run_job`); ``gradio_client``'s ``Job.cancel()`` uses the same event."""
+    button.click(None, cancels=[job], api_visibility="private")
 
 
 def segment_tab(models: list[str]) -> None:
@@ -679,6 +898,7 @@ def batch_tab(models: list[str]) -> None:
             files.data_model = OneOrMoreFiles  # the API takes one file as well as a list (no custom component)
             model, tta, post = _model_options(models, "batch")
             run = gr.Button("Segment all", variant="primary", elem_id="batch-button")
+            stop = gr.Button("Stop", variant="stop", elem_id="batch-stop")
         with gr.Column(scale=2):
             status = gr.Markdown(label="Status", show_label=False, elem_id="batch-status")
             with gr.Row():
@@ -687,8 +907,9 @@ def batch_tab(models: list[str]) -> None:
             table = gr.Dataframe(headers=["file", "status", "lesion found", "presence score", "lesion %", "lesions",
                                           "mean confidence", "ms", "error"],
                                  label="Per-image statistics", wrap=True)
-    run.click(batch, inputs=[files, model, tta, post], outputs=[archive, csv_file, table, status], api_name="batch",
-              **_HEAVY)
+    job = run.click(batch_event, inputs=[files, model, tta, post], outputs=[archive, csv_file, table, status],
+                    api_name="batch", **_HEAVY)
+    _stops(stop, job)
 
 
 def single_image_tab() -> None:
@@ -706,6 +927,7 @@ def single_image_tab() -> None:
             steps = gr.Slider(lowest, highest, value=default, step=50, label="Training steps (time grows with it)",
                               elem_id="single-steps")
             run = gr.Button("Train and segment", variant="primary", elem_id="single-button")
+            stop = gr.Button("Stop", variant="stop", elem_id="single-stop")
         with gr.Column(scale=2):
             overlay = gr.Image(label="Result", type="numpy", elem_id="single-result")
             summary = gr.Markdown(label="Summary", show_label=False, elem_id="single-summary")
@@ -713,9 +935,9 @@ def single_image_tab() -> None:
                 mask = gr.File(label="mask.png")
                 overlay_file = gr.File(label="overlay.png")
                 record = gr.File(label="sampling.json")
-    run.click(single_image_event, inputs=[editor, roi, steps], outputs=[overlay, summary, mask, overlay_file, record],
-              **_HEAVY,
-              api_name="single_image")
+    job = run.click(single_image_event, inputs=[editor, roi, steps],
+                    outputs=[overlay, summary, mask, overlay_file, record], api_name="single_image", **_HEAVY)
+    _stops(stop, job)
 
 
 def enhance_tab() -> None:
@@ -735,15 +957,16 @@ VIDEO_TYPES = [".mp4", ".avi", ".webm", ".mov", ".mkv"]
 
 
 def video(upload: Any, model_name: str | None, smoothing: float, lesion_free: bool = False,
-          progress: gr.Progress = gr.Progress()):
+          progress: gr.Progress = gr.Progress(), job: Job | None = None):
     """The Video tab: a clip -> the annotated clip (H.264 MP4, plays in browsers), a plot of lesion area over time,
     the per-frame CSV (with each frame's lesion-present decision and score) and a summary with the clip's lesion
-    events (false alarms per minute when the clip is known to hold no lesion)."""
+    events (false alarms per minute when the clip is known to hold no lesion). ``job`` (:func:`video_event`):
+    stops between frames when it is cancelled."""
     if upload is None:
         raise UserError("Upload a video clip first (MP4, AVI, WebM or MOV).")
     segmenter = _segmenter_or_error(model_name)
     path = Path(_file_path(upload))
-    folder = _request_dir()
+    folder = _request_dir(job)
     stem = path.stem[:80] or "clip"
 
     def report(done: int, total: int | None) -> None:
@@ -751,9 +974,10 @@ def video(upload: Any, model_name: str | None, smoothing: float, lesion_free: bo
 
     try:
         summary = segment_video(segmenter, path, folder / f"{stem}_segmented.mp4", folder / f"{stem}_frames.csv",
-                                smoothing=float(smoothing), progress=report)
+                                smoothing=float(smoothing), progress=report,
+                                should_stop=job.should_stop if job is not None else None)
     except VideoInputError as err:
-        raise UserError(str(err)) from err
+        raise UserError(_without_paths(str(err))) from err
     text = (f"**{summary.frames} frames** ({summary.duration_s:.1f} s at {summary.fps_in:.1f} fps, "
             f"{summary.width}x{summary.height}) segmented in {summary.seconds:.1f} s: "
             f"**{summary.processing_fps:.1f} frames per second** on this server · model `{segmenter.name}`"
@@ -762,9 +986,18 @@ def video(upload: Any, model_name: str | None, smoothing: float, lesion_free: bo
     return summary.out_path, plot_lesion_area(summary.rows), summary.csv_path, text
 
 
+async def video_event(upload: Any, model_name: str | None, smoothing: float, lesion_free: bool = False,
+                      progress: gr.Progress = gr.Progress(), request: gr.Request = None):
+    """:func:`video` as a :class:`Job` (the ``/video`` event): Stop or a disconnect stops it between frames."""
+    return await run_job(lambda job: video(upload, model_name, smoothing, lesion_free, progress, job), request,
+                         "video")
+
+
 def video_tab(models: list[str]) -> None:
     gr.Markdown(f"Endoscopy video: every frame segmented, the lesion outlined in the returned clip. Clips up to "
-                f"{MAX_SECONDS / 60:.0f} minutes and {MAX_SIDE} pixels a side (4K); MP4, AVI, WebM or MOV.")
+                f"{MAX_SECONDS / 60:.0f} minutes, {MAX_FRAMES:,} frames and {MAX_FPS:.0f} frames per second, "
+                f"{MAX_SIDE} pixels a side and {MAX_FRAME_PIXELS / 1e6:.1f} MP a frame (4K), checked on every "
+                "frame; MP4, AVI, WebM or MOV.")
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Video clip", file_types=VIDEO_TYPES, type="filepath", elem_id="video-upload")
@@ -775,14 +1008,15 @@ def video_tab(models: list[str]) -> None:
             lesion_free = gr.Checkbox(False, label="This clip holds no lesion (count its events as false alarms)",
                                       elem_id="video-lesion-free")
             run = gr.Button("Segment video", variant="primary", elem_id="video-button")
+            stop = gr.Button("Stop", variant="stop", elem_id="video-stop")
         with gr.Column(scale=2):
             out = gr.Video(label="Annotated clip", elem_id="video-output")
             summary = gr.Markdown(label="Summary", show_label=False, elem_id="video-summary")
             plot = gr.Image(label="Lesion area over time (% of the frame)", type="numpy")
             csv_file = gr.File(label="Per-frame statistics (CSV)")
-    run.click(video, inputs=[upload, model, smoothing, lesion_free], outputs=[out, plot, csv_file, summary],
-              api_name="video",
-              **_HEAVY)
+    job = run.click(video_event, inputs=[upload, model, smoothing, lesion_free],
+                    outputs=[out, plot, csv_file, summary], api_name="video", **_HEAVY)
+    _stops(stop, job)
 
 
 def build_demo() -> gr.Blocks:
@@ -859,15 +1093,61 @@ def configure_queue(demo: gr.Blocks, size: int = QUEUE_SIZE) -> gr.Blocks:
     return demo
 
 
-def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None) -> None:
-    """Serve ``demo`` on ``host`` (default ``GRADIO_SERVER_NAME`` or 127.0.0.1), never through a public share link."""
+class RequestBodyLimit:
+    """ASGI middleware: refuse an HTTP request whose body is over ``max_bytes`` (413), from its ``Content-Length``
+    before anything is read, or, for a body sent without one, by ending the request once that much has arrived.
+    Gradio's ``max_file_size`` bounds each file; this bounds one upload request of many files."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_UPLOAD_REQUEST_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            log.info("refused a %s MB request body (limit %s MB)", int(length) // 1_000_000,
+                     self.max_bytes // 1_000_000)
+            from starlette.responses import PlainTextResponse
+
+            response = PlainTextResponse(f"The upload is {int(length) / 1e6:.0f} MB; one request may carry at most "
+                                         f"{self.max_bytes / 1e6:.0f} MB.", status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    log.info("ended a request body over %s MB", self.max_bytes // 1_000_000)
+                    return {"type": "http.disconnect"}
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+def launch_options() -> dict[str, Any]:
+    """The upload limits ``launch`` gives Gradio: each file at most :data:`MAX_UPLOAD`, each request at most
+    :data:`MAX_UPLOAD_REQUEST_BYTES` (:class:`RequestBodyLimit`)."""
+    from starlette.middleware import Middleware
+
+    return {"max_file_size": MAX_UPLOAD,
+            "app_kwargs": {"middleware": [Middleware(RequestBodyLimit, max_bytes=MAX_UPLOAD_REQUEST_BYTES)]}}
+
+
+def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **kwargs: Any) -> None:
+    """Serve ``demo`` on ``host`` (default ``GRADIO_SERVER_NAME`` or 127.0.0.1), never through a public share link;
+    ``kwargs`` go to Gradio's ``launch`` (the tests pass ``prevent_thread_lock``)."""
     os.umask(0o077)  # everything the server writes (its cache, our outputs) is private to its user
     configure_queue(demo).launch(
         server_name=host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=port,
         share=False,
-        max_file_size=MAX_UPLOAD,
         show_error=True,
+        **launch_options(),
+        **kwargs,
     )
 
 

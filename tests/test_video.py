@@ -190,3 +190,101 @@ def test_video_reports_presence_per_frame_and_events(segmenter, clip, tmp_path):
     assert "false-alarm events" in events_markdown(summary, lesion_free=True)
     with open(tmp_path / "frames.csv", newline="") as f:
         assert "lesion_present" in next(csv.reader(f))
+
+
+def _mjpeg_clip(path, sizes, rate=25):
+    """An MJPEG clip whose stream header takes the first size while each frame is encoded at its own size (what a
+    hostile file can do: the header says one thing, the JPEG frames another)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=rate)
+        stream.width, stream.height = sizes[0]
+        stream.pix_fmt = "yuvj420p"
+        for i, (w, h) in enumerate(sizes):
+            encoder = av.CodecContext.create("mjpeg", "w")
+            encoder.width, encoder.height, encoder.pix_fmt = w, h, "yuvj420p"
+            encoder.time_base = Fraction(1, rate)
+            encoder.open()
+            frame = av.VideoFrame(w, h, "yuvj420p")
+            frame.pts = i
+            for packet in [*encoder.encode(frame), *encoder.encode(None)]:
+                packet.stream = stream
+                packet.pts = packet.dts = i
+                container.mux(packet)
+    return path
+
+
+def test_every_decoded_frame_is_checked_not_only_the_header(segmenter, tmp_path, monkeypatch):
+    """A clip whose header (and first frames) say 64x48 but whose later JPEG frames are 4000x2500 (10 MP) is
+    refused at the first such frame, before FFmpeg allocates it or anything is converted or segmented."""
+    import medseg_core.video as video
+
+    clip = _mjpeg_clip(tmp_path / "lies.avi", [(64, 48)] * 3 + [(4000, 2500)] * 2)
+    with av.open(str(clip)) as container:
+        assert (container.streams.video[0].codec_context.width, container.streams.video[0].codec_context.height) \
+            == (64, 48)
+    converted = []
+    real = av.VideoFrame.to_ndarray
+
+    def to_ndarray(frame, *args, **kwargs):
+        converted.append((frame.width, frame.height))
+        return real(frame, *args, **kwargs)
+
+    monkeypatch.setattr(av.VideoFrame, "to_ndarray", to_ndarray)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(VideoInputError, match=r"lies.avi: frame 3 is 4000x2500; the largest frame accepted is 8.3 MP"):
+        segment_video(segmenter, clip, out)
+    assert converted == [(64, 48)] * 3 and not out.exists()
+    # Frames within the caps but of another size than the header's are refused too (the output has one size).
+    mixed = _mjpeg_clip(tmp_path / "mixed.avi", [(64, 48)] * 2 + [(128, 96)])
+    with pytest.raises(VideoInputError, match="frame 2 is 128x96 but the clip's header says 64x48"):
+        segment_video(segmenter, mixed, tmp_path / "out2.mp4")
+    assert video.MAX_FRAME_PIXELS == 3840 * 2160
+
+
+def test_frame_rate_and_frame_count_are_capped(segmenter, tmp_path):
+    fast = _clip_with(tmp_path / "fast.mp4", 64, 48, 1000, 30)  # 30 ms of clip, 1,000 frames a second
+    with pytest.raises(VideoInputError, match="fast.mp4 runs at 1000 frames per second; the limit is 60"):
+        segment_video(segmenter, fast, tmp_path / "o.mp4")
+    many = _clip_with(tmp_path / "many.mp4", 64, 48, 25, 12)
+    with pytest.raises(VideoInputError, match="many.mp4 has 12 frames; the limit is 10"):
+        segment_video(segmenter, many, tmp_path / "o.mp4", max_frames=10)
+    # A header that does not say how many frames there are: the decoder counts them.
+    counted = _mjpeg_clip(tmp_path / "counted.avi", [(64, 48)] * 12)
+    import medseg_core.video as video
+
+    caps = video._FrameCaps("counted.avi", 64, 48, max_pixels=10**6, max_side=64, max_frames=10, max_seconds=600.0)
+    decoded = []
+    with pytest.raises(VideoInputError, match="counted.avi has more than 10 frames; the limit is 10"):
+        for item in video._frames(str(counted), caps, depth=2):
+            decoded.append(item[0])
+    assert decoded == list(range(10))
+
+
+def test_video_errors_do_not_show_server_paths(segmenter, clip, tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all\n" * 50)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    for path in (text, truncated):
+        with pytest.raises(VideoInputError) as err:
+            segment_video(segmenter, path, tmp_path / "o.mp4")
+        assert str(tmp_path) not in str(err.value) and "/" not in str(err.value), str(err.value)
+
+
+def test_should_stop_ends_the_run_its_threads_and_its_output(segmenter, clip, tmp_path):
+    import threading
+
+    from medseg_core.video import VideoCancelled
+
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    threads = threading.active_count()
+    out = tmp_path / "o.mp4"
+    with pytest.raises(VideoCancelled, match="cancelled after 2 frames"):
+        segment_video(segmenter, clip, out, should_stop=should_stop)
+    assert len(asked) == 3 and not out.exists()
+    assert threading.active_count() <= threads  # the decoder and encoder threads have ended
