@@ -23,13 +23,14 @@ import argparse
 import ast
 import contextlib
 import importlib
-import importlib.util
 import inspect
 import io
 import json
 import re
+import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,11 +78,7 @@ def _capture_parsers():
 
 def _load(target: str):
     if target.endswith(".py"):
-        path = ROOT / target
-        spec = importlib.util.spec_from_file_location(f"_doc_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return SimpleNamespace(**runpy.run_path(str(ROOT / target), run_name=f"_doc_{Path(target).stem}"))
     return importlib.import_module(target)
 
 
@@ -439,7 +436,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Regenerate docs/reference/*.md and the README's models table.")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a page is out of date")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     stale = []
     for path, text in pages().items():
         old = path.read_text() if path.is_file() else None

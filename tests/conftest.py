@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -84,14 +84,11 @@ def tiny_3class(tmp_path_factory) -> Path:
     return folder
 
 
-def load_script(script: str) -> ModuleType:
+def load_script(script: str) -> SimpleNamespace:
     """A repository script (``studies/...``, ``bench/...``, ``train/...``) imported as a module, so that a test calls
     its ``main(argv)`` in-process."""
     path = ROOT / script
-    spec = importlib.util.spec_from_file_location(f"_script_{path.parent.name}_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return SimpleNamespace(**runpy.run_path(str(path), run_name=f"_script_{path.parent.name}_{path.stem}"))
 
 
 def run_main(script: str, *args: Any, expect: int = 0) -> subprocess.CompletedProcess:

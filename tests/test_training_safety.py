@@ -15,7 +15,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import ROOT, TINY_UNET
+from conftest import ROOT, TINY_UNET, load_script
 from safetensors.torch import load_file, save_file
 
 from medseg_core import training
@@ -154,11 +154,7 @@ def weights_pair(tmp_path):
 
 
 def test_store_fp16_refuses_non_finite_weights_and_values_that_overflow_fp16(weights_pair, tmp_path):
-    sys.path.insert(0, str(ROOT / "train"))
-    try:
-        from store_fp16 import store_fp16
-    finally:
-        sys.path.remove(str(ROOT / "train"))
+    store_fp16 = load_script("train/store_fp16.py").store_fp16
     good, _, broken = weights_pair
     with pytest.raises(SystemExit, match="store_fp16: .*NaN or infinite values in 1 of"):
         store_fp16(broken, tmp_path / "copy")
