@@ -14,10 +14,10 @@ The jobs (``PLAN``), all started at once and stopped at ``--budget-s``:
   (docs/studies/edd2020-rare-classes.md: the Dice term over the batch, classes absent from it skipped), two seeds;
   validation on ``neopolyp-full-val``.
 - ``edd_<entry>_s0``, ``edd_<entry>_s1``: the EDD2020 four-entry study (U-Net, U-Net on the TDC-enriched set,
-  DynaSiam, DynaSiam without DFI: ``studies/zoo.py``'s ablation, one job an entry, the entries of a seed in one
-  folder ``runs/gpu/edd2020_s<seed>``) at 352 px and a real schedule, two seeds, each entry evaluated on
-  ``edd-test`` at 0.5 and at thresholds chosen on ``edd-val``; ``studies/zoo.py --collect --ablation --out
-  runs/gpu/edd2020_s0`` tabulates a seed.
+  DynaSiam, DynaSiam without DFI: ``studies/zoo.py``'s ablation, each with the same lever, one job an entry, the
+  entries of a seed in one folder ``runs/gpu/edd2020_s<seed>``) at 352 px and a real schedule, two seeds, each
+  entry evaluated on ``edd-test`` at 0.5 and at thresholds chosen on ``edd-val``; ``studies/zoo.py --collect
+  --ablation --out runs/gpu/edd2020_s0`` tabulates a seed.
 - ``polyp_next``: the polyp default's next recipe, the shipped Lite2 GPU recipe from ImageNet with a quarter of
   every batch drawn from polyp-free frames, selected on polyp-val together with polyp-negative-val.
 
@@ -96,7 +96,7 @@ class Job:
 
 
 EDD_ENTRIES = ["unet", "unet_tdc", "dynasiam", "dynasiam_nodfi"]  # studies/zoo.py's ablation, one job an entry
-EDD_BUDGET = ["--model.input_size", "352", "--data.cache_max_side", "448", "--train.epochs", "100"]
+EDD_BUDGET = ["--model.input_size", "352", "--data.cache_max_side", "448", "--train.epochs", "100", *LEVER]
 
 PLAN = [
     *(Job(f"neopolyp_s{seed}", "neopolyp", "train/configs/unet_lite2_neopolyp_full_gpu.yaml",
