@@ -258,6 +258,7 @@ class Progress:
         self.epoch, self.step, self.best_dice, self.best_epoch = 0, 0, -1.0, -1
         # With an EMA, the trained weights themselves are validated too: one run gives the with/without-EMA rows.
         self.best_dice_no_ema, self.best_epoch_no_ema = -1.0, -1
+        self.last_score = float("nan")  # the latest epoch's validation score (what ``train.select: last`` keeps)
 
     def state_dict(self) -> dict[str, float]:
         return dict(vars(self))
@@ -554,7 +555,10 @@ def recipe_text(cfg: dict[str, Any], summary: dict[str, Any] | None = None) -> s
     extra = "; ".join(e for e in extras if e)
     if extra:
         text += f" {extra[0].upper()}{extra[1:]}."
-    if summary:
+    if summary and "last_val_score" in summary:
+        text += (f" Trained on {summary['device']} in {summary['seconds'] / 60:.0f} minutes; validation score "
+                 f"{summary['last_val_score']:.4f} at the last epoch, {summary['last_epoch']} (at input resolution).")
+    elif summary:
         text += (f" Trained on {summary['device']} in {summary['seconds'] / 60:.0f} minutes; best validation score "
                  f"{summary['best_val_dice']:.4f} at epoch {summary['best_epoch']} (at input resolution).")
     return text
@@ -651,6 +655,7 @@ def run(args: argparse.Namespace) -> Path:
         val = evaluate(accelerator, model if ema is None else ema.module, val_dl, cfg, schema)
         best = accelerator.unwrap_model(model) if ema is None else ema.module
         progress.epoch += 1
+        progress.last_score = val["score"]
         accelerator.log({**{f"val/{k}": v for k, v in val.items()}, "train/epoch_loss": train_loss,
                          "train/epoch": progress.epoch}, step=progress.step)
         log.info("epoch %d/%d: train loss %.4f, val %s", progress.epoch, t["epochs"], train_loss,
@@ -665,7 +670,8 @@ def run(args: argparse.Namespace) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model) if ema is None else ema.module
-        if t["select"] == "last" and _finite(final, "the last model"):
+        # The last weights are kept only when they and their outputs are finite (a NaN score: non-finite logits).
+        if t["select"] == "last" and math.isfinite(progress.last_score) and _finite(final, "the last model"):
             save_best(final, model_dir, schema.to_config())
         _finish(final, cfg, schema, args, output_dir, model_dir, progress, time.time() - started, accelerator)
     accelerator.end_training()
@@ -705,6 +711,8 @@ def _finish(saved: SegModel, cfg: dict[str, Any], schema: LabelSchema, args: arg
                "steps": progress.step, "seconds": seconds, "device": device,
                **({"best_val_dice_no_ema": progress.best_dice_no_ema, "best_epoch_no_ema": progress.best_epoch_no_ema}
                   if cfg["train"]["ema"] else {}),
+               **({"last_val_score": progress.last_score, "last_epoch": progress.epoch}
+                  if cfg["train"]["select"] == "last" else {}),
                "config": {k: v for k, v in cfg.items() if not k.startswith("_")}}
     (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     if not (model_dir / "model.safetensors").is_file():
@@ -714,7 +722,10 @@ def _finish(saved: SegModel, cfg: dict[str, Any], schema: LabelSchema, args: arg
     write_model_card(model_dir, name=cfg["name"], config={**saved.config, **schema.to_config()},
                      data=data_text(cfg),
                      recipe=f"`{args.config}`: " + recipe_text(cfg, summary))
-    log.info("best model (epoch %d, val score %.4f) in %s", progress.best_epoch, progress.best_dice, model_dir)
+    if cfg["train"]["select"] == "last":
+        log.info("last model (epoch %d, val score %.4f) in %s", progress.epoch, progress.last_score, model_dir)
+    else:
+        log.info("best model (epoch %d, val score %.4f) in %s", progress.best_epoch, progress.best_dice, model_dir)
     if args.push_to_hub:
         try:
             log.info("pushed to %s", push_model(model_dir, args.push_to_hub))

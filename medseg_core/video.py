@@ -266,7 +266,7 @@ def _decode(path: str, out: queue.Queue, stop: threading.Event, caps: _FrameCaps
     before it is allocated; every decoded frame is checked again (:func:`_check_frame`) before it is converted."""
     import av
 
-    index = 0
+    index, start = 0, float("nan")
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
@@ -284,7 +284,9 @@ def _decode(path: str, out: queue.Queue, stop: threading.Event, caps: _FrameCaps
                     raise
                 for frame in decoded:
                     t = float(frame.time) if frame.time is not None else float("nan")
-                    _check_frame(caps, index, frame.width, frame.height, t)
+                    if start != start:  # the duration counts from the first frame (MPEG-TS streams start later)
+                        start = t
+                    _check_frame(caps, index, frame.width, frame.height, t - start)
                     out.put((index, t, frame.to_ndarray(format="rgb24")))
                     index += 1
                     if stop.is_set():

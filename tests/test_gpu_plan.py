@@ -4,7 +4,7 @@ training with its validation, and one entry of the EDD2020 study), brought back 
 import json
 
 import numpy as np
-from conftest import run_script
+from conftest import load_script, run_script
 
 from medseg_core import Segmenter
 
@@ -34,3 +34,42 @@ def test_the_plan_lists_every_pending_study():
                                                               ("unet", "unet_tdc", "dynasiam", "dynasiam_nodfi"))):
         assert f"{name} (" in proc.stdout
     assert "polyp-negative-train" in proc.stdout and "--train.dice_skip_absent true" in proc.stdout
+
+
+def test_a_job_stopped_at_the_budget_stops_its_whole_tree_and_its_best_model_still_comes_back(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    plan = load_script("train/gpu_plan.py")
+    # A job whose child starts a grandchild (as studies/zoo.py starts train/train.py): the budget stops both.
+    pid_file = tmp_path / "grandchild.pid"
+    code = ("import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    for _ in range(100):
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        proc.poll()
+        __import__("time").sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    plan._stop_group(proc, grace=5)
+    assert proc.poll() is not None
+    for _ in range(50):
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        __import__("time").sleep(0.1)
+    else:
+        raise AssertionError("the grandchild outlived its job")
+    # A run stopped before it wrote train_summary.json: its score comes from its log, its best model comes back.
+    run = tmp_path / "runs" / "neopolyp_s0"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "model.safetensors").write_bytes(b"x")
+    (run / "plan.log").write_text("x medseg.train: epoch 1/80: train loss 1.0, val dice 0.5, score 0.3100\n"
+                                  "x medseg.train: epoch 2/80: train loss 0.9, val dice 0.6, score 0.4200\n"
+                                  "x medseg.train: epoch 2, without EMA: val dice 0.9, score 0.9000\n")
+    job = next(j for j in plan.PLAN if j.name == "neopolyp_s0")
+    assert plan._best_in_group([job], tmp_path / "runs") == (run / "model", 0.42)

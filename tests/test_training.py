@@ -370,7 +370,10 @@ def test_select_last_keeps_the_weights_of_the_end_of_the_run(data_root, tmp_path
     final = load_file(last / "model.safetensors")
     for name, value in load_model(model_dir).state_dict().items():
         torch.testing.assert_close(value, final[name], msg=name)
-    assert "no selection on validation" in (model_dir / "README.md").read_text()
+    card = (model_dir / "README.md").read_text()
+    assert "no selection on validation" in card and "at the last epoch, 2" in card
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["last_epoch"] == 2 and 0.0 <= summary["last_val_score"] <= 1.0
 
 
 def test_flips_preset_only_flips_and_turns():

@@ -260,6 +260,31 @@ def test_frame_rate_and_frame_count_are_capped(segmenter, tmp_path):
     assert decoded == list(range(10))
 
 
+def test_a_clip_whose_timestamps_start_late_is_timed_from_its_first_frame(tmp_path):
+    """MPEG-TS and recorder files often start their clock seconds or hours in: the duration cap counts from the
+    first frame, not from zero."""
+    import av
+    import numpy as np
+
+    import medseg_core.video as video
+
+    path = tmp_path / "late.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuvj420p")
+            frame.pts, frame.time_base = 5 * 700 + i, Fraction(1, 5)  # 700 s in, 1.2 s long
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    caps = video._FrameCaps("late.mkv", 64, 48, max_pixels=10**6, max_side=64, max_frames=100, max_seconds=600.0)
+    times = [t for _, t, _ in video._frames(str(path), caps, depth=2)]
+    assert len(times) == 6 and times[0] >= 699 and times[-1] - times[0] < 2
+
+
 def test_video_errors_do_not_show_server_paths(segmenter, clip, tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("not a video at all\n" * 50)

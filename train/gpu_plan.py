@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
 import tarfile
@@ -124,27 +127,55 @@ def _run_job(job: Job, runs: Path, data: str, tiny: bool, deadline: float, env: 
             if left <= 5:
                 record["exit"].append("not started: out of time")
                 break
+            # Its own process group: at the budget the whole tree stops (studies/zoo.py's training runs too).
+            proc = subprocess.Popen([sys.executable, *cmd[1:]], cwd=ROOT, env=env, stdout=handle,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                done = subprocess.run([sys.executable, *cmd[1:]], cwd=ROOT, env=env, stdout=handle,
-                                      stderr=subprocess.STDOUT, timeout=left)
-                record["exit"].append(done.returncode)
+                record["exit"].append(proc.wait(timeout=left))
             except subprocess.TimeoutExpired:
+                _stop_group(proc)
                 record["exit"].append("stopped at the budget")
+                break
     record["seconds"] = round(time.time() - started, 1)
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGINT to the job's process group, then SIGKILL to what is left after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+_EPOCH_SCORE = re.compile(r"epoch \d+/\d+: .*\bscore (-?[0-9.]+|nan)")
+
+
+def _run_score(run: Path) -> float:
+    """A run's best validation score: from its summary, or, for a run stopped at the budget before it wrote one,
+    the best epoch line of its logs (the model folder holds that epoch's weights)."""
+    summary = run / "train_summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text()).get("best_val_dice", -1.0)
+    scores = [float(m.group(1)) for log in run.glob("*.log") for m in _EPOCH_SCORE.finditer(log.read_text())]
+    return max((s for s in scores if s == s), default=-1.0)
 
 
 def _best_in_group(jobs: list[Job], runs: Path) -> tuple[Path, float] | None:
     """The model folder that validated best among a group's runs (a zoo study holds one run per entry)."""
     best: tuple[Path, float] | None = None
     for job in jobs:
-        summaries = ([job.run_dir(runs) / "train_summary.json"] if not job.zoo
-                     else [runs / f"{job.group}_s{job.seed}" / job.overrides[1] / "train_summary.json"])
-        for summary in summaries:
-            if not summary.is_file() or not (summary.parent / "model" / "model.safetensors").is_file():
-                continue
-            score = json.loads(summary.read_text()).get("best_val_dice", -1.0)
-            if best is None or score > best[1]:
-                best = (summary.parent / "model", score)
+        run = job.run_dir(runs) if not job.zoo else runs / f"{job.group}_s{job.seed}" / job.overrides[1]
+        if not (run / "model" / "model.safetensors").is_file():
+            continue
+        score = _run_score(run)
+        if best is None or score > best[1]:
+            best = (run / "model", score)
     return best
 
 
@@ -187,8 +218,6 @@ def collect(runs: Path, out: Path, jobs: list[Job], results: dict[str, dict]) ->
 
 def setup(carry: Path) -> dict[str, str]:
     """Install the carried wheels into /tmp/site and restore the encoders there; the environment for the jobs."""
-    import os
-
     site = Path("/tmp/site")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if (carry / "whl").is_dir():
@@ -205,8 +234,6 @@ def setup(carry: Path) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     jobs = [j for j in PLAN if not args.jobs or j.name in args.jobs]
     carry = Path(args.carry) if args.carry else None
     env = setup(carry) if carry else {**os.environ}
@@ -228,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
         t.start()
     for t in threads:
         t.join()
+    for claim in runs.rglob(".claim"):  # studies/zoo.py's claims of entries stopped at the budget
+        claim.unlink()
     written = collect(runs, Path(args.out), jobs, results)
     for name, r in results.items():
         print(f"{name}: exit {r['exit']} in {r['seconds']} s")
