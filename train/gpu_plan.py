@@ -1,12 +1,12 @@
-"""Every pending GPU study in one call to a GPU lent for minutes (docs/gpu_runs.md), and the same at a tiny size on
-the CPU, so that the call is known to run before a GPU is there.
+"""Every pending GPU study in one command on a remote GPU with a few minutes' budget (docs/gpu_runs.md), and the
+same at a tiny size on the CPU, so that the command is known to run before a GPU is there.
 
     python train/gpu_plan.py list                            # the jobs and their exact commands
     python train/gpu_plan.py pack --out carry                # here: data, encoders and wheels for the call
-    python train/gpu_plan.py run --carry carry --out $OUT    # there: set up, run every job side by side, collect
+    python train/gpu_plan.py run --carry carry --out OUT_DIR # there: set up, run every job side by side, collect
     python train/gpu_plan.py run --tiny --out /tmp/plan      # here: every job at a tiny size on the CPU (4 pairs
                                                              # of each split packed at 96 px, 2 steps a training)
-    python train/gpu_plan.py merge FILES_AT --runs runs/gpu  # here: the results back into run folders
+    python train/gpu_plan.py merge BACK_DIR --runs runs/gpu  # here: the results back into run folders
 
 The jobs (``PLAN``), all started at once and stopped at ``--budget-s``:
 
@@ -21,11 +21,11 @@ The jobs (``PLAN``), all started at once and stopped at ``--budget-s``:
 - ``polyp_next``: the polyp default's next recipe, the shipped Lite2 GPU recipe from ImageNet with a quarter of
   every batch drawn from polyp-free frames, selected on polyp-val together with polyp-negative-val.
 
-``run`` writes at most 8 files under ``--out`` (the device tool's limit): ``results.tar.gz`` (every run's summary,
-model card, config, evaluation JSON and log) and, for each group, the weights of the run that validated best, in
-fp16 (``<group>.safetensors``). ``merge`` puts them back under ``runs/gpu/``, where ``train/evaluate.py`` and
-``train/store_fp16.py`` take over. Nothing here decides what ships: each study's rule, written before the call,
-does.
+``run`` writes at most 8 files under ``--out`` (what the remote machine sends back): ``results.tar.gz``
+(every run's summary, model card, config, evaluation JSON and log) and, for each group, the weights of the run
+that validated best, in fp16 (``<group>.safetensors``). ``merge`` puts them back under ``runs/gpu/``, where
+``train/evaluate.py`` and ``train/store_fp16.py`` take over. Nothing here decides what ships: each study's rule,
+written before the run, does.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = "python"
 
-# What the device tool lets travel and come back (docs/gpu_runs.md).
+# What may travel to the remote machine and come back (docs/gpu_runs.md).
 CARRY_LIMIT = 60 * 2**20
 BACK_FILES, BACK_FILE_LIMIT = 8, 16 * 2**20
 
@@ -285,7 +285,7 @@ def pack(args: argparse.Namespace) -> int:
 def merge(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file, save_file
 
-    src, runs = Path(args.files_at), Path(args.runs)
+    src, runs = Path(args.back_dir), Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     with tarfile.open(src / "results.tar.gz") as tar:
         tar.extractall(runs, filter="data")
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quality", type=int, default=75, help="JPEG quality of the packed images")
     p.add_argument("--no-wheels", action="store_true", help="skip the wheels (a machine that has the packages)")
     p = sub.add_parser("run", help="every job side by side, then collect under --out")
-    p.add_argument("--out", required=True, help="where the files to bring back go ($OUT on the device)")
+    p.add_argument("--out", required=True, help="where the files to bring back go (the remote machine's output folder)")
     p.add_argument("--carry", default=None, help="the folder written by pack (data, enc, whl)")
     p.add_argument("--data", default="../shared/data", help="the data folder when nothing is carried")
     p.add_argument("--runs", default="runs/gpu", help="where the runs write")
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="every training at a tiny size (a CPU smoke run)")
     p.add_argument("--jobs", nargs="+", default=None, choices=[j.name for j in PLAN], help="only these jobs")
     p = sub.add_parser("merge", help="the files a call brought back, into run folders")
-    p.add_argument("files_at")
+    p.add_argument("back_dir", help="the folder holding the files the remote run wrote to --out")
     p.add_argument("--runs", default="runs/gpu")
     args = parser.parse_args(argv)
     if args.command == "list":

@@ -1,5 +1,5 @@
-"""Pack splits into a small copy of the data folder for a remote training machine (a GPU lent for minutes, a
-cluster node without the shared data): images resized to a maximum side and re-encoded as JPEG, masks resized
+"""Pack splits into a small copy of the data folder for a remote training machine (a GPU with a few minutes'
+budget, a cluster node without the shared data): images resized to a maximum side and re-encoded as JPEG, masks resized
 with nearest-neighbour and stored losslessly as PNG, the split files copied. The copy has the layout
 ``read_split`` expects, so a recipe trains on it with ``--data.root <out>``.
 

